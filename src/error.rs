@@ -1,0 +1,104 @@
+//! Where an error came from, and the one place that turns it into a status.
+//! The client never sees internals: upstream and internal errors get a short
+//! fixed message; the detail goes to the log.
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::Body;
+
+/// Everything that can stop a request from being answered normally.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client sent something we reject; the message is safe to show.
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("{0}")]
+    BadRequestOwned(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("body larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The upstream guard refused: too many requests in flight and queued.
+    #[error("upstream busy")]
+    Shed { retry_after: Duration },
+    /// The circuit breaker is open.
+    #[error("upstream unavailable")]
+    BreakerOpen { retry_after: Duration },
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Who is to blame, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Upstream,
+    Internal,
+}
+
+impl Error {
+    pub fn source(&self) -> Source {
+        use Error::*;
+        match self {
+            BadRequest(_) | BadRequestOwned(_) | Unauthorized | Forbidden(_) | NotFound
+            | TooLarge { .. } | MethodNotAllowed => Source::Client,
+            Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Source::Upstream,
+            Internal(_) => Source::Internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use Error::*;
+        match self {
+            BadRequest(_) | BadRequestOwned(_) => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Shed { .. } | BreakerOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Upstream(_) => StatusCode::BAD_GATEWAY,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response a client sees. Upstream and internal details stay in the log.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let msg = match self.source() {
+            Source::Client => self.to_string(),
+            Source::Upstream => self.to_string().split(':').next().unwrap_or("").to_string(),
+            Source::Internal => "internal error".to_string(),
+        };
+        let mut resp = Response::new(Body::full(format!("{msg}\n")));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if let Error::Shed { retry_after } | Error::BreakerOpen { retry_after } = &self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        }
+        if matches!(self, Error::Unauthorized) {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A retry hint spread over `[base, 2·base)` so refused clients do not come back together.
+pub fn jittered(base: Duration) -> Duration {
+    let ms = base.as_millis().max(1000) as u64;
+    Duration::from_millis(ms + fastrand::u64(0..ms))
+}

@@ -1,0 +1,3 @@
+//! Trusted sources of versions besides the upstream's header.
+
+pub mod publish;

@@ -1,0 +1,36 @@
+//! pollgate: answers "anything new since version V?" polls from memory and
+//! forwards only the stale ones to the app servers.
+//!
+//! # Layout
+//!
+//! The modules follow a request through the sidecar:
+//!
+//! - [`server`]: binds the public and internal listeners, runs the
+//!   connection loop (HTTP/1.1 + h2c) and graceful shutdown.
+//! - [`route`]: turns a request into `(key, client_version)` without
+//!   allocating, or says it is not a poll.
+//! - [`poll`]: the hit path. Known, fresh and not behind → `304` from memory;
+//!   otherwise hand the request to [`upstream`].
+//! - [`upstream`]: the pooled forwarding client, the guard in front of it
+//!   (in-flight cap, wait queue, shedding, circuit breaker) and per-key
+//!   coalescing of cold or expired keys.
+//! - [`table`]: the sharded version table; merge is `max`, so a version never
+//!   goes backwards.
+//! - [`feed`]: trusted sources of versions besides the upstream (publish API).
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`config`]: default < file < env < flags layering and validation.
+//! - [`error`]: where an error came from (client, upstream, internal) and the
+//!   one place that maps it to a status.
+//! - [`body`]: the response body type shared by every path.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod metrics;
+pub mod poll;
+pub mod route;
+pub mod server;
+pub mod state;
+pub mod table;
+pub mod upstream;

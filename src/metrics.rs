@@ -1,0 +1,209 @@
+//! Prometheus metrics: plain atomics on the hot path, text rendered on scrape.
+//! Labels are route outcomes and results, never keys (unbounded cardinality).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
+    pub fn add(&self, v: i64) {
+        self.0.fetch_add(v, Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Upper bounds in seconds; sized for an app server answering polls.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| s <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        let mut cum = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cum += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// What happened to a poll or pass-through request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered from memory.
+    Hit,
+    /// Client behind the table: forwarded.
+    Stale,
+    /// Key not known: forwarded (as the coalescing leader).
+    Unknown,
+    /// Waited for another request of the same key, then answered from memory.
+    Coalesced,
+    /// Entry older than `max_age`: forwarded to revalidate.
+    Revalidate,
+    /// The poll carried no version: forwarded.
+    NoVersion,
+    /// Refused by the upstream guard (503).
+    Shed,
+    /// Matched no route: proxied unchanged.
+    Passthrough,
+    /// Bad key or version: 400.
+    BadRequest,
+}
+
+const OUTCOMES: [(Outcome, &str); 9] = [
+    (Outcome::Hit, "hit"),
+    (Outcome::Stale, "stale"),
+    (Outcome::Unknown, "unknown"),
+    (Outcome::Coalesced, "coalesced"),
+    (Outcome::Revalidate, "revalidate"),
+    (Outcome::NoVersion, "no_version"),
+    (Outcome::Shed, "shed"),
+    (Outcome::Passthrough, "passthrough"),
+    (Outcome::BadRequest, "bad_request"),
+];
+
+/// Result of one upstream attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamResult {
+    /// A response below 500.
+    Ok,
+    /// A 5xx response (counts against the breaker).
+    ServerError,
+    /// Connect or I/O failure.
+    Error,
+    /// No response head within `upstream_timeout`.
+    Timeout,
+    /// Refused by the guard before reaching the upstream.
+    Shed,
+    /// Refused because the breaker is open.
+    BreakerOpen,
+}
+
+const RESULTS: [(UpstreamResult, &str); 6] = [
+    (UpstreamResult::Ok, "ok"),
+    (UpstreamResult::ServerError, "server_error"),
+    (UpstreamResult::Error, "error"),
+    (UpstreamResult::Timeout, "timeout"),
+    (UpstreamResult::Shed, "shed"),
+    (UpstreamResult::BreakerOpen, "breaker_open"),
+];
+
+/// A module's own metrics, rendered after the core ones.
+pub type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: [Counter; OUTCOMES.len()],
+    upstream_requests: [Counter; RESULTS.len()],
+    pub upstream_inflight: Gauge,
+    pub upstream_queued: Gauge,
+    pub upstream_duration: Histogram,
+    pub breaker_open: Gauge,
+    pub keys: Gauge,
+    pub publish_batches: Counter,
+    pub publish_rejected: Counter,
+    pub versions_learned_publish: Counter,
+    pub versions_learned_upstream: Counter,
+    pub versions_advanced: Counter,
+    collectors: RwLock<Vec<Collector>>,
+}
+
+impl Metrics {
+    pub fn request(&self, o: Outcome) {
+        self.requests[o as usize].inc();
+    }
+    pub fn requests(&self, o: Outcome) -> u64 {
+        self.requests[o as usize].get()
+    }
+    pub fn upstream(&self, r: UpstreamResult) {
+        self.upstream_requests[r as usize].inc();
+    }
+    pub fn upstream_count(&self, r: UpstreamResult) -> u64 {
+        self.upstream_requests[r as usize].get()
+    }
+    /// Adds a module's own metrics to every scrape.
+    pub fn register(&self, c: Collector) {
+        self.collectors.write().push(c);
+    }
+
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        o.push_str("# HELP pollgate_requests_total Public requests by outcome.\n# TYPE pollgate_requests_total counter\n");
+        for (i, (_, name)) in OUTCOMES.iter().enumerate() {
+            let _ = writeln!(o, "pollgate_requests_total{{outcome=\"{name}\"}} {}", self.requests[i].get());
+        }
+        o.push_str("# HELP pollgate_upstream_requests_total Upstream attempts by result.\n# TYPE pollgate_upstream_requests_total counter\n");
+        for (i, (_, name)) in RESULTS.iter().enumerate() {
+            let _ = writeln!(o, "pollgate_upstream_requests_total{{result=\"{name}\"}} {}", self.upstream_requests[i].get());
+        }
+        gauge(&mut o, "pollgate_upstream_inflight", "Upstream requests in flight.", self.upstream_inflight.get());
+        gauge(&mut o, "pollgate_upstream_queued", "Requests waiting for an upstream slot.", self.upstream_queued.get());
+        o.push_str("# HELP pollgate_upstream_duration_seconds Time to the upstream response head.\n# TYPE pollgate_upstream_duration_seconds histogram\n");
+        self.upstream_duration.render(&mut o, "pollgate_upstream_duration_seconds");
+        gauge(&mut o, "pollgate_keys", "Keys in the version table.", self.keys.get());
+        gauge(&mut o, "pollgate_breaker_open", "1 while the upstream circuit breaker is open.", self.breaker_open.get());
+        counter(&mut o, "pollgate_publish_batches_total", "Accepted publish batches.", self.publish_batches.get());
+        counter(&mut o, "pollgate_publish_rejected_total", "Refused publish requests.", self.publish_rejected.get());
+        o.push_str("# HELP pollgate_versions_learned_total Versions received from trusted sources.\n# TYPE pollgate_versions_learned_total counter\n");
+        let _ = writeln!(o, "pollgate_versions_learned_total{{source=\"publish\"}} {}", self.versions_learned_publish.get());
+        let _ = writeln!(o, "pollgate_versions_learned_total{{source=\"upstream\"}} {}", self.versions_learned_upstream.get());
+        counter(&mut o, "pollgate_versions_advanced_total", "Merges that moved a key forward.", self.versions_advanced.get());
+        for c in self.collectors.read().iter() {
+            c(&mut o);
+        }
+        o
+    }
+}
+
+pub fn gauge(o: &mut String, name: &str, help: &str, v: i64) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+pub fn counter(o: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}

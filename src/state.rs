@@ -1,0 +1,58 @@
+//! The state every request handler shares.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::route::{RouteError, Routes};
+use crate::table::{Merge, Table};
+use crate::upstream::{Coalescer, Upstream};
+
+/// A trusted source of versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSource {
+    Publish,
+    Upstream,
+}
+
+pub struct State {
+    pub cfg: Config,
+    pub table: Table,
+    pub routes: Routes,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Upstream,
+    pub coalescer: Coalescer,
+    /// False until the snapshot is loaded and peers caught up with.
+    pub ready: AtomicBool,
+}
+
+impl State {
+    pub fn new(cfg: Config) -> Result<Arc<State>, RouteError> {
+        let metrics = Arc::new(Metrics::default());
+        let routes = Routes::parse(&cfg.route)?;
+        let upstream = Upstream::new(&cfg, metrics.clone());
+        Ok(Arc::new(State {
+            table: Table::new(),
+            routes,
+            upstream,
+            coalescer: Coalescer::new(),
+            ready: AtomicBool::new(true),
+            metrics,
+            cfg,
+        }))
+    }
+
+    /// Max-merges a version from a trusted source (confirming the entry).
+    pub fn learn(&self, key: &str, version: u64, source: VersionSource) -> Merge {
+        match source {
+            VersionSource::Publish => self.metrics.versions_learned_publish.inc(),
+            VersionSource::Upstream => self.metrics.versions_learned_upstream.inc(),
+        }
+        let m = self.table.merge(key, version, true);
+        if m.advanced() {
+            self.metrics.versions_advanced.inc();
+        }
+        m
+    }
+}

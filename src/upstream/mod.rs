@@ -1,0 +1,52 @@
+//! Forwarding to the app servers: a pooled client ([`client`]), the guard in
+//! front of it ([`guard`]: in-flight cap, queue, shedding, breaker) and per-key
+//! coalescing ([`coalesce`]).
+
+pub mod client;
+pub mod coalesce;
+pub mod guard;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+pub use coalesce::{Coalescer, Follower, Leader, Role};
+
+/// The upstream side of pollgate: every request that leaves goes through here.
+pub struct Upstream {
+    client: client::Client,
+    guard: guard::Guard,
+}
+
+impl Upstream {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Self {
+        Upstream {
+            client: client::Client::new(cfg, metrics.clone()),
+            guard: guard::Guard::new(cfg, metrics),
+        }
+    }
+
+    /// Forwards `req` (body streamed) through the guard to one healthy upstream.
+    /// Errors are already typed for the client: shed/breaker → 503, timeout → 504, else 502.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Result<Response<Incoming>, Error> {
+        let permit = self.guard.acquire().await?;
+        let res = self.client.send(req, client_addr).await;
+        permit.record(&res);
+        res
+    }
+
+    /// True while the breaker refuses requests: stale polls get 503 at once.
+    pub fn refusing(&self) -> Option<Error> {
+        self.guard.refusing()
+    }
+}
