@@ -17,6 +17,7 @@
 //! - [`table`]: the sharded version table; merge is `max`, so a version never
 //!   goes backwards.
 //! - [`feed`]: trusted sources of versions besides the upstream (publish API).
+//! - [`internal`]: the internal listener (publish, lookup, metrics, health).
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`config`]: default < file < env < flags layering and validation.
 //! - [`error`]: where an error came from (client, upstream, internal) and the
@@ -27,6 +28,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod internal;
 pub mod metrics;
 pub mod poll;
 pub mod route;

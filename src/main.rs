@@ -1,1 +1,78 @@
-fn main() {}
+//! `pollgate`: parse config, set up logging, bind, serve until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use pollgate::config::{self, LoadError, LogFormat};
+use pollgate::server::{self, Listeners};
+use pollgate::state::State;
+
+/// `EX_USAGE` from sysexits.h: the config is wrong.
+const EXIT_CONFIG: u8 = 64;
+/// `EX_UNAVAILABLE`: a port could not be bound.
+const EXIT_BIND: u8 = 69;
+
+fn main() -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let cli = match config::load(std::env::args_os(), &env) {
+        Ok(cli) => cli,
+        Err(LoadError::Display(s)) => {
+            print!("{s}");
+            return ExitCode::SUCCESS;
+        }
+        Err(LoadError::Invalid(errs)) => {
+            errs.iter().for_each(|e| eprintln!("pollgate: {e}"));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.print_config {
+        print!("{}", config::to_toml(&cli.config));
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(cli.config.log_format);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(serve(cli.config))
+}
+
+async fn serve(cfg: config::Config) -> ExitCode {
+    let state = match State::new(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pollgate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let listeners = match Listeners::bind(&state.cfg).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pollgate: cannot bind {e}");
+            return ExitCode::from(EXIT_BIND);
+        }
+    };
+    tracing::info!(public = %listeners.public_addr(), internal = %listeners.internal_addr(), "pollgate listening");
+    server::run(listeners, state, shutdown_signal()).await;
+    tracing::info!("pollgate stopped");
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}

@@ -1,2 +1,215 @@
 //! The hit path: a poll whose client is not behind a fresh entry is answered
-//! from memory; everything else is handed to the upstream.
+//! from memory; everything else is handed to the upstream, learning the
+//! version the upstream reports on the way back.
+
+use std::net::SocketAddr;
+
+use compact_str::CompactString;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::metrics::Outcome;
+use crate::route::Match;
+use crate::state::{State, VersionSource};
+use crate::table::Entry;
+use crate::upstream::{Leader, Role};
+
+/// Public listener entry point: polls, pass-through.
+pub async fn handle(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let m = state
+        .routes
+        .matches(req.uri().path(), req.uri().query(), req.headers());
+    match m {
+        Match::Poll { key, version, .. } => {
+            // Keys are ≤ 128 bytes; ≤ 24 stay inline (no allocation).
+            let key = CompactString::new(key);
+            poll(state, req, remote, &key, version).await
+        }
+        Match::Bad(reason) => {
+            state.metrics.request(Outcome::BadRequest);
+            Error::BadRequest(reason).into_response()
+        }
+        Match::None if state.cfg.passthrough => passthrough(state, req, remote).await,
+        Match::None => Error::NotFound.into_response(),
+    }
+}
+
+/// Decides hit / stale / unknown / expired for one poll.
+async fn poll(
+    state: &State,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    key: &str,
+    client: Option<u64>,
+) -> Response<Body> {
+    let Some(entry) = state.table.get(key) else {
+        return cold(state, req, remote, key, client).await;
+    };
+    let Some(client) = client else {
+        return forward(state, req, remote, key, None, Outcome::NoVersion).await;
+    };
+    if client < entry.version {
+        return stale(state, req, remote, key).await;
+    }
+    if is_fresh(state, entry) {
+        return hit(state, entry.version);
+    }
+    // Expired: one poll revalidates upstream, the rest are answered from memory.
+    match state.coalescer.join(key) {
+        Role::Leader(l) => forward(state, req, remote, key, Some(l), Outcome::Revalidate).await,
+        Role::Follower(_) => hit(state, entry.version),
+    }
+}
+
+fn is_fresh(state: &State, e: Entry) -> bool {
+    let max_age = state.cfg.max_age.as_millis() as u64;
+    max_age == 0 || state.table.now_ms().saturating_sub(e.confirmed_ms) < max_age
+}
+
+/// The client is behind: it needs the upstream's answer. Fails fast while the
+/// breaker is open so a dead upstream never holds polls.
+async fn stale(
+    state: &State,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    key: &str,
+) -> Response<Body> {
+    if let Some(err) = state.upstream.refusing() {
+        state.metrics.request(Outcome::Shed);
+        return err.into_response();
+    }
+    forward(state, req, remote, key, None, Outcome::Stale).await
+}
+
+/// Unknown key: one request per key goes upstream, the others wait for the
+/// version it brings and are answered from memory if that makes them fresh.
+async fn cold(
+    state: &State,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    key: &str,
+    client: Option<u64>,
+) -> Response<Body> {
+    let follower = match state.coalescer.join(key) {
+        Role::Leader(l) => {
+            return forward(state, req, remote, key, Some(l), Outcome::Unknown).await
+        }
+        Role::Follower(f) => f,
+    };
+    if follower.wait(state.cfg.coalesce_wait).await {
+        if let (Some(e), Some(c)) = (state.table.get(key), client) {
+            if c >= e.version {
+                state.metrics.request(Outcome::Coalesced);
+                return hit_response(state, e.version);
+            }
+        }
+    }
+    forward(state, req, remote, key, None, Outcome::Stale).await
+}
+
+fn hit(state: &State, version: u64) -> Response<Body> {
+    state.metrics.request(Outcome::Hit);
+    hit_response(state, version)
+}
+
+/// `304` with `ETag: "<version>"`, `X-Pollgate: hit` and the poll-interval hint.
+pub fn hit_response(state: &State, version: u64) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, etag(version));
+    h.insert("x-pollgate", HeaderValue::from_static("hit"));
+    h.insert(
+        "x-poll-interval",
+        HeaderValue::from(state.cfg.poll_interval.as_secs()),
+    );
+    resp
+}
+
+/// `"<version>"` formatted on the stack; the header value is the only allocation.
+fn etag(version: u64) -> HeaderValue {
+    let mut buf = [0u8; 22];
+    let mut i = buf.len() - 1;
+    buf[i] = b'"';
+    let mut v = version;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    i -= 1;
+    buf[i] = b'"';
+    HeaderValue::from_bytes(&buf[i..]).expect("digits and quotes are valid header bytes")
+}
+
+/// Sends a poll upstream and learns the version the upstream reports.
+/// `leader` (if any) is dropped once the version is in the table, waking followers.
+async fn forward(
+    state: &State,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    key: &str,
+    leader: Option<Leader<'_>>,
+    outcome: Outcome,
+) -> Response<Body> {
+    state.metrics.request(outcome);
+    let res = state.upstream.forward(req, remote).await;
+    if let Ok(resp) = &res {
+        learn_from(state, key, resp);
+    }
+    drop(leader);
+    respond(state, res)
+}
+
+/// Reads the configured version header; a missing or malformed one teaches nothing.
+fn learn_from(state: &State, key: &str, resp: &Response<Incoming>) {
+    let Some(v) = resp.headers().get(&state.cfg.version_header) else {
+        return;
+    };
+    match v
+        .to_str()
+        .ok()
+        .and_then(|s| crate::route::parse_version(s.trim()).ok())
+    {
+        Some(v) => {
+            state.learn(key, v, VersionSource::Upstream);
+        }
+        None => tracing::debug!(key, "upstream sent an unparsable version header"),
+    }
+}
+
+fn respond(state: &State, res: Result<Response<Incoming>, Error>) -> Response<Body> {
+    match res {
+        Ok(resp) => resp.map(Body::Incoming),
+        Err(e) => {
+            if matches!(e, Error::Shed { .. } | Error::BreakerOpen { .. }) {
+                state.metrics.request(Outcome::Shed);
+            }
+            tracing::debug!(error = %e, "forward failed");
+            e.into_response()
+        }
+    }
+}
+
+/// Not a poll: proxied unchanged (through the same guard).
+async fn passthrough(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    state.metrics.request(Outcome::Passthrough);
+    respond(state, state.upstream.forward(req, remote).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag;
+
+    #[test]
+    fn etag_is_quoted_decimal() {
+        assert_eq!(etag(0), "\"0\"");
+        assert_eq!(etag(42), "\"42\"");
+        assert_eq!(etag(u64::MAX), "\"18446744073709551615\"");
+    }
+}

@@ -59,7 +59,9 @@ pub fn check_key(key: &str) -> Result<(), &'static str> {
     if b.is_empty() || b.len() > 128 {
         return Err("key must be 1-128 bytes of [A-Za-z0-9._:-]");
     }
-    if b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-')) {
+    if b.iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+    {
         Ok(())
     } else {
         Err("key must be 1-128 bytes of [A-Za-z0-9._:-]")
@@ -71,5 +73,6 @@ pub fn parse_version(s: &str) -> Result<u64, &'static str> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
         return Err("version must be a decimal integer 0..2^64-1");
     }
-    s.parse().map_err(|_| "version must be a decimal integer 0..2^64-1")
+    s.parse()
+        .map_err(|_| "version must be a decimal integer 0..2^64-1")
 }

@@ -1,1 +1,161 @@
-//! Listeners, the connection loop (HTTP/1.1 keep-alive + h2c) and graceful shutdown.
+//! Listeners, the connection loop (HTTP/1.1 keep-alive + h2c, upgrades for
+//! WebSocket) and graceful shutdown: stop accepting, drain within the grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::state::State;
+
+/// The two bound sockets. Bound before `run` so tests can bind port 0 and
+/// read the address, and so config errors surface before any port is taken.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub internal: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &Config) -> std::io::Result<Listeners> {
+        let public = bind(cfg.listen, "listen").await?;
+        let internal = bind(cfg.internal_listen, "internal_listen").await?;
+        Ok(Listeners { public, internal })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Public,
+    Internal,
+}
+
+/// Serves both listeners until `shutdown` resolves, then drains.
+pub async fn run(listeners: Listeners, state: Arc<State>, shutdown: impl Future<Output = ()>) {
+    let builder = Arc::new(http_builder(&state.cfg));
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (accepted, side) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listeners.public.accept() => (r, Side::Public),
+            r = listeners.internal.accept() => (r, Side::Internal),
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let stop = state.shutdown.subscribe();
+                conns.spawn(serve(
+                    builder.clone(),
+                    state.clone(),
+                    stream,
+                    remote,
+                    side,
+                    stop,
+                ));
+            }
+            Err(e) => accept_error(e).await,
+        }
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listeners);
+    drain(&state, conns).await;
+}
+
+/// EMFILE and friends: log and back off briefly rather than spin.
+async fn accept_error(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+async fn drain(state: &State, mut conns: JoinSet<()>) {
+    let open = conns.len();
+    tracing::info!(open, "shutting down: draining connections");
+    state.shutdown.send_replace(true);
+    let grace = state.cfg.grace_period;
+    let all_done = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        tracing::warn!(
+            left = conns.len(),
+            ?grace,
+            "grace period expired; closing the rest"
+        );
+        conns.abort_all();
+    }
+}
+
+fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_size.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_size as u32);
+    b
+}
+
+/// One connection: serve requests until it closes or shutdown asks it to finish.
+async fn serve(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    side: Side,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move {
+            Ok::<_, Infallible>(match side {
+                Side::Public => crate::poll::handle(&state, req, remote).await,
+                Side::Internal => crate::internal::handle(&state, req).await,
+            })
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopping(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves once shutdown has started (or the sender is gone).
+pub async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -3,6 +3,8 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::route::{RouteError, Routes};
@@ -25,6 +27,8 @@ pub struct State {
     pub coalescer: Coalescer,
     /// False until the snapshot is loaded and peers caught up with.
     pub ready: AtomicBool,
+    /// Flips to true when shutdown starts: connections finish, streams close.
+    pub shutdown: watch::Sender<bool>,
 }
 
 impl State {
@@ -38,6 +42,7 @@ impl State {
             upstream,
             coalescer: Coalescer::new(),
             ready: AtomicBool::new(true),
+            shutdown: watch::Sender::new(false),
             metrics,
             cfg,
         }))

@@ -1,2 +1,200 @@
 //! `POST /v1/versions` and `GET /v1/versions/{key}`: the publish API.
 //! A batch is validated whole before any of it is applied.
+
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use subtle::ConstantTimeEq;
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::internal::json;
+use crate::route::{check_key, parse_version};
+use crate::state::{State, VersionSource};
+
+/// One `key version` pair of a batch.
+#[derive(Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    pub key: String,
+    pub version: u64,
+}
+
+pub async fn post(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let res = accept(state, req).await;
+    if res.is_err() {
+        state.metrics.publish_rejected.inc();
+    }
+    res
+}
+
+async fn accept(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    authorize(state.cfg.publish_token.as_deref(), &req, "publish_token")?;
+    let is_json = is_json(&req);
+    let body = read_body(req, state.cfg.publish_max_body).await?;
+    let items = if is_json {
+        parse_json(&body)?
+    } else {
+        parse_text(&body)?
+    };
+    let advanced = items
+        .iter()
+        .filter(|i| {
+            state
+                .learn(&i.key, i.version, VersionSource::Publish)
+                .advanced()
+        })
+        .count();
+    state.metrics.publish_batches.inc();
+    let body = format!("{{\"accepted\":{},\"advanced\":{advanced}}}\n", items.len());
+    Ok(json(StatusCode::OK, body))
+}
+
+/// Bearer check in constant time. No token configured → 403 saying how to set one.
+pub fn authorize<B>(token: Option<&str>, req: &Request<B>, key: &'static str) -> Result<(), Error> {
+    let Some(token) = token else {
+        return Err(Error::Forbidden(match key {
+            "admin_token" => "admin is disabled: set admin_token (--admin-token or POLLGATE_ADMIN_TOKEN)",
+            _ => "publishing is disabled: set publish_token (--publish-token or POLLGATE_PUBLISH_TOKEN)",
+        }));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    if bool::from(given.ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
+}
+
+fn is_json<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+/// Reads at most `limit` bytes; a declared or actual larger body → 413.
+pub async fn read_body(req: Request<Incoming>, limit: u64) -> Result<bytes::Bytes, Error> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::TooLarge { limit });
+    }
+    match Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge { limit }),
+        Err(e) => Err(Error::BadRequestOwned(format!("could not read body: {e}"))),
+    }
+}
+
+/// `key version` per line; blank lines and `#` comments skipped.
+pub fn parse_text(body: &[u8]) -> Result<Vec<Item>, Error> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Error::BadRequestOwned(format!("body is not UTF-8: {e}")))?;
+    let mut items = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        items.push(parse_line(line).map_err(|why| bad_line(n + 1, line, why))?);
+    }
+    Ok(items)
+}
+
+fn parse_line(line: &str) -> Result<Item, &'static str> {
+    let mut parts = line.split_ascii_whitespace();
+    let (Some(key), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected `key version`");
+    };
+    check_key(key)?;
+    let version = parse_version(version)?;
+    Ok(Item {
+        key: key.to_string(),
+        version,
+    })
+}
+
+fn bad_line(n: usize, line: &str, why: &str) -> Error {
+    let shown: String = line.chars().take(80).collect();
+    Error::BadRequestOwned(format!("line {n}: {why}: {shown:?}"))
+}
+
+/// `[{"key":"a","version":5}, ...]`.
+pub fn parse_json(body: &[u8]) -> Result<Vec<Item>, Error> {
+    let items: Vec<Item> = serde_json::from_slice(body).map_err(|e| {
+        Error::BadRequestOwned(format!("expected [{{\"key\":..,\"version\":..}}]: {e}"))
+    })?;
+    for (n, item) in items.iter().enumerate() {
+        check_key(&item.key).map_err(|why| {
+            Error::BadRequestOwned(format!("item {}: {why}: {:?}", n + 1, item.key))
+        })?;
+    }
+    Ok(items)
+}
+
+/// `{"key":..,"version":..,"confirmed_ms_ago":..}` or 404.
+pub fn get(state: &State, key: &str) -> Result<Response<Body>, Error> {
+    check_key(key).map_err(Error::BadRequest)?;
+    let e = state.table.get(key).ok_or(Error::NotFound)?;
+    let ago = state.table.now_ms().saturating_sub(e.confirmed_ms);
+    let body = serde_json::json!({"key": key, "version": e.version, "confirmed_ms_ago": ago});
+    Ok(json(StatusCode::OK, format!("{body}\n")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_lines_parse_and_skip_blanks() {
+        let items = parse_text(b"a 1\n\n# comment\n  b:c 22  \n").unwrap();
+        assert_eq!(
+            items,
+            vec![
+                Item {
+                    key: "a".into(),
+                    version: 1
+                },
+                Item {
+                    key: "b:c".into(),
+                    version: 22
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn text_names_first_bad_line() {
+        let err = parse_text(b"a 1\nb x\nc/d 3\n").unwrap_err().to_string();
+        assert!(err.starts_with("line 2: version"), "{err}");
+        let err = parse_text(b"a 1 2\n").unwrap_err().to_string();
+        assert!(err.contains("line 1: expected `key version`"), "{err}");
+        let err = parse_text(b"a/b 1\n").unwrap_err().to_string();
+        assert!(err.contains("line 1: key must be"), "{err}");
+    }
+
+    #[test]
+    fn json_checks_keys_and_shape() {
+        assert_eq!(
+            parse_json(br#"[{"key":"a","version":5}]"#).unwrap().len(),
+            1
+        );
+        assert!(parse_json(br#"[{"key":"a b","version":5}]"#)
+            .unwrap_err()
+            .to_string()
+            .contains("item 1"));
+        assert!(parse_json(br#"[{"key":"a","version":-1}]"#).is_err());
+        assert!(parse_json(br#"[{"key":"a","version":1,"x":2}]"#).is_err());
+        assert!(parse_json(br#"{"key":"a"}"#).is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! The internal listener: publish API, version lookup, metrics, health.
+//! Kept off the public port so operators can firewall it.
+
+use std::sync::atomic::Ordering;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::feed::publish;
+use crate::state::State;
+
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let res = match (req.method(), path) {
+        (&Method::GET, "/metrics") => Ok(metrics(state)),
+        (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, "/readyz") => Ok(readyz(state)),
+        (&Method::POST, "/v1/versions") => publish::post(state, req).await,
+        (_, "/v1/versions") => Err(Error::MethodNotAllowed),
+        (&Method::GET, p) if p.starts_with("/v1/versions/") => {
+            publish::get(state, &p["/v1/versions/".len()..])
+        }
+        _ => Err(Error::NotFound),
+    };
+    res.unwrap_or_else(Error::into_response)
+}
+
+fn metrics(state: &State) -> Response<Body> {
+    state.metrics.keys.set(state.table.len() as i64);
+    let mut resp = Response::new(Body::full(state.metrics.render()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn readyz(state: &State) -> Response<Body> {
+    if state.ready.load(Ordering::Acquire) {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: loading snapshot or catching up with peers\n",
+        )
+    }
+}
+
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,329 @@
+//! Shared test harness: a real upstream HTTP server that counts what it
+//! receives, pollgate started as a real process, and a small HTTP client.
+#![allow(dead_code)] // each test binary uses a different subset of the harness
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// How the fake upstream behaves right now.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    Normal,
+    /// Answer with this status (and the version header).
+    Status(u16),
+    /// Accept but never answer.
+    Hang,
+    /// Answer after this long.
+    Delay(Duration),
+}
+
+/// A real HTTP upstream on 127.0.0.1:0 that counts requests per path.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub versions: Arc<Mutex<HashMap<String, u64>>>,
+    pub mode: Arc<Mutex<Mode>>,
+    pub seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener).await
+    }
+
+    pub async fn start_on(listener: TcpListener) -> Upstream {
+        let addr = listener.local_addr().unwrap();
+        let up = Shared::default();
+        let shared = up.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let shared = shared.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| answer(shared.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            hits: up.hits,
+            versions: up.versions,
+            mode: up.mode,
+            seen: up.seen,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+    pub fn set_version(&self, key: &str, v: u64) {
+        self.versions.lock().insert(key.to_string(), v);
+    }
+    pub fn set_mode(&self, m: Mode) {
+        *self.mode.lock() = m;
+    }
+    /// Stops listening and drops every open connection: the upstream is down.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone, Default)]
+struct Shared {
+    hits: Arc<AtomicUsize>,
+    versions: Arc<Mutex<HashMap<String, u64>>>,
+    mode: Arc<Mutex<Mode>>,
+    seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::Normal
+    }
+}
+
+async fn answer(s: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    s.seen.lock().push((path.clone(), req.headers().clone()));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mode = s.mode.lock().clone();
+    let status = match mode {
+        Mode::Hang => std::future::pending().await,
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            200
+        }
+        Mode::Status(c) => c,
+        Mode::Normal => 200,
+    };
+    let key = path
+        .strip_prefix("/projects/")
+        .and_then(|p| p.split('/').next());
+    let version = key.and_then(|k| s.versions.lock().get(k).copied());
+    let mut resp = Response::builder().status(status);
+    if let Some(v) = version {
+        resp = resp.header("x-pollgate-version", v);
+    }
+    let text = format!("upstream saw {path} with {} body bytes", body.len());
+    Ok(resp.body(Full::new(Bytes::from(text))).unwrap())
+}
+
+/// pollgate as a real child process on ephemeral ports.
+pub struct Pollgate {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub const TOKEN: &str = "test-token";
+
+impl Pollgate {
+    /// Starts pollgate in front of `upstream` with a publish token and `extra` flags.
+    pub fn start(upstream: &str, extra: &[&str]) -> Pollgate {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--internal-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--publish-token",
+            TOKEN,
+        ];
+        args.extend_from_slice(extra);
+        Self::start_args(&args)
+    }
+
+    pub fn start_args(args: &[&str]) -> Pollgate {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pollgate"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("POLLGATE_PUBLISH_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pollgate");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("pollgate listening") {
+                    let _ = tx.send(line.clone());
+                }
+                log2.lock().push(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("pollgate did not start: {:?}", log.lock()));
+        Pollgate {
+            child,
+            public: addr_after(&line, "public="),
+            internal: addr_after(&line, "internal="),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+    pub fn internal_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.internal)
+    }
+
+    pub async fn publish(&self, body: &str) -> (StatusCode, String) {
+        let auth = format!("Bearer {TOKEN}");
+        let (s, _, b) = send(
+            "POST",
+            &self.internal_url("/v1/versions"),
+            &[("authorization", &auth), ("content-type", "text/plain")],
+            body.as_bytes().to_vec(),
+        )
+        .await;
+        (s, b)
+    }
+
+    /// Value of one sample line in /metrics, e.g. `pollgate_requests_total{outcome="hit"}`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, _, body) = get(&self.internal_url("/metrics")).await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; panics after `max`.
+    pub fn wait_exit(&mut self, max: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + max;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pollgate did not exit within {max:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Pollgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addr_after(line: &str, tag: &str) -> SocketAddr {
+    let rest = &line[line.find(tag).unwrap_or_else(|| panic!("{tag} in {line}")) + tag.len()..];
+    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+    rest[..end].parse().unwrap()
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn get(url: &str) -> (StatusCode, HeaderMap, String) {
+    send("GET", url, &[], Vec::new()).await
+}
+
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Polls `cond` until true or `max` passes (no sleeps as synchronisation).
+pub async fn eventually<F, Fut>(max: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + max;
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond().await
+}
