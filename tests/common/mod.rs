@@ -23,8 +23,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// How the fake upstream behaves right now.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub enum Mode {
+    #[default]
     Normal,
     /// Answer with this status (and the version header).
     Status(u16),
@@ -111,11 +112,6 @@ struct Shared {
     seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
 }
 
-impl Default for Mode {
-    fn default() -> Self {
-        Mode::Normal
-    }
-}
 
 async fn answer(s: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     s.hits.fetch_add(1, Ordering::SeqCst);
