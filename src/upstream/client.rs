@@ -353,3 +353,403 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// Serves HTTP/1.1 on 127.0.0.1:0 with `handle`; returns the bound address.
+    async fn serve<F, Fut>(handle: F) -> SocketAddr
+    where
+        F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, remote) = listener.accept().await.unwrap();
+                let handle = handle.clone();
+                let svc = service_fn(move |req| {
+                    let fut = handle(req, remote);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let _ = conn.await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// An upstream that reports what it received in an `x-echo` JSON header
+    /// and streams the request body back as the response body.
+    async fn echo(hits: Arc<AtomicUsize>) -> SocketAddr {
+        serve(move |req: Request<Incoming>, _| {
+            hits.fetch_add(1, Relaxed);
+            async move {
+                let headers: Vec<(String, String)> = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+                    .collect();
+                let report = serde_json::json!({
+                    "method": req.method().as_str(),
+                    "uri": req.uri().to_string(),
+                    "version": format!("{:?}", req.version()),
+                    "headers": headers,
+                });
+                Response::builder()
+                    .header("x-echo", report.to_string())
+                    .header("connection", "x-resp-hop")
+                    .header("x-resp-hop", "1")
+                    .header("keep-alive", "timeout=5")
+                    .header("proxy-authenticate", "Basic")
+                    .header("x-resp-e2e", "1")
+                    .body(Body::Incoming(req.into_body()))
+                    .unwrap()
+            }
+        })
+        .await
+    }
+
+    /// pollgate's public side in miniature: every request goes through `send`;
+    /// errors become their client response plus `x-error: <variant>`.
+    async fn front(client: Arc<Client>) -> SocketAddr {
+        serve(move |req, remote| {
+            let client = client.clone();
+            async move {
+                match client.send(req, remote).await {
+                    Ok(resp) => resp.map(Body::Incoming),
+                    Err(e) => {
+                        let variant = format!("{e:?}");
+                        let variant = variant.split(['(', ' ']).next().unwrap().to_string();
+                        let mut resp = e.into_response();
+                        resp.headers_mut()
+                            .insert("x-error", variant.parse().unwrap());
+                        resp
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    fn config(upstreams: &[SocketAddr]) -> Config {
+        Config {
+            upstream: upstreams
+                .iter()
+                .map(|a| format!("http://{a}").parse().unwrap())
+                .collect(),
+            upstream_timeout: Duration::from_secs(5),
+            ..Config::default()
+        }
+    }
+
+    fn client(cfg: &Config) -> (Arc<Client>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        (Arc::new(Client::new(cfg, metrics.clone())), metrics)
+    }
+
+    /// A plain client for talking to the front server, as a browser would.
+    fn test_client() -> Http {
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+    }
+
+    async fn get(front: SocketAddr, path: &str) -> Response<Incoming> {
+        let req = Request::get(format!("http://{front}{path}"))
+            .body(Body::empty())
+            .unwrap();
+        test_client().request(req).await.unwrap()
+    }
+
+    fn echoed(resp: &Response<Incoming>) -> serde_json::Value {
+        serde_json::from_str(resp.headers()["x-echo"].to_str().unwrap()).unwrap()
+    }
+
+    fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+        echo["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|kv| kv[0] == name)
+            .map(|kv| kv[1].as_str().unwrap())
+            .collect()
+    }
+
+    fn error_of(resp: &Response<Incoming>) -> &str {
+        resp.headers()
+            .get("x-error")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+
+    /// A request body fed from a channel, so a test controls when each chunk leaves.
+    struct ChanBody(mpsc::Receiver<Bytes>);
+
+    impl http_body::Body for ChanBody {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_path_query_and_fixes_headers() {
+        let up = echo(Arc::default()).await;
+        let (client, metrics) = client(&config(&[up]));
+        let front = front(client).await;
+        let req = Request::get(format!("http://{front}/projects/a/changes?since=3&x=%20y"))
+            .header("host", "app.example")
+            .header("connection", "x-hop, keep-alive")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("trailer", "x-t")
+            .header("upgrade", "websocket")
+            .header("proxy-authorization", "Basic abc")
+            .header("proxy-connection", "keep-alive")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-forwarded-for", "10.0.0.2")
+            .header("via", "1.1 cdn")
+            .header("x-e2e", "kept")
+            .body(Body::empty())
+            .unwrap();
+        let resp = test_client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", error_of(&resp));
+        let e = echoed(&resp);
+        assert_eq!(e["method"], "GET");
+        assert_eq!(e["uri"], "/projects/a/changes?since=3&x=%20y");
+        assert_eq!(e["version"], "HTTP/1.1");
+        for hop in [
+            "connection",
+            "x-hop",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+        ] {
+            assert!(header(&e, hop).is_empty(), "{hop} forwarded: {e}");
+        }
+        for hop in ["proxy-authorization", "proxy-connection"] {
+            assert!(header(&e, hop).is_empty(), "{hop} forwarded: {e}");
+        }
+        assert_eq!(header(&e, "host"), ["app.example"]);
+        assert_eq!(
+            header(&e, "x-forwarded-for"),
+            ["10.0.0.1, 10.0.0.2, 127.0.0.1"]
+        );
+        assert_eq!(header(&e, "via"), ["1.1 cdn", "1.1 pollgate"]);
+        assert_eq!(header(&e, "x-e2e"), ["kept"]);
+        // And on the way back.
+        let h = resp.headers();
+        for hop in ["x-resp-hop", "keep-alive", "proxy-authenticate"] {
+            assert!(!h.contains_key(hop), "{hop} returned");
+        }
+        assert_eq!(h["x-resp-e2e"], "1");
+        assert_eq!(h["via"], "1.1 pollgate");
+        assert_eq!(metrics.upstream_count(UpstreamResult::Ok), 1);
+    }
+
+    #[tokio::test]
+    async fn without_host_the_request_still_reaches_the_app() {
+        let up = echo(Arc::default()).await;
+        let (client, _) = client(&config(&[up]));
+        let front = front(client).await;
+        let resp = get(front, "/").await;
+        let e = echoed(&resp);
+        // The front's own Host (set by the test client) is what the app sees.
+        assert_eq!(header(&e, "host"), [front.to_string().as_str()]);
+        assert_eq!(header(&e, "x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(header(&e, "via"), ["1.1 pollgate"]);
+    }
+
+    #[tokio::test]
+    async fn large_chunked_body_streams_both_ways() {
+        let up = echo(Arc::default()).await;
+        let (client, _) = client(&config(&[up]));
+        let front = front(client).await;
+        let (tx, rx) = mpsc::channel(4);
+        let req = Request::put(format!("http://{front}/upload"))
+            .body(Body::boxed(ChanBody(rx)))
+            .unwrap();
+        let send = tokio::spawn(async move { test_client().request(req).await.unwrap() });
+        // The response head arrives while most of the body is still unsent:
+        // nothing on the way buffers the request.
+        tx.send(Bytes::from(vec![b'a'; 1024])).await.unwrap();
+        let resp = send.await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", error_of(&resp));
+        assert_eq!(header(&echoed(&resp), "transfer-encoding"), ["chunked"]);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], &[b'a'; 1024][..first.len()]);
+        let mut received = first.len();
+        let writer = tokio::spawn(async move {
+            // 2 MiB more in 64 KiB chunks, while the echo is read concurrently.
+            for i in 0..32u8 {
+                tx.send(Bytes::from(vec![i; 64 << 10])).await.unwrap();
+            }
+        });
+        let mut tail = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            received += data.len();
+            tail.extend_from_slice(&data);
+        }
+        writer.await.unwrap();
+        assert_eq!(received, 1024 + (2 << 20));
+        assert_eq!(tail[tail.len() - 1], 31);
+    }
+
+    #[tokio::test]
+    async fn hung_upstream_times_out() {
+        // Accepts connections and never answers.
+        let hung = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = hung.local_addr().unwrap();
+        let _holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = hung.accept().await {
+                held.push(s);
+            }
+        });
+        let cfg = Config {
+            upstream_timeout: Duration::from_millis(200),
+            ..config(&[addr])
+        };
+        let (client, metrics) = client(&cfg);
+        let front = front(client).await;
+        let start = std::time::Instant::now();
+        let resp = get(front, "/").await;
+        let took = start.elapsed();
+        assert_eq!(resp.status(), 504);
+        assert_eq!(error_of(&resp), "UpstreamTimeout");
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(metrics.upstream_count(UpstreamResult::Timeout), 1);
+    }
+
+    async fn dead_addr() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+        // dropped here: connecting to it is refused
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_upstream_error() {
+        let (client, metrics) = client(&config(&[dead_addr().await]));
+        let front = front(client).await;
+        let resp = get(front, "/").await;
+        assert_eq!(resp.status(), 502);
+        assert_eq!(error_of(&resp), "Upstream");
+        assert_eq!(metrics.upstream_count(UpstreamResult::Error), 1);
+    }
+
+    #[tokio::test]
+    async fn round_robin_splits_requests() {
+        let (a_hits, b_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let a = echo(a_hits.clone()).await;
+        let b = echo(b_hits.clone()).await;
+        let (client, _) = client(&config(&[a, b]));
+        let front = front(client).await;
+        for _ in 0..10 {
+            assert_eq!(get(front, "/").await.status(), 200);
+        }
+        assert_eq!((a_hits.load(Relaxed), b_hits.load(Relaxed)), (5, 5));
+    }
+
+    #[tokio::test]
+    async fn dead_upstream_is_skipped_after_first_failure() {
+        let live_hits = Arc::new(AtomicUsize::new(0));
+        let live = echo(live_hits.clone()).await;
+        let cfg = config(&[dead_addr().await, live]);
+        let metrics = Arc::new(Metrics::default());
+        // A long cooldown so a slow test machine cannot see the dead one return.
+        let long = Cooldown {
+            base: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+        };
+        let client = Arc::new(Client::new(&cfg, metrics.clone()).with_cooldown(long));
+        let front = front(client).await;
+        let mut failed = 0;
+        for _ in 0..8 {
+            match get(front, "/").await.status().as_u16() {
+                200 => {}
+                502 => failed += 1,
+                s => panic!("unexpected {s}"),
+            }
+        }
+        assert_eq!(
+            failed, 1,
+            "only the first request may hit the dead upstream"
+        );
+        assert_eq!(live_hits.load(Relaxed), 7);
+    }
+
+    #[tokio::test]
+    async fn all_down_still_tries_the_least_recently_failed() {
+        let cfg = config(&[dead_addr().await, dead_addr().await]);
+        let (client, metrics) = client(&cfg);
+        let front = front(client).await;
+        for _ in 0..4 {
+            assert_eq!(get(front, "/").await.status(), 502);
+        }
+        // Never refused by the client itself: every request was attempted.
+        assert_eq!(metrics.upstream_count(UpstreamResult::Error), 4);
+    }
+
+    #[test]
+    fn cooldown_doubles_and_caps_and_resets() {
+        let b = Backend::new(&Uri::from_static("http://127.0.0.1:1")).unwrap();
+        let c = Cooldown::default();
+        let now = Instant::now();
+        let secs: Vec<u64> = (0..6).map(|_| b.failed(now, c).1.as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 10, 10]);
+        assert!(!b.is_up(now));
+        assert!(b.is_up(now + Duration::from_secs(10)));
+        b.succeeded();
+        assert!(b.is_up(now));
+        assert_eq!(b.failed(now, c).1.as_secs(), 1);
+    }
+
+    #[test]
+    fn connection_named_headers_go_but_host_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "Host, X-A , content-length".parse().unwrap(),
+        );
+        h.insert(header::HOST, "h".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        h.insert("x-a", "1".parse().unwrap());
+        h.insert("x-b", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "host", "x-b"]);
+    }
+
+    #[test]
+    fn forwarded_for_ipv6_and_empty() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, "".parse().unwrap());
+        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "::1");
+    }
+}

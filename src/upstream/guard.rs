@@ -46,9 +46,13 @@ struct Breaker {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
+    Closed {
+        failures: u32,
+    },
     /// Refusing until `until`; the first request after that becomes the probe.
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// The probe is in flight; everyone else is refused until it reports.
     HalfOpen,
 }
@@ -87,7 +91,9 @@ impl Guard {
             breaker: Mutex::new(breaker),
             metrics,
         };
-        Guard { inner: Arc::new(inner) }
+        Guard {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Waits (bounded) for a slot, or refuses with `Error::Shed` / `Error::BreakerOpen`.
@@ -104,7 +110,11 @@ impl Guard {
             Admit::Refuse(left) => return Err(self.inner.refuse(left)),
         };
         self.inner.metrics.upstream_inflight.add(1);
-        Ok(Permit { inner: self.inner.clone(), _slot: slot, probe })
+        Ok(Permit {
+            inner: self.inner.clone(),
+            _slot: slot,
+            probe,
+        })
     }
 
     /// `Some(BreakerOpen)` while the breaker is open and no probe is due.
@@ -143,12 +153,16 @@ impl Inner {
     fn shed(&self, why: &'static str) -> Error {
         self.metrics.upstream(UpstreamResult::Shed);
         tracing::debug!(why, "upstream request shed");
-        Error::Shed { retry_after: jittered(self.queue_timeout) }
+        Error::Shed {
+            retry_after: jittered(self.queue_timeout),
+        }
     }
 
     fn refuse(&self, left: Duration) -> Error {
         self.metrics.upstream(UpstreamResult::BreakerOpen);
-        Error::BreakerOpen { retry_after: jittered(left) }
+        Error::BreakerOpen {
+            retry_after: jittered(left),
+        }
     }
 
     fn report(&self, probe: bool, ok: bool) {
@@ -203,13 +217,17 @@ impl Breaker {
     }
 
     fn report(&mut self, probe: bool, ok: bool, now: Instant) {
-        let reopen = State::Open { until: now + self.open_for };
+        let reopen = State::Open {
+            until: now + self.open_for,
+        };
         self.state = match (self.state, probe, ok) {
             (State::HalfOpen, true, true) => State::Closed { failures: 0 },
             (State::HalfOpen, true, false) => reopen,
             (State::Closed { .. }, _, true) => State::Closed { failures: 0 },
             (State::Closed { failures }, _, false) if failures + 1 >= self.threshold => reopen,
-            (State::Closed { failures }, _, false) => State::Closed { failures: failures + 1 },
+            (State::Closed { failures }, _, false) => State::Closed {
+                failures: failures + 1,
+            },
             // Not closed and not the probe: a request from before the breaker
             // opened. Stale evidence; the probe decides.
             (state, _, _) => state,
@@ -263,7 +281,9 @@ impl<'a> Queued<'a> {
     fn enter(inner: &'a Inner) -> Option<Self> {
         inner
             .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < inner.queue_cap).then_some(q + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < inner.queue_cap).then_some(q + 1)
+            })
             .ok()?;
         inner.metrics.upstream_queued.add(1);
         Some(Queued(inner))
