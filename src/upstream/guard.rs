@@ -267,6 +267,14 @@ impl Permit {
     }
 }
 
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         self.inner.metrics.upstream_inflight.add(-1);
@@ -294,5 +302,288 @@ impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.0.queued.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.upstream_queued.add(-1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(f: impl FnOnce(&mut Config)) -> (Arc<Guard>, Arc<Metrics>) {
+        let mut cfg = Config {
+            upstream_max_inflight: 2,
+            upstream_queue: 10,
+            upstream_queue_timeout: Duration::from_secs(30),
+            breaker_failures: 3,
+            breaker_open: Duration::from_secs(30),
+            ..Config::default()
+        };
+        f(&mut cfg);
+        let metrics = Arc::new(Metrics::default());
+        (Arc::new(Guard::new(&cfg, metrics.clone())), metrics)
+    }
+
+    /// Polls `cond` until it holds; panics after a generous deadline.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn spawn_acquire(g: &Arc<Guard>) -> tokio::task::JoinHandle<Result<Permit, Error>> {
+        let g = g.clone();
+        tokio::spawn(async move { g.acquire().await })
+    }
+
+    #[tokio::test]
+    async fn cap_holds_and_waiters_take_freed_slots() {
+        let (g, m) = guard(|_| {});
+        let p1 = g.acquire().await.unwrap();
+        let p2 = g.acquire().await.unwrap();
+        let mut waiters: Vec<_> = (0..3).map(|_| spawn_acquire(&g)).collect();
+        eventually("3 queued", || g.queued() == 3).await;
+        assert_eq!((m.upstream_inflight.get(), m.upstream_queued.get()), (2, 3));
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        drop(p1);
+        eventually("one waiter admitted", || {
+            waiters.iter().any(|w| w.is_finished())
+        })
+        .await;
+        let i = waiters.iter().position(|w| w.is_finished()).unwrap();
+        let p3 = waiters.swap_remove(i).await.unwrap().unwrap();
+        assert_eq!((g.queued(), m.upstream_inflight.get()), (2, 2));
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        drop((p2, p3));
+        let rest: Vec<Permit> = futures_util::future::join_all(waiters)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().unwrap())
+            .collect();
+        assert_eq!(m.upstream_inflight.get(), 2);
+        drop(rest);
+        assert_eq!((m.upstream_inflight.get(), m.upstream_queued.get()), (0, 0));
+        assert_eq!(g.available(), 2);
+    }
+
+    #[tokio::test]
+    async fn no_queue_sheds_at_once() {
+        let (g, m) = guard(|c| {
+            c.upstream_max_inflight = 1;
+            c.upstream_queue = 0;
+        });
+        let _p = g.acquire().await.unwrap();
+        let e = g.acquire().await.err().unwrap();
+        let Error::Shed { retry_after } = e else {
+            panic!("{e:?}")
+        };
+        assert!(retry_after >= Duration::from_secs(1));
+        assert_eq!(m.upstream_count(UpstreamResult::Shed), 1);
+        assert_eq!(m.upstream_queued.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn full_queue_sheds_at_once() {
+        let (g, m) = guard(|c| {
+            c.upstream_max_inflight = 1;
+            c.upstream_queue = 1;
+        });
+        let _p = g.acquire().await.unwrap();
+        let waiter = spawn_acquire(&g);
+        eventually("1 queued", || g.queued() == 1).await;
+        assert!(matches!(g.acquire().await, Err(Error::Shed { .. })));
+        assert_eq!(m.upstream_count(UpstreamResult::Shed), 1);
+        assert!(!waiter.is_finished());
+        waiter.abort();
+    }
+
+    #[tokio::test]
+    async fn waiting_too_long_sheds() {
+        let (g, m) = guard(|c| {
+            c.upstream_max_inflight = 1;
+            c.upstream_queue_timeout = Duration::from_millis(50);
+        });
+        let _p = g.acquire().await.unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(g.acquire().await, Err(Error::Shed { .. })));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert_eq!(m.upstream_count(UpstreamResult::Shed), 1);
+        assert_eq!((g.queued(), m.upstream_queued.get()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiters_leak_nothing() {
+        let (g, m) = guard(|c| c.upstream_max_inflight = 1);
+        let p = g.acquire().await.unwrap();
+        let waiters: Vec<_> = (0..4).map(|_| spawn_acquire(&g)).collect();
+        eventually("4 queued", || g.queued() == 4).await;
+        for w in &waiters {
+            w.abort();
+        }
+        for w in waiters {
+            assert!(w.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!((g.queued(), m.upstream_queued.get()), (0, 0));
+        drop(p);
+        assert_eq!((g.available(), m.upstream_inflight.get()), (1, 0));
+        let _p = g.acquire().await.unwrap();
+        assert_eq!(m.upstream_inflight.get(), 1);
+    }
+
+    fn fail(g: &Guard, n: usize) {
+        for _ in 0..n {
+            g.inner.report(false, false);
+        }
+    }
+
+    #[tokio::test]
+    async fn breaker_opens_after_consecutive_failures_only() {
+        let (g, m) = guard(|_| {});
+        fail(&g, 2);
+        g.acquire().await.unwrap().record_outcome(true);
+        fail(&g, 2);
+        assert!(
+            g.refusing().is_none(),
+            "a success in between resets the count"
+        );
+        let p = g.acquire().await.unwrap();
+        p.record_outcome(false);
+        assert_eq!(m.breaker_open.get(), 1);
+        let Some(Error::BreakerOpen { retry_after }) = g.refusing() else {
+            panic!()
+        };
+        // ≈ the 30 s left, jittered upwards.
+        assert!(retry_after >= Duration::from_secs(29), "{retry_after:?}");
+        assert!(matches!(g.acquire().await, Err(Error::BreakerOpen { .. })));
+        assert_eq!(m.upstream_count(UpstreamResult::BreakerOpen), 2);
+        assert_eq!(m.upstream_inflight.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn half_open_lets_one_probe_and_closes_on_success() {
+        let (g, m) = guard(|c| c.breaker_open = Duration::from_millis(50));
+        fail(&g, 3);
+        assert!(g.refusing().is_some());
+        eventually("probe due", || g.refusing().is_none()).await;
+        let probe = g.acquire().await.unwrap();
+        assert!(probe.is_probe());
+        let Err(Error::BreakerOpen { retry_after }) = g.acquire().await else {
+            panic!()
+        };
+        assert!(retry_after >= Duration::from_secs(1));
+        assert!(g.refusing().is_some());
+        assert_eq!(m.breaker_open.get(), 1);
+        probe.record_outcome(true);
+        assert_eq!(m.breaker_open.get(), 0);
+        assert!(g.refusing().is_none());
+        let p = g.acquire().await.unwrap();
+        assert!(!p.is_probe());
+        // Closed with a fresh count: it takes 3 failures again to open.
+        p.record_outcome(false);
+        fail(&g, 1);
+        assert!(g.refusing().is_none());
+    }
+
+    #[tokio::test]
+    async fn failed_probe_reopens_for_the_full_time() {
+        let (g, m) = guard(|c| c.breaker_open = Duration::from_millis(50));
+        fail(&g, 3);
+        eventually("probe due", || g.refusing().is_none()).await;
+        let opened = Instant::now();
+        g.acquire().await.unwrap().record_outcome(false);
+        assert_eq!(m.breaker_open.get(), 1);
+        assert!(g.refusing().is_some());
+        eventually("probe due again", || g.refusing().is_none()).await;
+        assert!(opened.elapsed() >= Duration::from_millis(50));
+        assert!(g.acquire().await.unwrap().is_probe());
+    }
+
+    #[tokio::test]
+    async fn abandoned_probe_lets_the_next_request_probe() {
+        let (g, _) = guard(|c| c.breaker_open = Duration::from_millis(50));
+        fail(&g, 3);
+        eventually("probe due", || g.refusing().is_none()).await;
+        let probe = g.acquire().await.unwrap();
+        assert!(g.refusing().is_some());
+        drop(probe); // the client went away mid-request
+        assert!(g.refusing().is_none());
+        let probe = g.acquire().await.unwrap();
+        assert!(probe.is_probe());
+        probe.record_outcome(true);
+        assert!(g.refusing().is_none());
+    }
+
+    #[tokio::test]
+    async fn queued_request_is_refused_if_the_breaker_opened_meanwhile() {
+        let (g, _) = guard(|c| c.upstream_max_inflight = 1);
+        let p = g.acquire().await.unwrap();
+        let waiter = spawn_acquire(&g);
+        eventually("1 queued", || g.queued() == 1).await;
+        fail(&g, 3);
+        drop(p);
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Err(Error::BreakerOpen { .. })
+        ));
+        assert_eq!(g.available(), 1);
+    }
+
+    // The state machine alone, on a synthetic clock.
+
+    fn breaker() -> Breaker {
+        Breaker {
+            state: State::Closed { failures: 0 },
+            threshold: 2,
+            open_for: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn late_results_do_not_decide_an_open_breaker() {
+        let t0 = Instant::now();
+        let mut b = breaker();
+        b.report(false, false, t0);
+        b.report(false, false, t0);
+        assert_eq!(
+            b.state,
+            State::Open {
+                until: t0 + Duration::from_secs(5)
+            }
+        );
+        // A request from before the opening succeeds: still open.
+        b.report(false, true, t0 + Duration::from_secs(1));
+        assert_eq!(
+            b.refusing(t0 + Duration::from_secs(1)),
+            Some(Duration::from_secs(4))
+        );
+        let t5 = t0 + Duration::from_secs(5);
+        assert_eq!(b.refusing(t5), None);
+        assert!(matches!(b.admit(t5), Admit::Probe));
+        assert!(matches!(b.admit(t5), Admit::Refuse(_)));
+        b.report(false, true, t5); // late non-probe success while half-open
+        assert_eq!(b.state, State::HalfOpen);
+        b.report(true, false, t5);
+        assert_eq!(
+            b.state,
+            State::Open {
+                until: t5 + Duration::from_secs(5)
+            }
+        );
+    }
+
+    #[test]
+    fn abandoning_only_matters_half_open() {
+        let t0 = Instant::now();
+        let mut b = breaker();
+        b.abandon_probe(t0);
+        assert_eq!(b.state, State::Closed { failures: 0 });
+        b.state = State::HalfOpen;
+        b.abandon_probe(t0);
+        assert!(matches!(b.admit(t0), Admit::Probe));
     }
 }
