@@ -11,6 +11,10 @@
 //!   An HTTP/2 request has no Host header, so its `:authority` becomes Host;
 //!   only a request with neither gets the upstream's authority (set by hyper).
 //! - Everything goes out as HTTP/1.1, whatever the client spoke (h2c included).
+//! - `upstream_timeout` bounds the wait for the response *head*; the body then
+//!   streams for as long as the app keeps sending (long-polls pass through).
+//! - Passive health reacts to connect/IO errors and timeouts only; a 5xx means
+//!   the server is reachable, so it feeds the guard's breaker instead.
 //! - Hop-by-hop headers are stripped both ways, so `Upgrade` (WebSocket)
 //!   cannot be passed through; pollgate serves its own WebSocket.
 
