@@ -71,3 +71,9 @@ impl http_body::Body for Body {
         }
     }
 }
+
+impl From<hyper::body::Incoming> for Body {
+    fn from(b: hyper::body::Incoming) -> Self {
+        Body::Incoming(b)
+    }
+}

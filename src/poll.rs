@@ -17,7 +17,7 @@ use crate::table::Entry;
 use crate::upstream::{Leader, Role};
 
 /// Public listener entry point: polls, pass-through.
-pub async fn handle(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+pub async fn handle(state: &State, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
     let m = state
         .routes
         .matches(req.uri().path(), req.uri().query(), req.headers());
@@ -39,7 +39,7 @@ pub async fn handle(state: &State, req: Request<Incoming>, remote: SocketAddr) -
 /// Decides hit / stale / unknown / expired for one poll.
 async fn poll(
     state: &State,
-    req: Request<Incoming>,
+    req: Request<Body>,
     remote: SocketAddr,
     key: &str,
     client: Option<u64>,
@@ -70,12 +70,7 @@ fn is_fresh(state: &State, e: Entry) -> bool {
 
 /// The client is behind: it needs the upstream's answer. Fails fast while the
 /// breaker is open so a dead upstream never holds polls.
-async fn stale(
-    state: &State,
-    req: Request<Incoming>,
-    remote: SocketAddr,
-    key: &str,
-) -> Response<Body> {
+async fn stale(state: &State, req: Request<Body>, remote: SocketAddr, key: &str) -> Response<Body> {
     if let Some(err) = state.upstream.refusing() {
         state.metrics.request(Outcome::Shed);
         return err.into_response();
@@ -87,7 +82,7 @@ async fn stale(
 /// version it brings and are answered from memory if that makes them fresh.
 async fn cold(
     state: &State,
-    req: Request<Incoming>,
+    req: Request<Body>,
     remote: SocketAddr,
     key: &str,
     client: Option<u64>,
@@ -151,7 +146,7 @@ fn etag(version: u64) -> HeaderValue {
 /// `leader` (if any) is dropped once the version is in the table, waking followers.
 async fn forward(
     state: &State,
-    req: Request<Incoming>,
+    req: Request<Body>,
     remote: SocketAddr,
     key: &str,
     leader: Option<Leader<'_>>,
@@ -197,7 +192,7 @@ fn respond(state: &State, res: Result<Response<Incoming>, Error>) -> Response<Bo
 }
 
 /// Not a poll: proxied unchanged (through the same guard).
-async fn passthrough(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+async fn passthrough(state: &State, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
     state.metrics.request(Outcome::Passthrough);
     respond(state, state.upstream.forward(req, remote).await)
 }

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::body::Body;
 use crate::config::Config;
 use crate::state::State;
 
@@ -136,7 +137,7 @@ async fn serve(
         let state = state.clone();
         async move {
             Ok::<_, Infallible>(match side {
-                Side::Public => crate::poll::handle(&state, req, remote).await,
+                Side::Public => crate::poll::handle(&state, req.map(Body::Incoming), remote).await,
                 Side::Internal => crate::internal::handle(&state, req).await,
             })
         }

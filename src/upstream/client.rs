@@ -142,7 +142,7 @@ impl Client {
     /// The response body is returned unread, so it streams to the client.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<impl Into<Body>>,
         client_addr: SocketAddr,
     ) -> Result<Response<Incoming>, Error> {
         let Some(backend) = self.pick() else {
@@ -263,7 +263,7 @@ impl Backend {
 
 /// Points `req` at `backend` and makes its headers fit for the next hop.
 fn rewrite(
-    req: Request<Incoming>,
+    req: Request<impl Into<Body>>,
     backend: &Backend,
     client_addr: SocketAddr,
 ) -> Result<Request<Body>, Error> {
@@ -294,7 +294,7 @@ fn rewrite(
     append_forwarded_for(h, client_addr.ip());
     h.append(header::VIA, via(parts.version));
     parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, Body::Incoming(body)))
+    Ok(Request::from_parts(parts, body.into()))
 }
 
 /// Removes the headers named in `Connection`, then the fixed hop-by-hop set.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::body::Body;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -36,7 +37,7 @@ impl Upstream {
     /// Errors are already typed for the client: shed/breaker → 503, timeout → 504, else 502.
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<impl Into<Body>>,
         client_addr: SocketAddr,
     ) -> Result<Response<Incoming>, Error> {
         let permit = self.guard.acquire().await?;

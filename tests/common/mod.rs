@@ -112,7 +112,6 @@ struct Shared {
     seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
 }
 
-
 async fn answer(s: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     s.hits.fetch_add(1, Ordering::SeqCst);
     let path = req
