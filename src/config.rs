@@ -177,7 +177,10 @@ fn load_inner(
         errs.extend(config.validate_routes());
     }
     match errs.is_empty() {
-        true => Ok(Cli { config, print_config: matches.get_flag("print_config") }),
+        true => Ok(Cli {
+            config,
+            print_config: matches.get_flag("print_config"),
+        }),
         false => Err(LoadError::Invalid(errs)),
     }
 }
@@ -214,20 +217,30 @@ impl Config {
 
     /// Checks that span several keys (each key alone was checked when parsed).
     pub fn validate_fields(&self) -> Vec<String> {
-        let checks = [
-            (!self.listeners_clash(), self.clash_message()),
-            (!self.upstream.is_empty(), "upstream: at least one is required".into()),
-            (!self.route.is_empty(), "route: at least one is required".into()),
-            (!self.upstream_timeout.is_zero(), "upstream_timeout: must be longer than 0s".into()),
-            (self.peer.is_empty() || self.cluster_key.is_some(), PEER_WITHOUT_KEY.into()),
+        let failed = [
+            self.listeners_clash().then(|| self.clash_message()),
+            self.upstream
+                .is_empty()
+                .then(|| "upstream: at least one is required".into()),
+            self.route
+                .is_empty()
+                .then(|| "route: at least one is required".into()),
+            self.upstream_timeout
+                .is_zero()
+                .then(|| "upstream_timeout: must be longer than 0s".into()),
+            (!self.peer.is_empty() && self.cluster_key.is_none()).then(|| PEER_WITHOUT_KEY.into()),
         ];
-        checks.into_iter().filter(|(ok, _)| !ok).map(|(_, msg)| msg).collect()
+        failed.into_iter().flatten().collect()
     }
 
     /// Each route template must parse; one line per bad template.
     pub fn validate_routes(&self) -> Vec<String> {
         let parse = |t: &String| crate::route::Routes::parse(std::slice::from_ref(t)).err();
-        self.route.iter().filter_map(parse).map(|e| e.to_string()).collect()
+        self.route
+            .iter()
+            .filter_map(parse)
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// Both listeners on one port of one address (or of the wildcard).
@@ -284,7 +297,16 @@ const fn key(
     set: Setter,
     get: Getter,
 ) -> Key {
-    Key { name, heading, value_name, default, help, list: false, set, get }
+    Key {
+        name,
+        heading,
+        value_name,
+        default,
+        help,
+        list: false,
+        set,
+        get,
+    }
 }
 
 impl Key {
@@ -375,12 +397,17 @@ fn key_index(name: &str) -> Option<usize> {
 /// Parses the single value of a scalar key.
 fn one<T>(v: &[String], parse: fn(&str) -> Result<T, String>) -> Result<T, Bad> {
     let s = v.first().map_or("", String::as_str);
-    parse(s).map_err(|why| Bad { value: s.to_string(), why })
+    parse(s).map_err(|why| Bad {
+        value: s.to_string(),
+        why,
+    })
 }
 
 /// Parses every item of a list key; the first bad item is reported.
 fn all<T>(v: &[String], parse: fn(&str) -> Result<T, String>) -> Result<Vec<T>, Bad> {
-    v.iter().map(|s| one(std::slice::from_ref(s), parse)).collect()
+    v.iter()
+        .map(|s| one(std::slice::from_ref(s), parse))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -399,7 +426,10 @@ fn build(raws: &[Option<Raw>], errs: &mut Vec<String>) -> Config {
     for (key, raw) in KEYS.iter().zip(raws) {
         let Some(raw) = raw else { continue };
         if let Err(bad) = (key.set)(&mut config, &raw.values) {
-            errs.push(format!("{}: {:?} (from {}) {}", key.name, bad.value, raw.from, bad.why));
+            errs.push(format!(
+                "{}: {:?} (from {}) {}",
+                key.name, bad.value, raw.from, bad.why
+            ));
         }
     }
     // After layering, so the default name follows the port actually used.
@@ -421,7 +451,11 @@ fn config_path(m: &ArgMatches, env: &[(String, String)]) -> Option<(String, Stri
 fn read_file(path: &str, from: &str, raws: &mut [Option<Raw>], errs: &mut Vec<String>) {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) => return errs.push(format!("config file {path:?} (from {from}): cannot read: {e}")),
+        Err(e) => {
+            return errs.push(format!(
+                "config file {path:?} (from {from}): cannot read: {e}"
+            ))
+        }
     };
     let table = match text.parse::<toml::Table>() {
         Ok(table) => table,
@@ -429,7 +463,12 @@ fn read_file(path: &str, from: &str, raws: &mut [Option<Raw>], errs: &mut Vec<St
     };
     for (name, value) in table {
         match file_entry(&name, value) {
-            Ok((i, values)) => raws[i] = Some(Raw { values, from: format!("file {path}") }),
+            Ok((i, values)) => {
+                raws[i] = Some(Raw {
+                    values,
+                    from: format!("file {path}"),
+                })
+            }
             Err(e) => errs.push(format!("config file {path:?}: {e}")),
         }
     }
@@ -440,7 +479,10 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let at = e.span().map_or(0, |s| s.start).min(text.len());
     let line = text[..at].matches('\n').count() + 1;
     let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
-    format!("invalid TOML at line {line}, column {column}: {}", e.message().trim())
+    format!(
+        "invalid TOML at line {line}, column {column}: {}",
+        e.message().trim()
+    )
 }
 
 /// A file key's index and its values as text (arrays only for list keys).
@@ -451,7 +493,9 @@ fn file_entry(name: &str, value: Value) -> Result<(usize, Vec<String>), String> 
         Value::Array(_) => Err("takes a single value, not an array".into()),
         value => scalar_text(value).map(|s| vec![s]),
     };
-    values.map(|v| (i, v)).map_err(|why| format!("{name}: {why}"))
+    values
+        .map(|v| (i, v))
+        .map_err(|why| format!("{name}: {why}"))
 }
 
 fn scalar_text(value: Value) -> Result<String, String> {
@@ -466,13 +510,20 @@ fn scalar_text(value: Value) -> Result<String, String> {
 
 fn read_env(env: &[(String, String)], raws: &mut [Option<Raw>], errs: &mut Vec<String>) {
     for (name, value) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         if name == CONFIG_ENV {
             continue;
         }
         let lower = rest.to_ascii_lowercase();
         match key_index(&lower).filter(|_| rest == lower.to_ascii_uppercase()) {
-            Some(i) => raws[i] = Some(Raw { values: env_values(&KEYS[i], value), from: name.clone() }),
+            Some(i) => {
+                raws[i] = Some(Raw {
+                    values: env_values(&KEYS[i], value),
+                    from: name.clone(),
+                })
+            }
             None => errs.push(unknown("environment variable", name, &lower, ENV_PREFIX)),
         }
     }
@@ -482,7 +533,12 @@ fn read_env(env: &[(String, String)], raws: &mut [Option<Raw>], errs: &mut Vec<S
 /// the file); blanks are dropped, so an empty variable means an empty list.
 fn env_values(key: &Key, value: &str) -> Vec<String> {
     match key.list {
-        true => value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        true => value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         false => vec![value.to_string()],
     }
 }
@@ -491,7 +547,10 @@ fn read_flags(m: &ArgMatches, raws: &mut [Option<Raw>]) {
     for (i, key) in KEYS.iter().enumerate() {
         if let Some(values) = m.get_many::<String>(key.name) {
             let from = format!("--{}", flag_names()[i]);
-            raws[i] = Some(Raw { values: values.cloned().collect(), from });
+            raws[i] = Some(Raw {
+                values: values.cloned().collect(),
+                from,
+            });
         }
     }
 }
@@ -499,7 +558,10 @@ fn read_flags(m: &ArgMatches, raws: &mut [Option<Raw>]) {
 /// `what name: unknown, did you mean X?`, where X is the nearest key.
 fn unknown(what: &str, name: &str, as_key: &str, prefix: &str) -> String {
     match nearest(as_key) {
-        Some(k) => format!("{name}: unknown {what}, did you mean {prefix}{}?", cased(k, prefix)),
+        Some(k) => format!(
+            "{name}: unknown {what}, did you mean {prefix}{}?",
+            cased(k, prefix)
+        ),
         None => format!("{name}: unknown {what} (pollgate --help lists them all)"),
     }
 }
@@ -514,7 +576,10 @@ fn cased(name: &str, prefix: &str) -> String {
 
 /// The key closest to a typo, if it is close enough to be what was meant.
 fn nearest(name: &str) -> Option<&'static str> {
-    let (d, best) = KEYS.iter().map(|k| (edit_distance(name, k.name), k.name)).min()?;
+    let (d, best) = KEYS
+        .iter()
+        .map(|k| (edit_distance(name, k.name), k.name))
+        .min()?;
     (d <= 2.max(best.len() / 4)).then_some(best)
 }
 
@@ -525,7 +590,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut row = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            row.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(row[j] + 1));
+            row.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(row[j] + 1),
+            );
         }
         prev = row;
     }
@@ -543,22 +612,35 @@ fn flag_names() -> &'static [String] {
 }
 
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ArgMatches, LoadError> {
-    command().try_get_matches_from(args).map_err(|e| match e.kind() {
-        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-            LoadError::Display(e.to_string())
-        }
-        _ => LoadError::Invalid(vec![clap_message(&e)]),
-    })
+    command()
+        .try_get_matches_from(args)
+        .map_err(|e| match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                LoadError::Display(e.to_string())
+            }
+            _ => LoadError::Invalid(vec![clap_message(&e)]),
+        })
 }
 
-/// clap's message without its `error: ` prefix and trailing blank lines.
+/// clap's message and tip on one line, without its `error: ` prefix and usage.
 fn clap_message(e: &clap::Error) -> String {
     let text = e.to_string();
-    text.trim_start_matches("error: ").trim_end().to_string()
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"));
+    let kept: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    format!(
+        "{} (see --help)",
+        kept.join("; ").trim_start_matches("error: ")
+    )
 }
 
 fn command() -> Command {
-    let keys = KEYS.iter().zip(flag_names()).map(|(k, flag)| key_arg(k, flag));
+    let keys = KEYS
+        .iter()
+        .zip(flag_names())
+        .map(|(k, flag)| key_arg(k, flag));
     Command::new("pollgate")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Answers \"anything new since version V?\" polls from memory; forwards only the stale ones")
@@ -573,7 +655,11 @@ fn command() -> Command {
 /// Every flag takes plain strings: clap never rejects a value, we parse it
 /// (so every bad value is reported at once, in our words).
 fn key_arg(key: &'static Key, flag: &'static str) -> Arg {
-    let action = if key.list { ArgAction::Append } else { ArgAction::Set };
+    let action = if key.list {
+        ArgAction::Append
+    } else {
+        ArgAction::Set
+    };
     let env = match key.list {
         true => format!("{}, comma-separated; repeatable", key.env_name()),
         false => key.env_name(),
@@ -583,7 +669,10 @@ fn key_arg(key: &'static Key, flag: &'static str) -> Arg {
         .value_name(key.value_name)
         .action(action)
         .help_heading(key.heading)
-        .help(format!("{} [default: {}] [env: {env}]", key.help, key.default))
+        .help(format!(
+            "{} [default: {}] [env: {env}]",
+            key.help, key.default
+        ))
 }
 
 const CONFIG_HELP: &str = "TOML file with the same keys as the flags, written with _ (max_age = \"30s\") [env: POLLGATE_CONFIG]";
@@ -641,7 +730,7 @@ fn size(s: &str) -> Result<u64, String> {
 /// Largest exact binary unit, so printing and parsing round-trip.
 fn size_text(n: u64) -> String {
     let units = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
-    match units.iter().find(|(u, _)| n != 0 && n % u == 0) {
+    match units.iter().find(|(u, _)| n != 0 && n.is_multiple_of(*u)) {
         Some((u, name)) => format!("{}{name}", n / u),
         None => format!("{n}B"),
     }
@@ -662,7 +751,9 @@ fn body_size(s: &str) -> Result<u64, String> {
 }
 
 fn whole<T: std::str::FromStr>(s: &str) -> Result<T, String> {
-    s.trim().parse().map_err(|_| "is not a whole number in range".into())
+    s.trim()
+        .parse()
+        .map_err(|_| "is not a whole number in range".into())
 }
 
 fn at_least_one<T: std::str::FromStr + Default + PartialEq>(s: &str) -> Result<T, String> {
@@ -683,7 +774,8 @@ fn boolean(s: &str) -> Result<bool, String> {
 
 /// `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080` (→ 127.0.0.1), `:8080` (→ 0.0.0.0).
 fn socket(s: &str) -> Result<SocketAddr, String> {
-    const WHY: &str = "is not a socket address like 127.0.0.1:8080, [::1]:8080, localhost:8080 or :8080";
+    const WHY: &str =
+        "is not a socket address like 127.0.0.1:8080, [::1]:8080, localhost:8080 or :8080";
     if let Ok(addr) = s.parse() {
         return Ok(addr);
     }
@@ -691,7 +783,9 @@ fn socket(s: &str) -> Result<SocketAddr, String> {
     let port: u16 = port.parse().map_err(|_| WHY)?;
     match host {
         "" => Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))),
-        h if h.eq_ignore_ascii_case("localhost") => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        h if h.eq_ignore_ascii_case("localhost") => {
+            Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        }
         _ => Err(WHY.into()),
     }
 }
@@ -702,7 +796,9 @@ fn upstream(s: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = s.trim().parse().map_err(|_| WHY)?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => return Err("https upstreams are not supported; terminate TLS in front".into()),
+        Some("https") => {
+            return Err("https upstreams are not supported; terminate TLS in front".into())
+        }
         _ => return Err(WHY.into()),
     }
     let auth = uri.authority().ok_or(WHY)?;
@@ -710,7 +806,11 @@ fn upstream(s: &str) -> Result<http::Uri, String> {
         return Err("must be just http://host:port, with no path, query or credentials".into());
     }
     let authority = format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(80));
-    let built = http::Uri::builder().scheme("http").authority(authority).path_and_query("/").build();
+    let built = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query("/")
+        .build();
     built.map_err(|_| WHY.into())
 }
 
@@ -752,7 +852,9 @@ fn word(s: &str) -> Result<String, String> {
 /// A token is compared with an `Authorization` header, so it must fit one.
 fn secret(s: &str) -> Result<String, String> {
     if s == REDACTED {
-        return Err("is the placeholder --print-config shows for a secret; put the real value here".into());
+        return Err(
+            "is the placeholder --print-config shows for a secret; put the real value here".into(),
+        );
     }
     match s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
         true => Err("must be a non-empty string of visible ASCII without spaces".into()),
@@ -783,7 +885,9 @@ fn text(s: impl std::fmt::Display) -> Option<Value> {
 }
 
 fn texts<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> Option<Value> {
-    Some(Value::Array(items.map(|s| Value::String(s.to_string())).collect()))
+    Some(Value::Array(
+        items.map(|s| Value::String(s.to_string())).collect(),
+    ))
 }
 
 fn dur(d: Duration) -> Option<Value> {
@@ -801,4 +905,517 @@ fn int(n: u64) -> Option<Value> {
 
 fn redacted(secret: &Option<String>) -> Option<Value> {
     secret.as_ref().and_then(|_| text(REDACTED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs `load` without route checking (route.rs is built separately).
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, LoadError> {
+        let args = std::iter::once("pollgate")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        let env: Vec<_> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load_inner(args, &env, false)
+    }
+
+    fn ok(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match run(args, env) {
+            Ok(cli) => cli.config,
+            Err(e) => panic!("expected a config, got {e:?}"),
+        }
+    }
+
+    fn errs(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+        match run(args, env) {
+            Err(LoadError::Invalid(errs)) => errs,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    /// Exactly one error, containing every one of `parts`.
+    fn one_error(args: &[&str], env: &[(&str, &str)], parts: &[&str]) {
+        let e = errs(args, env);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            parts.iter().all(|p| e[0].contains(p)),
+            "{parts:?} not in {e:#?}"
+        );
+    }
+
+    /// A TOML file under the temp dir, removed on drop.
+    struct TempToml(PathBuf);
+
+    impl TempToml {
+        fn new(text: &str) -> TempToml {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let name = format!("pollgate-config-test-{}-{n}.toml", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            std::fs::write(&path, text).expect("write temp config");
+            TempToml(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().expect("utf-8 temp path")
+        }
+    }
+
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn no_arguments_gives_the_default() {
+        assert_eq!(ok(&[], &[]), Config::default());
+        assert!(!run(&[], &[]).unwrap().print_config);
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let file = TempToml::new(
+            "max_age = \"1s\"\npoll_interval = \"2s\"\ngrace_period = \"3s\"\ncoalesce_wait = \"4s\"\n",
+        );
+        let env = [
+            ("POLLGATE_MAX_AGE", "10s"),
+            ("POLLGATE_POLL_INTERVAL", "20s"),
+            ("POLLGATE_GRACE_PERIOD", "30s"),
+        ];
+        let c = ok(&["--config", file.path(), "--max-age", "100s"], &env);
+        assert_eq!(c.max_age, secs(100));
+        assert_eq!(c.poll_interval, secs(20));
+        assert_eq!(c.grace_period, secs(30));
+        assert_eq!(c.coalesce_wait, secs(4));
+        assert_eq!(c.breaker_open, Config::default().breaker_open);
+    }
+
+    #[test]
+    fn config_file_from_env_and_flag_beats_it() {
+        let a = TempToml::new("max_age = \"1s\"");
+        let b = TempToml::new("max_age = \"2s\"");
+        assert_eq!(ok(&[], &[("POLLGATE_CONFIG", a.path())]).max_age, secs(1));
+        let c = ok(&["--config", b.path()], &[("POLLGATE_CONFIG", a.path())]);
+        assert_eq!(c.max_age, secs(2));
+    }
+
+    #[test]
+    fn lists_come_from_every_layer() {
+        let file = TempToml::new("upstream = [\"http://a:1\", \"http://b:2\"]\npeer = \"p:1\"");
+        let env = [(
+            "POLLGATE_ROUTE",
+            "/x/{key}?v={version}, /y/{key}?v={version}",
+        )];
+        let args = [
+            "--config",
+            file.path(),
+            "--cluster-key",
+            "k",
+            "--peer",
+            "q:2",
+            "--peer",
+            "r:3",
+        ];
+        let c = ok(&args, &env);
+        assert_eq!(
+            c.upstream.iter().map(upstream_text).collect::<Vec<_>>(),
+            ["http://a:1", "http://b:2"]
+        );
+        assert_eq!(c.route, ["/x/{key}?v={version}", "/y/{key}?v={version}"]);
+        assert_eq!(c.peer, ["q:2", "r:3"]);
+    }
+
+    #[test]
+    fn a_higher_layer_replaces_the_list() {
+        let file = TempToml::new("upstream = [\"http://a:1\", \"http://b:2\"]");
+        let env = [("POLLGATE_UPSTREAM", "http://c:3")];
+        let c = ok(&["--config", file.path()], &env);
+        assert_eq!(c.upstream, [http::Uri::from_static("http://c:3/")]);
+        let c = ok(&["--config", file.path(), "--upstream", "http://d:4"], &env);
+        assert_eq!(c.upstream, [http::Uri::from_static("http://d:4/")]);
+        let c = ok(
+            &["--peer", "a:1", "--cluster-key", "k"],
+            &[("POLLGATE_PEER", "")],
+        );
+        assert_eq!(c.peer, ["a:1"]);
+        assert!(ok(&[], &[("POLLGATE_PEER", "")]).peer.is_empty());
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let file = TempToml::new("max_header_size = \"10MiB\"");
+        let env = [("POLLGATE_LISTEN", "nope")];
+        let e = errs(&["--config", file.path(), "--max-age", "abc"], &env);
+        assert_eq!(e.len(), 3, "{e:#?}");
+        let has = |parts: &[&str]| e.iter().any(|l| parts.iter().all(|p| l.contains(p)));
+        assert!(
+            has(&["max_age", "\"abc\"", "--max-age", "duration like 250ms"]),
+            "{e:#?}"
+        );
+        assert!(
+            has(&["listen", "\"nope\"", "POLLGATE_LISTEN", "socket address"]),
+            "{e:#?}"
+        );
+        assert!(
+            has(&["max_header_size", "\"10MiB\"", file.path(), "1KiB and 1MiB"]),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn the_exact_error_line() {
+        let e = errs(&["--max-age", "abc"], &[]);
+        assert_eq!(
+            e,
+            [r#"max_age: "abc" (from --max-age) is not a duration like 250ms, 60s, 1h"#]
+        );
+    }
+
+    #[test]
+    fn unknown_flag_is_invalid() {
+        let e = errs(&["--max-agee", "1s"], &[]);
+        assert_eq!(
+            e,
+            ["unexpected argument '--max-agee' found; \
+              tip: a similar argument exists: '--max-age' (see --help)"]
+        );
+        assert!(!e[0].starts_with("error:"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_env_var_is_invalid_with_a_suggestion() {
+        let e = errs(&[], &[("POLLGATE_LISTN", ":1"), ("OTHER_THING", "x")]);
+        assert_eq!(
+            e,
+            ["POLLGATE_LISTN: unknown environment variable, did you mean POLLGATE_LISTEN?"]
+        );
+        one_error(
+            &[],
+            &[("POLLGATE_max_age", "1s")],
+            &["did you mean POLLGATE_MAX_AGE?"],
+        );
+        let e = errs(&[], &[("POLLGATE_ZZZZZZZZZZZZ", "1")]);
+        assert!(
+            e[0].contains("unknown") && !e[0].contains("did you mean"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_file_key_is_invalid_with_a_suggestion() {
+        let file = TempToml::new("max-age = \"1s\"\n");
+        let want = "max-age: unknown key, did you mean max_age?";
+        one_error(&["--config", file.path()], &[], &[want]);
+    }
+
+    #[test]
+    fn unreadable_or_invalid_file_names_the_file() {
+        let missing = std::env::temp_dir().join("pollgate-surely-missing.toml");
+        let parts = ["pollgate-surely-missing.toml", "cannot read"];
+        one_error(&["--config", missing.to_str().unwrap()], &[], &parts);
+        let file = TempToml::new("max_age = \n");
+        one_error(&["--config", file.path()], &[], &[file.path(), "line 1"]);
+    }
+
+    #[test]
+    fn file_shapes() {
+        let file = TempToml::new("max_age = [\"1s\"]\npassthrough = false\n");
+        one_error(
+            &["--config", file.path()],
+            &[],
+            &["max_age: takes a single value"],
+        );
+        let file = TempToml::new("passthrough = false\nupstream_queue = 7\nroute = \"/a/{key}\"");
+        let c = ok(&["--config", file.path()], &[]);
+        assert!(!c.passthrough);
+        assert_eq!(c.upstream_queue, 7);
+        assert_eq!(c.route, ["/a/{key}"]);
+    }
+
+    #[test]
+    fn help_and_version_are_display() {
+        let Err(LoadError::Display(help)) = run(&["--help"], &[]) else {
+            panic!("help")
+        };
+        for needle in [
+            "--max-age",
+            "--upstream",
+            "--internal-listen",
+            "--print-config",
+            "--config",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from help:\n{help}");
+        }
+        for needle in [
+            "[default: 60s]",
+            "POLLGATE_MAX_AGE",
+            "DURATION",
+            "Precedence",
+            "KiB",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from help:\n{help}");
+        }
+        let Err(LoadError::Display(v)) = run(&["--version"], &[]) else {
+            panic!("version")
+        };
+        assert!(v.contains(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn every_key_has_a_flag_and_an_env_var() {
+        let help = command().render_long_help().to_string();
+        for (key, flag) in KEYS.iter().zip(flag_names()) {
+            assert!(help.contains(&format!("--{flag} ")), "--{flag}");
+            assert!(help.contains(&key.env_name()), "{}", key.env_name());
+        }
+    }
+
+    fn unusual() -> Vec<&'static str> {
+        let args = "--listen 0.0.0.0:9000 --internal-listen 127.0.0.1:9001 --header-read-timeout 3s
+            --max-header-size 32KiB --grace-period 1m --upstream http://10.0.0.1:3000
+            --upstream http://[::1]:3001 --version-header X-App-Version --passthrough no
+            --upstream-max-inflight 9 --upstream-queue 0 --upstream-queue-timeout 250ms
+            --upstream-connect-timeout 2s --upstream-timeout 1h --breaker-failures 3
+            --breaker-open 90s --route /a/{key}?since={version} --route /b/{key}/{version}
+            --max-age 0s --coalesce-wait 1s --poll-interval 7s --publish-max-body 1000
+            --node-id me --data-dir /var/lib/pollgate --log-format json";
+        args.split_whitespace().collect()
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let c = ok(&unusual(), &[]);
+        assert_ne!(c, Config::default());
+        let file = TempToml::new(&to_toml(&c));
+        assert_eq!(ok(&["--config", file.path()], &[]), c, "{}", to_toml(&c));
+        let c = ok(
+            &["--peer", "p:1", "--peer", "q:2", "--cluster-key", "k3y"],
+            &[],
+        );
+        let file = TempToml::new(&to_toml(&c).replace(REDACTED, "k3y"));
+        assert_eq!(ok(&["--config", file.path()], &[]), c);
+        let file = TempToml::new(&to_toml(&Config::default()));
+        assert_eq!(ok(&["--config", file.path()], &[]), Config::default());
+    }
+
+    #[test]
+    fn print_config_redacts_secrets() {
+        let args = [
+            "--publish-token",
+            "s3cret-p",
+            "--admin-token",
+            "s3cret-a",
+            "--print-config",
+        ];
+        let cli = run(&args, &[("POLLGATE_CLUSTER_KEY", "s3cret-c")]).unwrap();
+        assert!(cli.print_config);
+        let out = to_toml(&cli.config);
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains("publish_token = \"<set>\""), "{out}");
+        assert!(out.contains("cluster_key = \"<set>\""), "{out}");
+        assert!(!to_toml(&Config::default()).contains("\npublish_token ="));
+        let file = TempToml::new(&out);
+        let e = errs(&["--config", file.path()], &[]);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().all(|l| l.contains("placeholder")), "{e:?}");
+    }
+
+    #[test]
+    fn node_id_follows_the_internal_port() {
+        let c = ok(&["--internal-listen", "127.0.0.1:9555"], &[]);
+        assert_eq!(c.node_id, default_node_id(9555));
+        let c = ok(
+            &["--internal-listen", "127.0.0.1:9555", "--node-id", "n1"],
+            &[],
+        );
+        assert_eq!(c.node_id, "n1");
+    }
+
+    #[test]
+    fn peer_needs_a_cluster_key() {
+        let e = errs(&["--peer", "10.0.0.2:8081"], &[]);
+        assert_eq!(e, [PEER_WITHOUT_KEY]);
+        ok(&["--peer", "10.0.0.2:8081", "--cluster-key", "k"], &[]);
+    }
+
+    #[test]
+    fn cross_field_checks() {
+        let e = errs(&["--listen", "127.0.0.1:8081"], &[]);
+        assert!(e[0].contains("overlap"), "{e:?}");
+        let e = errs(
+            &["--listen", ":9000", "--internal-listen", "127.0.0.1:9000"],
+            &[],
+        );
+        assert!(e[0].contains("overlap"), "{e:?}");
+        ok(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--internal-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        );
+        let e = errs(
+            &["--upstream-timeout", "0s"],
+            &[("POLLGATE_UPSTREAM", " , ")],
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn range_checks() {
+        let args = [
+            "--upstream-max-inflight",
+            "0",
+            "--breaker-failures",
+            "0",
+            "--max-header-size",
+            "512",
+            "--publish-max-body",
+            "0",
+            "--upstream-queue=-1",
+            "--upstream-connect-timeout",
+            "0s",
+        ];
+        assert_eq!(errs(&args, &[]).len(), 6);
+        let c = ok(&["--upstream-queue", "0", "--max-header-size", "1MiB"], &[]);
+        assert_eq!((c.upstream_queue, c.max_header_size), (0, 1 << 20));
+    }
+
+    #[test]
+    fn durations() {
+        for (text, want) in [
+            ("250ms", Some(Duration::from_millis(250))),
+            ("60s", Some(secs(60))),
+            ("1h", Some(secs(3600))),
+            ("1h 30m", Some(secs(5400))),
+            ("0s", Some(secs(0))),
+            ("60", None),
+            ("abc", None),
+            ("", None),
+            ("-1s", None),
+        ] {
+            assert_eq!(duration(text).ok(), want, "{text:?}");
+        }
+        for d in [secs(0), secs(90), Duration::from_millis(1500), secs(86_400)] {
+            assert_eq!(duration(&humantime::format_duration(d).to_string()), Ok(d));
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        for (text, want) in [
+            ("512", Some(512)),
+            ("1KB", Some(1000)),
+            ("16KiB", Some(16384)),
+            ("1mib", Some(1 << 20)),
+            ("2 MB", Some(2_000_000)),
+            ("1GiB", Some(1 << 30)),
+            ("7b", Some(7)),
+            ("1.5MiB", None),
+            ("MiB", None),
+            ("1TiB", None),
+            ("", None),
+            ("99999999999999999999GiB", None),
+            ("18446744073709551615GiB", None),
+        ] {
+            assert_eq!(size(text).ok(), want, "{text:?}");
+        }
+        for n in [0, 1, 1000, 1024, 1536, 1 << 20, 3 << 30] {
+            assert_eq!(size(&size_text(n)), Ok(n), "{n}");
+        }
+        assert_eq!(size_text(16 << 10), "16KiB");
+    }
+
+    #[test]
+    fn socket_addresses() {
+        for (text, want) in [
+            ("127.0.0.1:8080", Some("127.0.0.1:8080")),
+            (":8080", Some("0.0.0.0:8080")),
+            ("localhost:1", Some("127.0.0.1:1")),
+            ("[::1]:9", Some("[::1]:9")),
+            ("8080", None),
+            ("example.com:80", None),
+            ("1.2.3.4:99999", None),
+        ] {
+            let want = want.map(|w| w.parse::<SocketAddr>().unwrap());
+            assert_eq!(socket(text).ok(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(
+            upstream_text(&upstream("http://a:1").unwrap()),
+            "http://a:1"
+        );
+        assert_eq!(
+            upstream_text(&upstream("http://a/").unwrap()),
+            "http://a:80"
+        );
+        assert_eq!(
+            upstream_text(&upstream("http://[::1]:5").unwrap()),
+            "http://[::1]:5"
+        );
+        assert!(upstream("https://a:1")
+            .unwrap_err()
+            .contains("terminate TLS in front"));
+        for bad in [
+            "http://a:1/path",
+            "http://a:1?q",
+            "http://u:p@a:1",
+            "a:1",
+            "ftp://a:1",
+            "",
+        ] {
+            assert!(upstream(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn small_parsers() {
+        for (t, want) in [
+            ("true", Some(true)),
+            ("ON", Some(true)),
+            ("1", Some(true)),
+            ("yes", Some(true)),
+            ("false", Some(false)),
+            ("off", Some(false)),
+            ("0", Some(false)),
+            ("No", Some(false)),
+            ("y", None),
+        ] {
+            assert_eq!(boolean(t).ok(), want, "{t:?}");
+        }
+        assert_eq!(log_format("JSON"), Ok(LogFormat::Json));
+        assert!(log_format("xml").is_err());
+        assert!(header_name("X-Ok").is_ok() && header_name("bad header").is_err());
+        assert!(
+            peer("h:1").is_ok()
+                && peer("h").is_err()
+                && peer(":1").is_err()
+                && peer("h:0").is_err()
+        );
+        assert!(secret("t").is_ok() && secret("").is_err() && secret("a b").is_err());
+        assert_eq!(nearest("upstream_timout"), Some("upstream_timeout"));
+        assert_eq!(nearest("zzzzzz"), None);
+    }
+
+    #[test]
+    fn default_config_validates_without_routes() {
+        assert!(Config::default().validate_fields().is_empty());
+        assert!(Path::new(&std::env::temp_dir()).is_dir());
+    }
 }
