@@ -28,7 +28,8 @@ fn ceiling() -> Response<Body> {
 fn bench(c: &mut Criterion) {
     let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut g = c.benchmark_group("hit_path");
-    g.measurement_time(std::time::Duration::from_secs(3)).sample_size(30);
+    g.measurement_time(std::time::Duration::from_secs(3))
+        .sample_size(30);
     for keys in [1_000u64, 100_000, 1_000_000] {
         let state = State::new(Config::default()).unwrap();
         for k in 0..keys {
@@ -44,9 +45,17 @@ fn bench(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
-        g.bench_with_input(BenchmarkId::new("ceiling_constant_304", keys), &keys, |b, &keys| {
-            b.iter_batched(|| request(fastrand::u64(0..keys)), |_req| ceiling(), BatchSize::SmallInput)
-        });
+        g.bench_with_input(
+            BenchmarkId::new("ceiling_constant_304", keys),
+            &keys,
+            |b, &keys| {
+                b.iter_batched(
+                    || request(fastrand::u64(0..keys)),
+                    |_req| ceiling(),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
     }
     g.finish();
 }

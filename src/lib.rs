@@ -19,6 +19,7 @@
 //! - [`feed`]: trusted sources of versions besides the upstream (publish API).
 //! - [`internal`]: the internal listener (publish, lookup, metrics, health).
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`tunables`]: cluster-wide values (max_age, heartbeats, hints), last writer wins.
 //! - [`config`]: default < file < env < flags layering and validation.
 //! - [`error`]: where an error came from (client, upstream, internal) and the
 //!   one place that maps it to a status.
@@ -35,4 +36,5 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod table;
+pub mod tunables;
 pub mod upstream;

@@ -64,7 +64,7 @@ async fn poll(
 }
 
 fn is_fresh(state: &State, e: Entry) -> bool {
-    let max_age = state.cfg.max_age.as_millis() as u64;
+    let max_age = state.tunables.max_age_ms();
     max_age == 0 || state.table.now_ms().saturating_sub(e.confirmed_ms) < max_age
 }
 

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::route::{RouteError, Routes};
 use crate::table::{Merge, Table};
+use crate::tunables::Tunables;
 use crate::upstream::{Coalescer, Upstream};
 
 /// A trusted source of versions.
@@ -25,6 +26,7 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
     pub coalescer: Coalescer,
+    pub tunables: Tunables,
     /// False until the snapshot is loaded and peers caught up with.
     pub ready: AtomicBool,
     /// Flips to true when shutdown starts: connections finish, streams close.
@@ -41,6 +43,7 @@ impl State {
             routes,
             upstream,
             coalescer: Coalescer::new(),
+            tunables: Tunables::from_config(&cfg),
             ready: AtomicBool::new(true),
             shutdown: watch::Sender::new(false),
             metrics,
