@@ -158,7 +158,10 @@ impl Table {
 
     /// A table with `shards` shards (a power of two ≥ 1); tests use 1 to fill chunks.
     pub fn with_shards(shards: usize) -> Self {
-        assert!(shards.is_power_of_two(), "shard count must be a power of two");
+        assert!(
+            shards.is_power_of_two(),
+            "shard count must be a power of two"
+        );
         Table {
             shards: (0..shards).map(|_| Shard::default()).collect(),
             shard_shift: 64 - shards.trailing_zeros(),
@@ -284,5 +287,268 @@ impl Table {
 impl Default for Table {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn clock_starts_high_and_is_monotonic() {
+        let t = Table::new();
+        let a = t.now_ms();
+        assert!(a >= CLOCK_OFFSET_MS);
+        assert!(t.now_ms() >= a);
+    }
+
+    #[test]
+    fn merge_reports_insert_advance_unchanged() {
+        let t = Table::new();
+        assert_eq!(t.get("a"), None);
+        assert_eq!(t.merge("a", 5, false), Merge::Inserted);
+        assert_eq!(t.merge("a", 7, false), Merge::Advanced { from: 5 });
+        assert_eq!(t.merge("a", 7, false), Merge::Unchanged);
+        assert_eq!(t.merge("a", 3, false), Merge::Unchanged);
+        assert_eq!(t.get("a").unwrap().version, 7);
+    }
+
+    #[test]
+    fn confirm_only_when_not_behind() {
+        let t = Table::new();
+        t.merge("k", 5, false);
+        assert_eq!(t.get("k").unwrap().confirmed_ms, 0, "unconfirmed insert");
+        t.merge("k", 6, false);
+        assert_eq!(
+            t.get("k").unwrap().confirmed_ms,
+            0,
+            "confirm=false keeps it"
+        );
+        t.merge("k", 4, true);
+        assert_eq!(
+            t.get("k").unwrap().confirmed_ms,
+            0,
+            "lower version never confirms"
+        );
+        let before = t.now_ms();
+        assert_eq!(t.merge("k", 6, true), Merge::Unchanged);
+        let e = t.get("k").unwrap();
+        assert!(e.confirmed_ms >= before && e.confirmed_ms <= t.now_ms());
+    }
+
+    #[test]
+    fn merge_at_inserts_and_max_merges_confirmation() {
+        let t = Table::new();
+        assert_eq!(t.merge_at("k", 5, 100), Merge::Inserted);
+        assert_eq!(
+            t.get("k"),
+            Some(Entry {
+                version: 5,
+                confirmed_ms: 100
+            })
+        );
+        t.merge_at("k", 5, 50);
+        assert_eq!(t.get("k").unwrap().confirmed_ms, 100, "older time kept");
+        t.merge_at("k", 4, 500);
+        assert_eq!(
+            t.get("k").unwrap().confirmed_ms,
+            100,
+            "lower version ignored"
+        );
+        assert_eq!(t.merge_at("k", 9, 200), Merge::Advanced { from: 5 });
+        assert_eq!(
+            t.get("k"),
+            Some(Entry {
+                version: 9,
+                confirmed_ms: 200
+            })
+        );
+    }
+
+    #[test]
+    fn hooks_run_exactly_on_advance() {
+        let t = Table::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        t.on_advance(Box::new(move |k, v| {
+            s.lock().unwrap().push((k.to_string(), v))
+        }));
+        t.merge("a", 1, false);
+        t.merge("a", 1, true);
+        t.merge("a", 0, true);
+        t.merge_at("a", 3, 0);
+        t.merge("b", 2, true);
+        let want = [("a", 1), ("a", 3), ("b", 2)].map(|(k, v)| (k.to_string(), v));
+        assert_eq!(*seen.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn hook_may_merge_back_into_table() {
+        let t = Arc::new(Table::new());
+        let weak = Arc::downgrade(&t);
+        t.on_advance(Box::new(move |k, v| {
+            if k == "src" {
+                weak.upgrade().unwrap().merge("mirror", v, false);
+            }
+        }));
+        t.merge("src", 4, true);
+        assert_eq!(t.get("mirror").unwrap().version, 4);
+    }
+
+    #[test]
+    fn chunks_fill_past_boundaries_in_one_shard() {
+        let t = Table::with_shards(1);
+        let n = CHUNK * 3 + 17;
+        for i in 0..n {
+            assert_eq!(
+                t.merge(&format!("key-{i}"), i as u64, false),
+                Merge::Inserted
+            );
+        }
+        assert_eq!(t.len(), n);
+        for i in 0..n {
+            assert_eq!(t.get(&format!("key-{i}")).unwrap().version, i as u64);
+        }
+        assert_eq!(t.shards[0].0.read().chunks.len(), 4);
+    }
+
+    #[test]
+    fn for_each_visits_all_and_len_counts_keys() {
+        let t = Table::with_shards(4);
+        assert!(t.is_empty());
+        for i in 0..1000u64 {
+            t.merge(&format!("k{i}"), i, false);
+            t.merge(&format!("k{i}"), i + 1, false);
+        }
+        assert_eq!(t.len(), 1000);
+        let mut seen = std::collections::HashMap::new();
+        t.for_each(|k, e| assert!(seen.insert(k.to_string(), e.version).is_none()));
+        assert_eq!(seen.len(), 1000);
+        assert!((0..1000u64).all(|i| seen[&format!("k{i}")] == i + 1));
+    }
+
+    #[test]
+    fn odd_keys_do_not_panic() {
+        let t = Table::new();
+        let long = "x".repeat(300);
+        for k in ["", "ünïcödé", "with space", "\0", long.as_str()] {
+            assert_eq!(t.merge(k, 1, true), Merge::Inserted);
+            assert_eq!(t.get(k).unwrap().version, 1);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "power of two")]
+    fn shard_count_must_be_power_of_two() {
+        Table::with_shards(3);
+    }
+
+    /// Writers race on overlapping keys; a reader checks no version goes back.
+    #[test]
+    fn concurrent_writers_never_lose_the_max() {
+        const KEYS: usize = 64;
+        let t = Table::with_shards(4);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let maxes: Vec<Vec<u64>> = std::thread::scope(|s| {
+            s.spawn(|| watch_monotonic(&t, &done));
+            let writers: Vec<_> = (0..3u64)
+                .map(|seed| {
+                    s.spawn({
+                        let t = &t;
+                        move || write_random(t, seed, KEYS)
+                    })
+                })
+                .collect();
+            let maxes = writers.into_iter().map(|w| w.join().unwrap()).collect();
+            done.store(true, Ordering::Relaxed);
+            maxes
+        });
+        for k in 0..KEYS {
+            let want = maxes.iter().map(|m| m[k]).max().unwrap();
+            assert_eq!(t.get(&format!("c{k}")).unwrap().version, want);
+        }
+        assert_eq!(t.len(), KEYS);
+    }
+
+    fn write_random(t: &Table, seed: u64, keys: usize) -> Vec<u64> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut max = vec![0u64; keys];
+        for _ in 0..20_000 {
+            let k = rng.usize(..keys);
+            let v = rng.u64(1..1_000_000);
+            t.merge(&format!("c{k}"), v, rng.bool());
+            max[k] = max[k].max(v);
+        }
+        max
+    }
+
+    fn watch_monotonic(t: &Table, done: &std::sync::atomic::AtomicBool) {
+        let mut last = 0;
+        while !done.load(Ordering::Relaxed) {
+            let v = t.get("c0").map_or(0, |e| e.version);
+            assert!(v >= last, "c0 went back from {last} to {v}");
+            last = v;
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        fn ops() -> impl Strategy<Value = Vec<(u8, u64)>> {
+            prop::collection::vec((0u8..8, 0u64..20), 0..64)
+        }
+
+        fn apply(ops: &[(u8, u64)]) -> Vec<(String, u64)> {
+            let t = Table::with_shards(2);
+            for (k, v) in ops {
+                t.merge(&format!("k{k}"), *v, false);
+            }
+            let mut out = Vec::new();
+            t.for_each(|k, e| out.push((k.to_string(), e.version)));
+            out.sort();
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn result_matches_model(ops in ops()) {
+                let t = Table::with_shards(2);
+                let mut model: HashMap<String, u64> = HashMap::new();
+                for (k, v) in ops {
+                    let key = format!("k{k}");
+                    let want = match model.get(&key).copied() {
+                        None => Merge::Inserted,
+                        Some(old) if v > old => Merge::Advanced { from: old },
+                        Some(_) => Merge::Unchanged,
+                    };
+                    let before = t.get(&key).map(|e| e.version);
+                    prop_assert_eq!(t.merge(&key, v, true), want);
+                    let after = t.get(&key).unwrap().version;
+                    prop_assert!(before.map_or(true, |b| after >= b), "went backwards");
+                    let m = model.entry(key).or_insert(v);
+                    *m = (*m).max(v);
+                    prop_assert_eq!(after, *m);
+                }
+                prop_assert_eq!(t.len(), model.len());
+            }
+
+            /// Commutative and associative: any order gives the same table.
+            #[test]
+            fn order_does_not_matter(ops in ops(), seed in any::<u64>()) {
+                let mut shuffled = ops.clone();
+                fastrand::Rng::with_seed(seed).shuffle(&mut shuffled);
+                prop_assert_eq!(apply(&ops), apply(&shuffled));
+            }
+
+            /// Idempotent: merging everything twice changes nothing.
+            #[test]
+            fn duplicates_do_not_matter(ops in ops()) {
+                let twice: Vec<_> = ops.iter().chain(ops.iter()).copied().collect();
+                prop_assert_eq!(apply(&ops), apply(&twice));
+            }
+        }
     }
 }
