@@ -1,5 +1,20 @@
 //! The sharded version table: key → (max version ever learned, when a trusted
 //! source last confirmed it). Merge is `max`, so a version never goes backwards.
+//!
+//! Layout, chosen to stay under ~64 bytes of RSS per key at 1M keys:
+//! a fixed power-of-two number of shards, each a `RwLock` over an index
+//! (`HashTable<u32>` of slot numbers, 4 bytes + 1 control byte per bucket) and
+//! slots stored in fixed-size chunks (40 bytes each: inline key + two atomics).
+//! Keys are never removed: versions form a join-semilattice, so there is
+//! nothing to tombstone and slot numbers stay valid forever.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use compact_str::CompactString;
+use hashbrown::HashTable;
+use parking_lot::RwLock;
 
 /// What a lookup sees of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,46 +45,510 @@ impl Merge {
 /// Called after every merge that inserted or advanced a key, outside any shard lock.
 pub type AdvanceHook = Box<dyn Fn(&str, u64) + Send + Sync>;
 
-pub struct Table {}
+/// Default shard count: enough that 2–16 cores rarely meet on one lock, few
+/// enough that per-shard overhead (one partly filled chunk) stays negligible.
+const DEFAULT_SHARDS: usize = 64;
+
+/// Slots per chunk. Growing a shard allocates one more chunk instead of copying
+/// every slot (no 2× peak, no moved atomics); waste is < one chunk (10 KiB) per shard.
+const CHUNK: usize = 256;
+
+/// The table clock starts here so `now_ms() - max_age` never underflows for any
+/// sane `max_age`, even right after start-up.
+const CLOCK_OFFSET_MS: u64 = 10 * 24 * 60 * 60 * 1000;
+
+/// One key's state. The numbers are atomics so merging into an existing key
+/// needs only the shard's read lock: polls never wait behind advancing merges.
+struct Slot {
+    /// Inline up to 24 bytes, so typical ids cost no extra allocation.
+    key: CompactString,
+    version: AtomicU64,
+    confirmed_ms: AtomicU64,
+}
+
+impl Slot {
+    fn entry(&self) -> Entry {
+        // Version first: a reader that sees a new version with a slightly older
+        // confirmation only forwards one poll too many, never answers stale.
+        let version = self.version.load(Ordering::Acquire);
+        let confirmed_ms = self.confirmed_ms.load(Ordering::Acquire);
+        Entry {
+            version,
+            confirmed_ms,
+        }
+    }
+
+    /// Max-merges into this slot; `confirm_ms` is applied (as a max, so racing
+    /// confirmations cannot move it back) only when `version` ≥ the stored one.
+    fn merge(&self, version: u64, confirm_ms: Option<u64>) -> Merge {
+        let prev = self.version.fetch_max(version, Ordering::AcqRel);
+        if version < prev {
+            return Merge::Unchanged;
+        }
+        if let Some(ms) = confirm_ms {
+            self.confirmed_ms.fetch_max(ms, Ordering::AcqRel);
+        }
+        if version == prev {
+            Merge::Unchanged
+        } else {
+            Merge::Advanced { from: prev }
+        }
+    }
+}
+
+#[derive(Default)]
+struct ShardInner {
+    /// Slot numbers, hashed by their slot's key. `u32` keeps a bucket at 5 bytes.
+    index: HashTable<u32>,
+    /// Every chunk but the last is full; each is allocated with exactly `CHUNK` capacity
+    /// and never pushed beyond it, so slots never move.
+    chunks: Vec<Vec<Slot>>,
+    len: usize,
+}
+
+impl ShardInner {
+    fn slot(&self, n: u32) -> &Slot {
+        let n = n as usize;
+        &self.chunks[n / CHUNK][n % CHUNK]
+    }
+
+    fn find(&self, hash: u64, key: &str) -> Option<&Slot> {
+        let n = self.index.find(hash, |&n| self.slot(n).key == key)?;
+        Some(self.slot(*n))
+    }
+
+    /// Appends a slot and indexes it. The caller holds the write lock and has
+    /// checked the key is absent.
+    fn insert(&mut self, hash: u64, slot: Slot, rehash: impl Fn(&str) -> u64) {
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let n = u32::try_from(self.len).expect("a shard holds fewer than 2^32 keys");
+        self.chunks.last_mut().expect("pushed above").push(slot);
+        self.len += 1;
+        let ShardInner { index, chunks, .. } = self;
+        let key_of = |n: &u32| &chunks[*n as usize / CHUNK][*n as usize % CHUNK].key;
+        index.insert_unique(hash, n, |n| rehash(key_of(n)));
+    }
+}
+
+/// Aligned to two cache lines so neighbouring shards' lock words never share one
+/// (adjacent-line prefetch on x86 pairs lines).
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(RwLock<ShardInner>);
+
+pub struct Table {
+    shards: Box<[Shard]>,
+    /// Right shift turning a hash into a shard number; 64 when there is one shard.
+    shard_shift: u32,
+    /// Random per table, so clients cannot precompute colliding keys.
+    hasher: foldhash::fast::RandomState,
+    start: Instant,
+    len: AtomicUsize,
+    hooks: RwLock<Vec<AdvanceHook>>,
+    /// Mirrors `hooks.len()` so merges skip the hooks lock entirely when none exist.
+    hook_count: AtomicUsize,
+}
 
 impl Table {
     pub fn new() -> Self {
-        todo!()
+        Self::with_shards(DEFAULT_SHARDS)
     }
+
+    /// A table with `shards` shards (a power of two ≥ 1); tests use 1 to fill chunks.
+    pub fn with_shards(shards: usize) -> Self {
+        assert!(
+            shards.is_power_of_two(),
+            "shard count must be a power of two"
+        );
+        Table {
+            shards: (0..shards).map(|_| Shard::default()).collect(),
+            shard_shift: 64 - shards.trailing_zeros(),
+            hasher: foldhash::fast::RandomState::default(),
+            start: Instant::now(),
+            len: AtomicUsize::new(0),
+            hooks: RwLock::new(Vec::new()),
+            hook_count: AtomicUsize::new(0),
+        }
+    }
+
     /// Monotonic milliseconds; starts well above zero so `now - max_age` never underflows.
     pub fn now_ms(&self) -> u64 {
-        todo!()
+        CLOCK_OFFSET_MS + self.start.elapsed().as_millis() as u64
     }
-    pub fn get(&self, _key: &str) -> Option<Entry> {
-        todo!()
+
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        let (shard, hash) = self.locate(key);
+        let inner = shard.0.read();
+        inner.find(hash, key).map(Slot::entry)
     }
+
     /// Max-merge `version` into `key`. With `confirm`, a version ≥ the stored
     /// one also refreshes `confirmed_ms` to now.
-    pub fn merge(&self, _key: &str, _version: u64, _confirm: bool) -> Merge {
-        todo!()
+    pub fn merge(&self, key: &str, version: u64, confirm: bool) -> Merge {
+        // A key that was never confirmed gets 0: as old as possible, so it reads as expired.
+        let ms = confirm.then(|| self.now_ms());
+        self.merge_inner(key, version, ms)
     }
+
     /// Max-merge with an explicit confirmation time (snapshot load spreads these).
-    pub fn merge_at(&self, _key: &str, _version: u64, _confirmed_ms: u64) -> Merge {
-        todo!()
+    pub fn merge_at(&self, key: &str, version: u64, confirmed_ms: u64) -> Merge {
+        self.merge_inner(key, version, Some(confirmed_ms))
     }
+
     pub fn len(&self) -> usize {
-        todo!()
+        self.len.load(Ordering::Relaxed)
     }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
     /// Registers a hook run after every advancing merge. Set up at start-up.
-    pub fn on_advance(&self, _hook: AdvanceHook) {
-        todo!()
+    /// Hooks may call back into the table, but must not register hooks.
+    pub fn on_advance(&self, hook: AdvanceHook) {
+        let mut hooks = self.hooks.write();
+        hooks.push(hook);
+        self.hook_count.store(hooks.len(), Ordering::Release);
     }
+
     /// Visits every entry, one shard read-lock at a time (never a global lock).
-    pub fn for_each(&self, _f: impl FnMut(&str, Entry)) {
-        todo!()
+    /// `f` runs under that lock, so it must not insert into this table.
+    pub fn for_each(&self, mut f: impl FnMut(&str, Entry)) {
+        for shard in self.shards.iter() {
+            let inner = shard.0.read();
+            for slot in inner.chunks.iter().flatten() {
+                f(&slot.key, slot.entry());
+            }
+        }
+    }
+
+    /// Approximate heap bytes held by shards (index + chunks), for metrics.
+    pub fn memory_bytes(&self) -> usize {
+        let per_bucket = std::mem::size_of::<u32>() + 1;
+        let per_chunk = CHUNK * std::mem::size_of::<Slot>();
+        self.shards
+            .iter()
+            .map(|s| {
+                let inner = s.0.read();
+                inner.index.capacity() * 8 / 7 * per_bucket + inner.chunks.len() * per_chunk
+            })
+            .sum()
+    }
+
+    /// Picks the shard from the hash's top bits and gives the shard's index the
+    /// hash rotated by 32: hashbrown uses the top 7 bits as its tag and the low
+    /// bits as the bucket, and neither must be the (constant-per-shard) shard bits.
+    fn locate(&self, key: &str) -> (&Shard, u64) {
+        let hash = self.hasher.hash_one(key);
+        let shard = hash.checked_shr(self.shard_shift).unwrap_or(0) as usize;
+        (&self.shards[shard], hash.rotate_left(32))
+    }
+
+    fn merge_inner(&self, key: &str, version: u64, confirm_ms: Option<u64>) -> Merge {
+        let result = self.merge_locked(key, version, confirm_ms);
+        if result.advanced() && self.hook_count.load(Ordering::Acquire) > 0 {
+            self.run_hooks(key, version);
+        }
+        result
+    }
+
+    /// Existing keys merge under the read lock (atomics); only a new key takes
+    /// the write lock, re-checking because another writer may have won the race.
+    fn merge_locked(&self, key: &str, version: u64, confirm_ms: Option<u64>) -> Merge {
+        let (shard, hash) = self.locate(key);
+        if let Some(slot) = shard.0.read().find(hash, key) {
+            return slot.merge(version, confirm_ms);
+        }
+        let mut inner = shard.0.write();
+        if let Some(slot) = inner.find(hash, key) {
+            return slot.merge(version, confirm_ms);
+        }
+        let slot = Slot {
+            key: CompactString::new(key),
+            version: AtomicU64::new(version),
+            confirmed_ms: AtomicU64::new(confirm_ms.unwrap_or(0)),
+        };
+        inner.insert(hash, slot, |k| self.hasher.hash_one(k).rotate_left(32));
+        self.len.fetch_add(1, Ordering::Relaxed);
+        Merge::Inserted
+    }
+
+    /// `read_recursive` so a hook that merges into this table (and so runs hooks
+    /// again) cannot deadlock behind a queued `on_advance`.
+    fn run_hooks(&self, key: &str, version: u64) {
+        for hook in self.hooks.read_recursive().iter() {
+            hook(key, version);
+        }
     }
 }
 
 impl Default for Table {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn clock_starts_high_and_is_monotonic() {
+        let t = Table::new();
+        let a = t.now_ms();
+        assert!(a >= CLOCK_OFFSET_MS);
+        assert!(t.now_ms() >= a);
+    }
+
+    #[test]
+    fn merge_reports_insert_advance_unchanged() {
+        let t = Table::new();
+        assert_eq!(t.get("a"), None);
+        assert_eq!(t.merge("a", 5, false), Merge::Inserted);
+        assert_eq!(t.merge("a", 7, false), Merge::Advanced { from: 5 });
+        assert_eq!(t.merge("a", 7, false), Merge::Unchanged);
+        assert_eq!(t.merge("a", 3, false), Merge::Unchanged);
+        assert_eq!(t.get("a").unwrap().version, 7);
+    }
+
+    #[test]
+    fn confirm_only_when_not_behind() {
+        let t = Table::new();
+        t.merge("k", 5, false);
+        assert_eq!(t.get("k").unwrap().confirmed_ms, 0, "unconfirmed insert");
+        t.merge("k", 6, false);
+        assert_eq!(
+            t.get("k").unwrap().confirmed_ms,
+            0,
+            "confirm=false keeps it"
+        );
+        t.merge("k", 4, true);
+        assert_eq!(
+            t.get("k").unwrap().confirmed_ms,
+            0,
+            "lower version never confirms"
+        );
+        let before = t.now_ms();
+        assert_eq!(t.merge("k", 6, true), Merge::Unchanged);
+        let e = t.get("k").unwrap();
+        assert!(e.confirmed_ms >= before && e.confirmed_ms <= t.now_ms());
+    }
+
+    #[test]
+    fn merge_at_inserts_and_max_merges_confirmation() {
+        let t = Table::new();
+        assert_eq!(t.merge_at("k", 5, 100), Merge::Inserted);
+        assert_eq!(
+            t.get("k"),
+            Some(Entry {
+                version: 5,
+                confirmed_ms: 100
+            })
+        );
+        t.merge_at("k", 5, 50);
+        assert_eq!(t.get("k").unwrap().confirmed_ms, 100, "older time kept");
+        t.merge_at("k", 4, 500);
+        assert_eq!(
+            t.get("k").unwrap().confirmed_ms,
+            100,
+            "lower version ignored"
+        );
+        assert_eq!(t.merge_at("k", 9, 200), Merge::Advanced { from: 5 });
+        assert_eq!(
+            t.get("k"),
+            Some(Entry {
+                version: 9,
+                confirmed_ms: 200
+            })
+        );
+    }
+
+    #[test]
+    fn hooks_run_exactly_on_advance() {
+        let t = Table::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        t.on_advance(Box::new(move |k, v| {
+            s.lock().unwrap().push((k.to_string(), v))
+        }));
+        t.merge("a", 1, false);
+        t.merge("a", 1, true);
+        t.merge("a", 0, true);
+        t.merge_at("a", 3, 0);
+        t.merge("b", 2, true);
+        let want = [("a", 1), ("a", 3), ("b", 2)].map(|(k, v)| (k.to_string(), v));
+        assert_eq!(*seen.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn hook_may_merge_back_into_table() {
+        let t = Arc::new(Table::new());
+        let weak = Arc::downgrade(&t);
+        t.on_advance(Box::new(move |k, v| {
+            if k == "src" {
+                weak.upgrade().unwrap().merge("mirror", v, false);
+            }
+        }));
+        t.merge("src", 4, true);
+        assert_eq!(t.get("mirror").unwrap().version, 4);
+    }
+
+    #[test]
+    fn chunks_fill_past_boundaries_in_one_shard() {
+        let t = Table::with_shards(1);
+        let n = CHUNK * 3 + 17;
+        for i in 0..n {
+            assert_eq!(
+                t.merge(&format!("key-{i}"), i as u64, false),
+                Merge::Inserted
+            );
+        }
+        assert_eq!(t.len(), n);
+        for i in 0..n {
+            assert_eq!(t.get(&format!("key-{i}")).unwrap().version, i as u64);
+        }
+        assert_eq!(t.shards[0].0.read().chunks.len(), 4);
+    }
+
+    #[test]
+    fn for_each_visits_all_and_len_counts_keys() {
+        let t = Table::with_shards(4);
+        assert!(t.is_empty());
+        for i in 0..1000u64 {
+            t.merge(&format!("k{i}"), i, false);
+            t.merge(&format!("k{i}"), i + 1, false);
+        }
+        assert_eq!(t.len(), 1000);
+        let mut seen = std::collections::HashMap::new();
+        t.for_each(|k, e| assert!(seen.insert(k.to_string(), e.version).is_none()));
+        assert_eq!(seen.len(), 1000);
+        assert!((0..1000u64).all(|i| seen[&format!("k{i}")] == i + 1));
+    }
+
+    #[test]
+    fn odd_keys_do_not_panic() {
+        let t = Table::new();
+        let long = "x".repeat(300);
+        for k in ["", "ünïcödé", "with space", "\0", long.as_str()] {
+            assert_eq!(t.merge(k, 1, true), Merge::Inserted);
+            assert_eq!(t.get(k).unwrap().version, 1);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "power of two")]
+    fn shard_count_must_be_power_of_two() {
+        Table::with_shards(3);
+    }
+
+    /// Writers race on overlapping keys; a reader checks no version goes back.
+    #[test]
+    fn concurrent_writers_never_lose_the_max() {
+        const KEYS: usize = 64;
+        let t = Table::with_shards(4);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let maxes: Vec<Vec<u64>> = std::thread::scope(|s| {
+            s.spawn(|| watch_monotonic(&t, &done));
+            let writers: Vec<_> = (0..3u64)
+                .map(|seed| {
+                    s.spawn({
+                        let t = &t;
+                        move || write_random(t, seed, KEYS)
+                    })
+                })
+                .collect();
+            let maxes = writers.into_iter().map(|w| w.join().unwrap()).collect();
+            done.store(true, Ordering::Relaxed);
+            maxes
+        });
+        for k in 0..KEYS {
+            let want = maxes.iter().map(|m| m[k]).max().unwrap();
+            assert_eq!(t.get(&format!("c{k}")).unwrap().version, want);
+        }
+        assert_eq!(t.len(), KEYS);
+    }
+
+    fn write_random(t: &Table, seed: u64, keys: usize) -> Vec<u64> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut max = vec![0u64; keys];
+        for _ in 0..20_000 {
+            let k = rng.usize(..keys);
+            let v = rng.u64(1..1_000_000);
+            t.merge(&format!("c{k}"), v, rng.bool());
+            max[k] = max[k].max(v);
+        }
+        max
+    }
+
+    fn watch_monotonic(t: &Table, done: &std::sync::atomic::AtomicBool) {
+        let mut last = 0;
+        while !done.load(Ordering::Relaxed) {
+            let v = t.get("c0").map_or(0, |e| e.version);
+            assert!(v >= last, "c0 went back from {last} to {v}");
+            last = v;
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        fn ops() -> impl Strategy<Value = Vec<(u8, u64)>> {
+            prop::collection::vec((0u8..8, 0u64..20), 0..64)
+        }
+
+        fn apply(ops: &[(u8, u64)]) -> Vec<(String, u64)> {
+            let t = Table::with_shards(2);
+            for (k, v) in ops {
+                t.merge(&format!("k{k}"), *v, false);
+            }
+            let mut out = Vec::new();
+            t.for_each(|k, e| out.push((k.to_string(), e.version)));
+            out.sort();
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn result_matches_model(ops in ops()) {
+                let t = Table::with_shards(2);
+                let mut model: HashMap<String, u64> = HashMap::new();
+                for (k, v) in ops {
+                    let key = format!("k{k}");
+                    let want = match model.get(&key).copied() {
+                        None => Merge::Inserted,
+                        Some(old) if v > old => Merge::Advanced { from: old },
+                        Some(_) => Merge::Unchanged,
+                    };
+                    let before = t.get(&key).map(|e| e.version);
+                    prop_assert_eq!(t.merge(&key, v, true), want);
+                    let after = t.get(&key).unwrap().version;
+                    prop_assert!(before.map_or(true, |b| after >= b), "went backwards");
+                    let m = model.entry(key).or_insert(v);
+                    *m = (*m).max(v);
+                    prop_assert_eq!(after, *m);
+                }
+                prop_assert_eq!(t.len(), model.len());
+            }
+
+            /// Commutative and associative: any order gives the same table.
+            #[test]
+            fn order_does_not_matter(ops in ops(), seed in any::<u64>()) {
+                let mut shuffled = ops.clone();
+                fastrand::Rng::with_seed(seed).shuffle(&mut shuffled);
+                prop_assert_eq!(apply(&ops), apply(&shuffled));
+            }
+
+            /// Idempotent: merging everything twice changes nothing.
+            #[test]
+            fn duplicates_do_not_matter(ops in ops()) {
+                let twice: Vec<_> = ops.iter().chain(ops.iter()).copied().collect();
+                prop_assert_eq!(apply(&ops), apply(&twice));
+            }
+        }
     }
 }
