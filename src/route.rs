@@ -1,7 +1,34 @@
-//! Route templates → `(key, client_version)`. Matching borrows from the
-//! request and never allocates.
+//! Route templates → `(key, client_version)`. Templates are parsed once at
+//! config time; matching borrows from the request and never allocates.
+//!
+//! # Template syntax
+//!
+//! A route is a path template, optionally with a query part, optionally
+//! followed by whitespace and `header:<Name>`:
+//!
+//! | template | where the version comes from |
+//! | --- | --- |
+//! | `/projects/{key}/changes?since={version}` | query parameter `since` |
+//! | `/projects/{key}/version/{version}` | a path segment |
+//! | `/projects/{key}/state header:If-None-Match` | the `If-None-Match` header (an ETag) |
+//!
+//! Rules, all checked by [`Routes::parse`]:
+//! - the path starts with `/`; it is split on `/` and every segment is either
+//!   a literal (matched byte for byte, no percent-decoding, trailing slash
+//!   significant) or a placeholder occupying the whole segment;
+//! - exactly one `{key}` segment;
+//! - `{version}` exactly once overall: a path segment, the value of the single
+//!   `<name>={version}` query part, or implied by `header:<Name>`;
+//! - no other placeholders.
+//!
+//! # Matching
+//!
+//! Routes are tried in order; the first whose segment count and literal
+//! segments match the request path wins, and no later route is tried even if
+//! its key or version then turns out bad. See [`Routes::matches`] for what is
+//! done with the key and version.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// Why a route template is invalid (config time).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,30 +54,295 @@ pub enum Match<'a> {
     Bad(&'static str),
 }
 
-pub struct Routes {}
+/// Reason given when a version header is present but holds no usable ETag.
+pub const BAD_ETAG: &str =
+    "version header must hold an ETag with a decimal version: \"5\", W/\"5\" or 5";
+
+/// The parsed route table. Built once from config; read on every request.
+#[derive(Debug)]
+pub struct Routes {
+    routes: Vec<Route>,
+}
+
+/// One parsed template. Everything the matcher needs is precomputed here so
+/// that matching is slice comparisons only.
+#[derive(Debug)]
+struct Route {
+    /// Original text, kept for metric labels.
+    template: String,
+    /// Path segments after the leading `/`.
+    segs: Vec<Seg>,
+    version: VersionFrom,
+}
+
+#[derive(Debug)]
+enum Seg {
+    Lit(Box<str>),
+    Key,
+    Version,
+}
+
+#[derive(Debug)]
+enum VersionFrom {
+    Path,
+    Query(Box<str>),
+    /// Already lowercased by `HeaderName`, so lookup is case-insensitive.
+    Header(HeaderName),
+}
 
 impl Routes {
-    pub fn parse(_templates: &[String]) -> Result<Routes, RouteError> {
-        todo!()
+    /// Parses route templates in order; the first bad one is reported (the
+    /// caller collects config errors).
+    ///
+    /// A template is a path, optionally with a query part, optionally
+    /// followed by whitespace and `header:<Name>`:
+    ///
+    /// - `/projects/{key}/changes?since={version}`: version from the query
+    ///   parameter `since` (other parameters ignored, in any order; if it
+    ///   appears twice the first wins);
+    /// - `/projects/{key}/version/{version}`: version in the path;
+    /// - `/projects/{key}/state header:If-None-Match`: version from that
+    ///   request header (case-insensitive name), read as an ETag: `"5"`,
+    ///   `W/"5"` or bare `5`; of a list (`"4", "5"`) the first element.
+    ///
+    /// The path must start with `/`. Exactly one `{key}` segment is required
+    /// and `{version}` must appear exactly once overall (path segment, query
+    /// value, or implied by `header:`). Placeholders occupy a whole path
+    /// segment (`foo{key}bar` is an error); literal segments match exactly;
+    /// a trailing slash is significant. The query part, if any, must be a
+    /// single `<name>={version}`.
+    pub fn parse(templates: &[String]) -> Result<Routes, RouteError> {
+        let routes = templates
+            .iter()
+            .map(|t| {
+                Route::parse(t).map_err(|reason| RouteError {
+                    template: t.clone(),
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Routes { routes })
     }
+
+    /// Matches a request against the routes, in order.
+    ///
+    /// - No route's shape matches the path → [`Match::None`] (pass-through).
+    /// - The first route whose shape matches decides: a key breaking
+    ///   [`check_key`] or a version present but invalid → [`Match::Bad`];
+    ///   a version absent (no parameter, no header, empty value) →
+    ///   `Poll { version: None }`; otherwise `Poll { version: Some(v) }`.
+    ///
+    /// The key is taken raw from the path (no percent-decoding), so a `%`
+    /// fails the key rule. Never allocates; the key borrows from `path`.
     pub fn matches<'a>(
         &self,
-        _path: &'a str,
-        _query: Option<&'a str>,
-        _headers: &'a HeaderMap,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
     ) -> Match<'a> {
-        todo!()
+        for (idx, route) in self.routes.iter().enumerate() {
+            if let Some((key, path_version)) = route.match_path(path) {
+                return route.judge(idx, key, path_version, query, headers);
+            }
+        }
+        Match::None
     }
+
     /// The template text of route `idx`, for metric labels.
-    pub fn template(&self, _idx: usize) -> &str {
-        todo!()
+    pub fn template(&self, idx: usize) -> &str {
+        &self.routes[idx].template
     }
+
     pub fn len(&self) -> usize {
-        todo!()
+        self.routes.len()
     }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+impl Route {
+    fn parse(template: &str) -> Result<Route, String> {
+        let text = template.trim();
+        let (target, header) = match text.split_once(char::is_whitespace) {
+            Some((target, rest)) => (target, Some(parse_header_clause(rest.trim_start())?)),
+            None => (text, None),
+        };
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(parse_query(q)?)),
+            None => (target, None),
+        };
+        let segs = parse_path(path)?;
+        let version = choose_version(&segs, query, header)?;
+        Ok(Route {
+            template: template.to_string(),
+            segs,
+            version,
+        })
+    }
+
+    /// Shape check: segment count and literals. Returns the raw key segment
+    /// and, for path-version routes, the raw version segment.
+    fn match_path<'a>(&self, path: &'a str) -> Option<(&'a str, Option<&'a str>)> {
+        let mut parts = path.strip_prefix('/')?.split('/');
+        let (mut key, mut version) = ("", None);
+        for seg in &self.segs {
+            let part = parts.next()?;
+            match seg {
+                Seg::Lit(lit) if **lit != *part => return None,
+                Seg::Lit(_) => {}
+                Seg::Key => key = part,
+                Seg::Version => version = Some(part),
+            }
+        }
+        match parts.next() {
+            Some(_) => None,
+            None => Some((key, version)),
+        }
+    }
+
+    /// The shape matched: check the key, find and check the version.
+    fn judge<'a>(
+        &self,
+        route: usize,
+        key: &'a str,
+        path_version: Option<&'a str>,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> Match<'a> {
+        if let Err(reason) = check_key(key) {
+            return Match::Bad(reason);
+        }
+        let raw = match &self.version {
+            VersionFrom::Path => Ok(path_version),
+            VersionFrom::Query(name) => Ok(query.and_then(|q| query_param(q, name))),
+            VersionFrom::Header(name) => header_etag(headers, name),
+        };
+        let version = match raw {
+            Ok(None) | Ok(Some("")) => None,
+            Ok(Some(v)) => match parse_version(v) {
+                Ok(v) => Some(v),
+                Err(reason) => return Match::Bad(reason),
+            },
+            Err(reason) => return Match::Bad(reason),
+        };
+        Match::Poll {
+            route,
+            key,
+            version,
+        }
+    }
+}
+
+fn parse_header_clause(clause: &str) -> Result<HeaderName, String> {
+    let name = clause
+        .strip_prefix("header:")
+        .ok_or_else(|| format!("expected `header:<Name>` after the path, found {clause:?}"))?;
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?} in `header:<Name>`"))
+}
+
+/// The template query part must be exactly `<name>={version}`.
+fn parse_query(query: &str) -> Result<Box<str>, String> {
+    match query.split_once('=') {
+        Some(("", "{version}")) => Err("query parameter name is empty".into()),
+        Some((name, "{version}")) if !name.contains(['&', '=', '{', '}']) => Ok(name.into()),
+        _ => Err(format!(
+            "query part must be a single <name>={{version}}, found {query:?}"
+        )),
+    }
+}
+
+fn parse_path(path: &str) -> Result<Vec<Seg>, String> {
+    let rest = path.strip_prefix('/').ok_or("path must start with /")?;
+    rest.split('/').map(parse_segment).collect()
+}
+
+fn parse_segment(seg: &str) -> Result<Seg, String> {
+    match seg {
+        "{key}" => Ok(Seg::Key),
+        "{version}" => Ok(Seg::Version),
+        s if !s.contains(['{', '}']) => Ok(Seg::Lit(s.into())),
+        s if is_placeholder(s) => Err(format!("unknown placeholder {s}")),
+        s => Err(format!(
+            "placeholder must occupy a whole path segment, found {s:?}"
+        )),
+    }
+}
+
+/// `{name}` with no other braces inside.
+fn is_placeholder(s: &str) -> bool {
+    let inner = s.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+    inner.is_some_and(|i| !i.contains(['{', '}']))
+}
+
+/// Enforces "exactly one {key}" and "{version} exactly once overall".
+fn choose_version(
+    segs: &[Seg],
+    query: Option<Box<str>>,
+    header: Option<HeaderName>,
+) -> Result<VersionFrom, String> {
+    let keys = segs.iter().filter(|s| matches!(s, Seg::Key)).count();
+    if keys != 1 {
+        return Err("needs exactly one {key} segment".into());
+    }
+    let in_path = segs.iter().filter(|s| matches!(s, Seg::Version)).count();
+    let sources = in_path + usize::from(query.is_some()) + usize::from(header.is_some());
+    match (sources, query, header) {
+        (0, _, _) => Err(
+            "needs a {version}: a path segment, a query value (?since={version}) or header:<Name>"
+                .into(),
+        ),
+        (2.., _, _) => Err("{version} given twice".into()),
+        (_, Some(name), _) => Ok(VersionFrom::Query(name)),
+        (_, _, Some(name)) => Ok(VersionFrom::Header(name)),
+        _ => Ok(VersionFrom::Path),
+    }
+}
+
+/// Value of the first `name=` parameter; a bare `name` counts as empty.
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((n, v)) if n == name => Some(v),
+            None if pair == name => Some(""),
+            _ => None,
+        })
+}
+
+/// The version text inside the header's ETag; `Ok(None)` when absent.
+fn header_etag<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a str>, &'static str> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| BAD_ETAG)?;
+    etag_version(value)
+}
+
+/// `"5"`, `W/"5"`, bare `5`; of a list the first element. Empty → `None`.
+fn etag_version(value: &str) -> Result<Option<&str>, &'static str> {
+    let first = value.split(',').next().unwrap_or("").trim();
+    if first.is_empty() {
+        return Ok(None);
+    }
+    let tag = first.strip_prefix("W/").unwrap_or(first);
+    let inner = match tag.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"').ok_or(BAD_ETAG)?,
+        None if tag.contains('"') => return Err(BAD_ETAG),
+        None => tag,
+    };
+    if inner.is_empty() {
+        return Ok(None);
+    }
+    if !inner.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(BAD_ETAG);
+    }
+    Ok(Some(inner))
 }
 
 /// Key rule from DESIGN.md: 1–128 bytes of `[A-Za-z0-9._:-]`.
@@ -59,7 +351,9 @@ pub fn check_key(key: &str) -> Result<(), &'static str> {
     if b.is_empty() || b.len() > 128 {
         return Err("key must be 1-128 bytes of [A-Za-z0-9._:-]");
     }
-    if b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-')) {
+    if b.iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+    {
         Ok(())
     } else {
         Err("key must be 1-128 bytes of [A-Za-z0-9._:-]")
@@ -71,5 +365,6 @@ pub fn parse_version(s: &str) -> Result<u64, &'static str> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
         return Err("version must be a decimal integer 0..2^64-1");
     }
-    s.parse().map_err(|_| "version must be a decimal integer 0..2^64-1")
+    s.parse()
+        .map_err(|_| "version must be a decimal integer 0..2^64-1")
 }
