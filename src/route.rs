@@ -368,3 +368,408 @@ pub fn parse_version(s: &str) -> Result<u64, &'static str> {
     s.parse()
         .map_err(|_| "version must be a decimal integer 0..2^64-1")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    const KEY_RULE: &str = "key must be 1-128 bytes of [A-Za-z0-9._:-]";
+    const VERSION_RULE: &str = "version must be a decimal integer 0..2^64-1";
+    const Q: &str = "/projects/{key}/changes?since={version}";
+    const P: &str = "/projects/{key}/version/{version}";
+    const H: &str = "/projects/{key}/state header:If-None-Match";
+
+    fn routes(ts: &[&str]) -> Routes {
+        Routes::parse(&ts.iter().map(|t| t.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn parse_err(t: &str) -> String {
+        Routes::parse(&[t.to_string()]).unwrap_err().reason
+    }
+
+    fn no_headers() -> HeaderMap {
+        HeaderMap::new()
+    }
+
+    fn inm(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("if-none-match", HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    fn poll(route: usize, key: &str, version: Option<u64>) -> Match<'_> {
+        Match::Poll {
+            route,
+            key,
+            version,
+        }
+    }
+
+    // --- each template kind ---
+
+    #[test]
+    fn query_version() {
+        let r = routes(&[Q]);
+        let h = no_headers();
+        assert_eq!(
+            r.matches("/projects/a/changes", Some("since=5"), &h),
+            poll(0, "a", Some(5))
+        );
+    }
+
+    #[test]
+    fn query_extra_params_any_order() {
+        let r = routes(&[Q]);
+        let h = no_headers();
+        for q in [
+            "x=1&since=7",
+            "since=7&x=1",
+            "a&since=7&b=2",
+            "sincex=1&since=7",
+            "since=7&since=9",
+        ] {
+            assert_eq!(
+                r.matches("/projects/k/changes", Some(q), &h),
+                poll(0, "k", Some(7)),
+                "{q}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_version_absent_or_empty() {
+        let r = routes(&[Q]);
+        let h = no_headers();
+        for q in [
+            None,
+            Some(""),
+            Some("x=1"),
+            Some("since="),
+            Some("since"),
+            Some("x=1&since="),
+        ] {
+            assert_eq!(
+                r.matches("/projects/k/changes", q, &h),
+                poll(0, "k", None),
+                "{q:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_version_bad() {
+        let r = routes(&[Q]);
+        let h = no_headers();
+        let too_big = "18446744073709551616"; // u64::MAX + 1
+        for q in [
+            "since=abc",
+            "since=-1",
+            "since=1e3",
+            "since=+5",
+            "since=%35",
+            "since= 5",
+            &format!("since={too_big}"),
+        ] {
+            assert_eq!(
+                r.matches("/projects/k/changes", Some(q), &h),
+                Match::Bad(VERSION_RULE),
+                "{q}"
+            );
+        }
+        let max = format!("since={}", u64::MAX);
+        assert_eq!(
+            r.matches("/projects/k/changes", Some(&max), &h),
+            poll(0, "k", Some(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn path_version() {
+        let r = routes(&[P]);
+        let h = no_headers();
+        assert_eq!(
+            r.matches("/projects/a.b/version/42", None, &h),
+            poll(0, "a.b", Some(42))
+        );
+        assert_eq!(
+            r.matches("/projects/a/version/", None, &h),
+            poll(0, "a", None)
+        );
+        assert_eq!(
+            r.matches("/projects/a/version/x1", None, &h),
+            Match::Bad(VERSION_RULE)
+        );
+        // The query is not looked at for a path-version route.
+        assert_eq!(
+            r.matches("/projects/a/version/3", Some("since=9"), &h),
+            poll(0, "a", Some(3))
+        );
+    }
+
+    #[test]
+    fn header_version_variants() {
+        let r = routes(&[H]);
+        let path = "/projects/k/state";
+        for (value, want) in [
+            ("\"5\"", Some(5)),
+            ("W/\"5\"", Some(5)),
+            ("5", Some(5)),
+            ("  \"5\"  ", Some(5)),
+            ("\"4\", \"5\"", Some(4)),
+            ("W/\"4\",W/\"5\"", Some(4)),
+            ("", None),
+            ("\"\"", None),
+        ] {
+            assert_eq!(
+                r.matches(path, None, &inm(value)),
+                poll(0, "k", want),
+                "{value:?}"
+            );
+        }
+        assert_eq!(r.matches(path, None, &no_headers()), poll(0, "k", None));
+    }
+
+    #[test]
+    fn header_version_garbage() {
+        let r = routes(&[H]);
+        let path = "/projects/k/state";
+        for value in [
+            "abc", "\"abc\"", "W/abc", "\"5", "5\"", "*", "\"-1\"", "\"1e3\"", "W/\"5 \"", "x\"5\"",
+        ] {
+            assert_eq!(
+                r.matches(path, None, &inm(value)),
+                Match::Bad(BAD_ETAG),
+                "{value:?}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "if-none-match",
+            HeaderValue::from_bytes(b"\"5\xff\"").unwrap(),
+        );
+        assert_eq!(r.matches(path, None, &h), Match::Bad(BAD_ETAG));
+        let too_big = inm("\"18446744073709551616\"");
+        assert_eq!(r.matches(path, None, &too_big), Match::Bad(VERSION_RULE));
+    }
+
+    #[test]
+    fn header_name_case_insensitive() {
+        let r = routes(&["/p/{key} header:X-Client-VERSION"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-client-version", HeaderValue::from_static("9"));
+        assert_eq!(r.matches("/p/k", None, &h), poll(0, "k", Some(9)));
+    }
+
+    #[test]
+    fn template_text_kept_for_labels() {
+        let r = routes(&[Q, P, H]);
+        assert_eq!((r.len(), r.is_empty()), (3, false));
+        assert_eq!([r.template(0), r.template(1), r.template(2)], [Q, P, H]);
+        assert!(routes(&[]).is_empty());
+    }
+
+    // --- shape: None ---
+
+    #[test]
+    fn non_matching_paths_pass_through() {
+        let r = routes(&[Q, P, H]);
+        let h = inm("\"5\"");
+        for path in [
+            "",
+            "*",
+            "/",
+            "projects/a/changes",
+            "/projects/a",
+            "/projects/a/changes/",
+            "/projects/a/changes/x",
+            "/Projects/a/changes",
+            "/projects/a/change",
+            "//projects/a/changes",
+            "/projects/a/version/1/2",
+            "/projects/a/state/",
+            "/other/a/changes",
+        ] {
+            assert_eq!(
+                r.matches(path, Some("since=1"), &h),
+                Match::None,
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_slash_is_significant() {
+        let r = routes(&["/p/{key}/?v={version}"]);
+        let h = no_headers();
+        assert_eq!(r.matches("/p/k/", Some("v=1"), &h), poll(0, "k", Some(1)));
+        assert_eq!(r.matches("/p/k", Some("v=1"), &h), Match::None);
+    }
+
+    // --- shape matches, key bad ---
+
+    #[test]
+    fn bad_keys() {
+        let r = routes(&[Q]);
+        let h = no_headers();
+        let long = "a".repeat(129);
+        for key in [
+            "",
+            long.as_str(),
+            "a b",
+            "a%2Fb",
+            "%41",
+            "caf\u{e9}",
+            "\u{1f600}",
+            "a+b",
+            "a\"b",
+        ] {
+            let path = format!("/projects/{key}/changes");
+            assert_eq!(
+                r.matches(&path, Some("since=1"), &h),
+                Match::Bad(KEY_RULE),
+                "{key:?}"
+            );
+        }
+        // A `/` in the key changes the segment count: not a poll at all.
+        assert_eq!(
+            r.matches("/projects/a/b/changes", Some("since=1"), &h),
+            Match::None
+        );
+        let max = "Az09._:-".repeat(16);
+        let path = format!("/projects/{max}/changes");
+        assert_eq!(r.matches(&path, None, &h), poll(0, &max, None));
+    }
+
+    #[test]
+    fn bad_key_wins_over_bad_version() {
+        let r = routes(&[Q]);
+        assert_eq!(
+            r.matches("/projects/a%20/changes", Some("since=x"), &no_headers()),
+            Match::Bad(KEY_RULE)
+        );
+    }
+
+    // --- ordering ---
+
+    #[test]
+    fn first_matching_route_wins() {
+        let r = routes(&[
+            "/p/{key}/v/{version}",
+            "/p/{key}/{version}/x",
+            "/p/{key}/v/x?since={version}",
+        ]);
+        let h = no_headers();
+        // Route 0 and 1 both fit `/p/k/v/x`'s shape? Route 0 needs literal `v`
+        // at index 1 (it is), so it wins and its version `x` is Bad.
+        assert_eq!(
+            r.matches("/p/k/v/x", Some("since=3"), &h),
+            Match::Bad(VERSION_RULE)
+        );
+        assert_eq!(r.matches("/p/k/7/x", None, &h), poll(1, "k", Some(7)));
+        assert_eq!(r.matches("/p/k/v/8", None, &h), poll(0, "k", Some(8)));
+    }
+
+    #[test]
+    fn later_route_is_tried_when_earlier_shape_differs() {
+        let r = routes(&[Q, P, H]);
+        let h = inm("W/\"11\"");
+        assert_eq!(
+            r.matches("/projects/k/changes", Some("since=1"), &h),
+            poll(0, "k", Some(1))
+        );
+        assert_eq!(
+            r.matches("/projects/k/version/2", None, &h),
+            poll(1, "k", Some(2))
+        );
+        assert_eq!(
+            r.matches("/projects/k/state", None, &h),
+            poll(2, "k", Some(11))
+        );
+    }
+
+    // --- parse errors ---
+
+    #[test]
+    fn parse_accepts_valid_forms() {
+        routes(&[
+            Q,
+            P,
+            H,
+            "/{key}/{version}",
+            "/{version}/{key}",
+            "/a/{key}/b/  header:etag",
+            "  /a/{key}?v={version}  ",
+            "/a%20b/{key}?v={version}",
+            "/a/{key}\theader:If-None-Match",
+        ]);
+    }
+
+    #[test]
+    fn parse_errors() {
+        let cases = [
+            ("", "path must start with /"),
+            ("projects/{key}/changes?since={version}", "path must start with /"),
+            ("?since={version}", "path must start with /"),
+            ("/projects/changes?since={version}", "needs exactly one {key} segment"),
+            ("/{key}/{key}?since={version}", "needs exactly one {key} segment"),
+            ("/p/{version}/{version}/{key}", "{version} given twice"),
+            ("/p/{key}/{version}?since={version}", "{version} given twice"),
+            ("/p/{key}?since={version} header:If-None-Match", "{version} given twice"),
+            ("/p/{key}/{version} header:If-None-Match", "{version} given twice"),
+            ("/p/{key}", "needs a {version}: a path segment, a query value (?since={version}) or header:<Name>"),
+            ("/p/{foo}/{key}/{version}", "unknown placeholder {foo}"),
+            ("/p/{}/{key}/{version}", "unknown placeholder {}"),
+            ("/p/foo{key}bar/{version}", "placeholder must occupy a whole path segment, found \"foo{key}bar\""),
+            ("/p/{key}x/{version}", "placeholder must occupy a whole path segment, found \"{key}x\""),
+            ("/p/{key/{version}", "placeholder must occupy a whole path segment, found \"{key\""),
+            ("/p/{{key}}/{version}", "placeholder must occupy a whole path segment, found \"{{key}}\""),
+            ("/p/{key}?={version}", "query parameter name is empty"),
+            ("/p/{key}?since=5", "query part must be a single <name>={version}, found \"since=5\""),
+            ("/p/{key}?since", "query part must be a single <name>={version}, found \"since\""),
+            ("/p/{key}?", "query part must be a single <name>={version}, found \"\""),
+            ("/p/{key}?a=1&since={version}", "query part must be a single <name>={version}, found \"a=1&since={version}\""),
+            ("/p/{key}?since={version}&a=1", "query part must be a single <name>={version}, found \"since={version}&a=1\""),
+            ("/p?k={key}&since={version}", "query part must be a single <name>={version}, found \"k={key}&since={version}\""),
+            ("/p/{key} If-None-Match", "expected `header:<Name>` after the path, found \"If-None-Match\""),
+            ("/p/{key} header:", "invalid header name \"\" in `header:<Name>`"),
+            ("/p/{key} header:If None", "invalid header name \"If None\" in `header:<Name>`"),
+            ("/p/{key} header:a:b", "invalid header name \"a:b\" in `header:<Name>`"),
+        ];
+        for (t, reason) in cases {
+            assert_eq!(parse_err(t), reason, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn parse_reports_first_bad_template() {
+        let ts = [Q.to_string(), "/bad".to_string(), "nope".to_string()];
+        let err = Routes::parse(&ts).unwrap_err();
+        assert_eq!(err.template, "/bad");
+        assert_eq!(
+            err.to_string(),
+            "route \"/bad\": needs exactly one {key} segment"
+        );
+    }
+
+    // --- property ---
+
+    const KEY_ALPHABET: &str = "[A-Za-z0-9._:-]{1,128}";
+
+    proptest! {
+        #[test]
+        fn formatted_path_matches_back(key in KEY_ALPHABET, v in any::<u64>()) {
+            let r = routes(&[Q, P, H]);
+            let h = no_headers();
+            let path = format!("/projects/{key}/changes");
+            let q = format!("x=1&since={v}");
+            prop_assert_eq!(r.matches(&path, Some(&q), &h), poll(0, &key, Some(v)));
+            let path = format!("/projects/{key}/version/{v}");
+            prop_assert_eq!(r.matches(&path, None, &h), poll(1, &key, Some(v)));
+            let path = format!("/projects/{key}/state");
+            let h = inm(&format!("W/\"{v}\""));
+            prop_assert_eq!(r.matches(&path, None, &h), poll(2, &key, Some(v)));
+        }
+    }
+}
