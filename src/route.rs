@@ -661,8 +661,8 @@ mod tests {
             "/p/{key}/v/x?since={version}",
         ]);
         let h = no_headers();
-        // Route 0 and 1 both fit `/p/k/v/x`'s shape? Route 0 needs literal `v`
-        // at index 1 (it is), so it wins and its version `x` is Bad.
+        // `/p/k/v/x` fits routes 0 and 1; 0 wins even though its version `x`
+        // is bad, and route 1 is not tried.
         assert_eq!(
             r.matches("/p/k/v/x", Some("since=3"), &h),
             Match::Bad(VERSION_RULE)
