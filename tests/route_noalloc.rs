@@ -1,0 +1,111 @@
+//! Proves `Routes::matches` never touches the heap: a counting global
+//! allocator records allocations made by this thread while matching.
+//! Lives in its own test binary because a `#[global_allocator]` is per binary.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use http::{HeaderMap, HeaderValue};
+use pollgate::route::{Match, Routes};
+
+struct Counting;
+
+thread_local! {
+    // Const-initialised and without a destructor, so touching it from inside
+    // the allocator cannot itself allocate or recurse.
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; the counter is a
+// thread-local `Cell` that neither allocates nor panics (`try_with` tolerates
+// thread teardown).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        bump();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        bump();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        bump();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn bump() {
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+fn allocs_during(f: impl FnOnce()) -> u64 {
+    let before = ALLOCS.with(Cell::get);
+    f();
+    ALLOCS.with(Cell::get) - before
+}
+
+#[test]
+fn matching_never_allocates() {
+    let templates = [
+        "/projects/{key}/changes?since={version}",
+        "/projects/{key}/version/{version}",
+        "/projects/{key}/state header:If-None-Match",
+    ]
+    .map(String::from);
+    let routes = Routes::parse(&templates).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-other", HeaderValue::from_static("1"));
+    headers.insert("if-none-match", HeaderValue::from_static("W/\"4\", \"5\""));
+    let bad_inm = {
+        let mut h = HeaderMap::new();
+        h.insert("if-none-match", HeaderValue::from_static("\"nope\""));
+        h
+    };
+    let empty = HeaderMap::new();
+    let long_key = format!("/projects/{}/changes", "k".repeat(128));
+
+    // Every outcome of every kind: Poll with and without a version, Bad, None.
+    let cases: Vec<(&str, Option<&str>, &HeaderMap)> = vec![
+        ("/projects/abc/changes", Some("a=1&since=42&b"), &empty),
+        ("/projects/abc/changes", Some("since="), &empty),
+        ("/projects/abc/changes", None, &empty),
+        ("/projects/abc/changes", Some("since=1e3"), &empty),
+        ("/projects/a%20b/changes", Some("since=1"), &empty),
+        (&long_key, Some("since=7"), &empty),
+        ("/projects/abc/version/99", None, &empty),
+        ("/projects/abc/version/x", None, &empty),
+        ("/projects/abc/state", None, &headers),
+        ("/projects/abc/state", None, &bad_inm),
+        ("/projects/abc/state", None, &empty),
+        ("/elsewhere/abc", None, &headers),
+        ("/projects/abc/changes/", Some("since=1"), &empty),
+    ];
+    // Warm up once so any lazy, one-off initialisation is not counted.
+    let mut outcomes = [0u32; 3];
+    for &(p, q, h) in &cases {
+        std::hint::black_box(routes.matches(p, q, h));
+    }
+    let n = allocs_during(|| {
+        for _ in 0..1_000 {
+            for &(p, q, h) in &cases {
+                let m = routes.matches(std::hint::black_box(p), q, h);
+                outcomes[match m {
+                    Match::Poll { .. } => 0,
+                    Match::Bad(_) => 1,
+                    Match::None => 2,
+                }] += 1;
+            }
+        }
+    });
+    assert_eq!(n, 0, "matches allocated {n} times");
+    assert_eq!(outcomes, [7_000, 4_000, 2_000]);
+
+    // The counter really counts: an allocating call is seen.
+    assert!(allocs_during(|| drop(std::hint::black_box(String::from("x")))) > 0);
+}
