@@ -5,6 +5,7 @@
 //!
 //! The modules follow a request through the sidecar:
 //!
+//! - [`app`]: wires state, background tasks and the server; stops them in order.
 //! - [`server`]: binds the public and internal listeners, runs the
 //!   connection loop (HTTP/1.1 + h2c) and graceful shutdown.
 //! - [`route`]: turns a request into `(key, client_version)` without
@@ -25,6 +26,7 @@
 //!   one place that maps it to a status.
 //! - [`body`]: the response body type shared by every path.
 
+pub mod app;
 pub mod body;
 pub mod config;
 pub mod error;

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use pollgate::app;
 use pollgate::config::{self, LoadError, LogFormat};
-use pollgate::server::{self, Listeners};
-use pollgate::state::State;
+use pollgate::server::Listeners;
 
 /// `EX_USAGE` from sysexits.h: the config is wrong.
 const EXIT_CONFIG: u8 = 64;
@@ -34,14 +34,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cfg: config::Config) -> ExitCode {
-    let state = match State::new(cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("pollgate: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let listeners = match Listeners::bind(&state.cfg).await {
+    let listeners = match Listeners::bind(&cfg).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("pollgate: cannot bind {e}");
@@ -49,9 +42,16 @@ async fn serve(cfg: config::Config) -> ExitCode {
         }
     };
     tracing::info!(public = %listeners.public_addr(), internal = %listeners.internal_addr(), "pollgate listening");
-    server::run(listeners, state, shutdown_signal()).await;
-    tracing::info!("pollgate stopped");
-    ExitCode::SUCCESS
+    match app::run(cfg, listeners, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("pollgate stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pollgate: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 async fn shutdown_signal() {
