@@ -4,9 +4,14 @@
 //! Layout, chosen to stay under ~64 bytes of RSS per key at 1M keys:
 //! a fixed power-of-two number of shards, each a `RwLock` over an index
 //! (`HashTable<u32>` of slot numbers, 4 bytes + 1 control byte per bucket) and
-//! slots stored in fixed-size chunks (40 bytes each: inline key + two atomics).
+//! slots stored in fixed-size chunks (48 bytes each: inline key + three atomics).
 //! Keys are never removed: versions form a join-semilattice, so there is
 //! nothing to tombstone and slot numbers stay valid forever.
+//!
+//! For pull anti-entropy (see `cluster/PROTOCOL.md`) every shard counts its
+//! changes (`seq`) and every slot remembers the count of its last change, so
+//! "what changed in shard S since seq N?" is one scan of S with no log to keep.
+//! The table's random `epoch` tells a peer that the counts restarted.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,7 +19,7 @@ use std::time::Instant;
 
 use compact_str::CompactString;
 use hashbrown::HashTable;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 /// What a lookup sees of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,8 @@ struct Slot {
     key: CompactString,
     version: AtomicU64,
     confirmed_ms: AtomicU64,
+    /// The shard's change count when this slot last advanced (pull anti-entropy).
+    seq: AtomicU64,
 }
 
 impl Slot {
@@ -136,7 +143,23 @@ impl ShardInner {
 /// (adjacent-line prefetch on x86 pairs lines).
 #[repr(align(128))]
 #[derive(Default)]
-struct Shard(RwLock<ShardInner>);
+struct Shard {
+    inner: RwLock<ShardInner>,
+    /// Changes (inserts and advances) so far. A mutex rather than an atomic so
+    /// that taking the next number and storing it in the slot happen together:
+    /// a reader that saw count C under this lock also sees every slot stamped
+    /// ≤ C (see [`Table::changed_since`]). Only advancing merges take it.
+    seq: Mutex<u64>,
+}
+
+impl Shard {
+    /// Records that `slot` just changed. Caller holds `inner` (read or write).
+    fn stamp(&self, slot: &Slot) {
+        let mut seq = self.seq.lock();
+        *seq += 1;
+        slot.seq.store(*seq, Ordering::Release);
+    }
+}
 
 pub struct Table {
     shards: Box<[Shard]>,
@@ -149,6 +172,8 @@ pub struct Table {
     hooks: RwLock<Vec<AdvanceHook>>,
     /// Mirrors `hooks.len()` so merges skip the hooks lock entirely when none exist.
     hook_count: AtomicUsize,
+    /// Random per table (per process): shard counts from another epoch mean nothing.
+    epoch: u64,
 }
 
 impl Table {
@@ -170,7 +195,43 @@ impl Table {
             len: AtomicUsize::new(0),
             hooks: RwLock::new(Vec::new()),
             hook_count: AtomicUsize::new(0),
+            epoch: fastrand::u64(1..),
         }
+    }
+
+    /// Identifies this table's change counts; a new process starts a new epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Changes (inserts and advances) in `shard` so far.
+    pub fn shard_seq(&self, shard: usize) -> u64 {
+        *self.shards[shard].seq.lock()
+    }
+
+    /// Visits every entry of `shard` that changed after count `since` and
+    /// returns the count the scan is complete up to: every change numbered
+    /// ≤ the result was visited (later ones may be too; merging is idempotent).
+    /// `f` runs under the shard's read lock, so it must not insert into this table.
+    pub fn changed_since(&self, shard: usize, since: u64, mut f: impl FnMut(&str, Entry)) -> u64 {
+        let shard = &self.shards[shard];
+        let inner = shard.inner.read();
+        // Read under the seq lock: every slot stamped ≤ upto is stamped already,
+        // and its version was raised before it was stamped.
+        let upto = *shard.seq.lock();
+        if upto == since {
+            return upto;
+        }
+        for slot in inner.chunks.iter().flatten() {
+            if slot.seq.load(Ordering::Acquire) > since {
+                f(&slot.key, slot.entry());
+            }
+        }
+        upto
     }
 
     /// Monotonic milliseconds; starts well above zero so `now - max_age` never underflows.
@@ -180,7 +241,7 @@ impl Table {
 
     pub fn get(&self, key: &str) -> Option<Entry> {
         let (shard, hash) = self.locate(key);
-        let inner = shard.0.read();
+        let inner = shard.inner.read();
         inner.find(hash, key).map(Slot::entry)
     }
 
@@ -217,7 +278,7 @@ impl Table {
     /// `f` runs under that lock, so it must not insert into this table.
     pub fn for_each(&self, mut f: impl FnMut(&str, Entry)) {
         for shard in self.shards.iter() {
-            let inner = shard.0.read();
+            let inner = shard.inner.read();
             for slot in inner.chunks.iter().flatten() {
                 f(&slot.key, slot.entry());
             }
@@ -231,7 +292,7 @@ impl Table {
         self.shards
             .iter()
             .map(|s| {
-                let inner = s.0.read();
+                let inner = s.inner.read();
                 inner.index.capacity() * 8 / 7 * per_bucket + inner.chunks.len() * per_chunk
             })
             .sum()
@@ -258,18 +319,20 @@ impl Table {
     /// the write lock, re-checking because another writer may have won the race.
     fn merge_locked(&self, key: &str, version: u64, confirm_ms: Option<u64>) -> Merge {
         let (shard, hash) = self.locate(key);
-        if let Some(slot) = shard.0.read().find(hash, key) {
-            return slot.merge(version, confirm_ms);
+        if let Some(slot) = shard.inner.read().find(hash, key) {
+            return merge_slot(shard, slot, version, confirm_ms);
         }
-        let mut inner = shard.0.write();
+        let mut inner = shard.inner.write();
         if let Some(slot) = inner.find(hash, key) {
-            return slot.merge(version, confirm_ms);
+            return merge_slot(shard, slot, version, confirm_ms);
         }
         let slot = Slot {
             key: CompactString::new(key),
             version: AtomicU64::new(version),
             confirmed_ms: AtomicU64::new(confirm_ms.unwrap_or(0)),
+            seq: AtomicU64::new(0),
         };
+        shard.stamp(&slot);
         inner.insert(hash, slot, |k| self.hasher.hash_one(k).rotate_left(32));
         self.len.fetch_add(1, Ordering::Relaxed);
         Merge::Inserted
@@ -282,6 +345,15 @@ impl Table {
             hook(key, version);
         }
     }
+}
+
+/// Merges into an existing slot and stamps it when it advanced.
+fn merge_slot(shard: &Shard, slot: &Slot, version: u64, confirm_ms: Option<u64>) -> Merge {
+    let m = slot.merge(version, confirm_ms);
+    if m.advanced() {
+        shard.stamp(slot);
+    }
+    m
 }
 
 impl Default for Table {
@@ -410,7 +482,7 @@ mod tests {
         for i in 0..n {
             assert_eq!(t.get(&format!("key-{i}")).unwrap().version, i as u64);
         }
-        assert_eq!(t.shards[0].0.read().chunks.len(), 4);
+        assert_eq!(t.shards[0].inner.read().chunks.len(), 4);
     }
 
     #[test]
@@ -436,6 +508,62 @@ mod tests {
             assert_eq!(t.merge(k, 1, true), Merge::Inserted);
             assert_eq!(t.get(k).unwrap().version, 1);
         }
+    }
+
+    fn changed(t: &Table, since: u64) -> (Vec<(String, u64)>, u64) {
+        let mut out = Vec::new();
+        let upto = t.changed_since(0, since, |k, e| out.push((k.to_string(), e.version)));
+        out.sort();
+        (out, upto)
+    }
+
+    #[test]
+    fn changed_since_sees_exactly_what_advanced() {
+        let t = Table::with_shards(1);
+        assert_eq!(changed(&t, 0), (vec![], 0));
+        t.merge("a", 1, false);
+        t.merge("b", 1, false);
+        let (all, upto) = changed(&t, 0);
+        assert_eq!((all.len(), upto), (2, 2));
+        t.merge("a", 1, true);
+        t.merge("b", 0, true);
+        assert_eq!(changed(&t, 2), (vec![], 2), "no advance, no change");
+        t.merge("b", 5, false);
+        assert_eq!(changed(&t, 2), (vec![("b".into(), 5)], 3));
+        assert_eq!(t.shard_seq(0), 3);
+        assert_ne!(t.epoch(), Table::new().epoch(), "random per table");
+    }
+
+    /// A writer advances keys while a reader pulls increments: the union of
+    /// what the reader saw must end at every key's final version.
+    #[test]
+    fn concurrent_changes_are_never_skipped() {
+        let t = Table::with_shards(1);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut seen = std::collections::HashMap::new();
+                let mut since = 0;
+                let mut last_round = false;
+                loop {
+                    since = t.changed_since(0, since, |k, e| {
+                        let v = seen.entry(k.to_string()).or_insert(0);
+                        *v = e.version.max(*v);
+                    });
+                    if last_round {
+                        return seen;
+                    }
+                    last_round = done.load(Ordering::Acquire);
+                }
+            });
+            let mut rng = fastrand::Rng::with_seed(7);
+            for v in 1..50_000u64 {
+                t.merge(&format!("k{}", rng.usize(..300)), v, false);
+            }
+            done.store(true, Ordering::Release);
+            reader.join().unwrap()
+        });
+        t.for_each(|k, e| assert_eq!(seen.get(k), Some(&e.version), "{k}"));
     }
 
     #[test]
