@@ -2,7 +2,9 @@
 //! owners, the server, and their shutdown in reverse order.
 
 use std::future::Future;
+use std::sync::Arc;
 
+use crate::cluster::{transport, ClusterHandle};
 use crate::config::Config;
 use crate::route::RouteError;
 use crate::server::{self, Listeners};
@@ -17,6 +19,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouteError> {
     let state = State::new(cfg)?;
+    let cluster = ClusterHandle::start(state.clone(), Arc::new(transport::Http::default()));
     server::run(listeners, state.clone(), shutdown).await;
+    cluster.shutdown().await;
     Ok(())
 }

@@ -51,6 +51,9 @@ pub struct Config {
     pub node_id: String,
     /// Unset. Shared secret for gossip.
     pub cluster_key: Option<String>,
+    /// `false`. Allows `peer` without `cluster_key` (unauthenticated gossip);
+    /// must be said explicitly so nobody runs an open cluster by accident.
+    pub insecure_cluster: bool,
     /// Unset: no snapshots.
     pub data_dir: Option<PathBuf>,
 
@@ -106,6 +109,7 @@ impl Default for Config {
             peer: Vec::new(),
             node_id: default_node_id(8081),
             cluster_key: None,
+            insecure_cluster: false,
             data_dir: None,
             passthrough: true,
             publish_max_body: 1 << 20,
@@ -228,7 +232,8 @@ impl Config {
             self.upstream_timeout
                 .is_zero()
                 .then(|| "upstream_timeout: must be longer than 0s".into()),
-            (!self.peer.is_empty() && self.cluster_key.is_none()).then(|| PEER_WITHOUT_KEY.into()),
+            (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
+                .then(|| PEER_WITHOUT_KEY.into()),
         ];
         failed.into_iter().flatten().collect()
     }
@@ -259,7 +264,7 @@ impl Config {
 }
 
 const PEER_WITHOUT_KEY: &str =
-    "peer given but cluster_key unset: gossip must be authenticated (set cluster_key)";
+    "peer given but cluster_key unset: gossip must be authenticated (set cluster_key, or insecure_cluster = true to run without)";
 
 // ---------------------------------------------------------------------------
 // The key table.
@@ -384,6 +389,8 @@ static KEYS: &[Key] = &[
         |c, v| one(v, word).map(|x| c.node_id = x), |c| text(&c.node_id)),
     key("cluster_key", CLUSTER, "SECRET", "unset", "Shared secret that authenticates gossip; required with --peer",
         |c, v| one(v, secret).map(|x| c.cluster_key = Some(x)), |c| redacted(&c.cluster_key)),
+    key("insecure_cluster", CLUSTER, "BOOL", "false", "Allow peer without cluster_key: unauthenticated gossip, for trusted test networks only",
+        |c, v| one(v, boolean).map(|x| c.insecure_cluster = x), |c| Some(Value::Boolean(c.insecure_cluster))),
     key("data_dir", OPS, "DIR", "unset: no snapshots", "Where snapshots are written",
         |c, v| one(v, non_empty).map(|x| c.data_dir = Some(x.into())), |c| c.data_dir.as_ref().and_then(|d| text(d.display()))),
     key("log_format", OPS, "FORMAT", "text", "Log format: text or json",
@@ -1247,6 +1254,11 @@ mod tests {
         let e = errs(&["--peer", "10.0.0.2:8081"], &[]);
         assert_eq!(e, [PEER_WITHOUT_KEY]);
         ok(&["--peer", "10.0.0.2:8081", "--cluster-key", "k"], &[]);
+        let c = ok(
+            &["--peer", "10.0.0.2:8081", "--insecure-cluster", "true"],
+            &[],
+        );
+        assert!(c.insecure_cluster && c.cluster_key.is_none());
     }
 
     #[test]

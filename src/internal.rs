@@ -1,12 +1,12 @@
-//! The internal listener: publish API, version lookup, metrics, health.
+//! The internal listener: publish API, version lookup, metrics, health,
+//! cluster config and gossip.
 //! Kept off the public port so operators can firewall it.
-
-use std::sync::atomic::Ordering;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::cluster::api as cluster_api;
 use crate::error::Error;
 use crate::feed::publish;
 use crate::state::State;
@@ -19,6 +19,12 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/readyz") => Ok(readyz(state)),
         (&Method::POST, "/v1/versions") => publish::post(state, req).await,
         (_, "/v1/versions") => Err(Error::MethodNotAllowed),
+        (&Method::GET, "/v1/config") => Ok(cluster_api::get(state)),
+        (&Method::PUT, "/v1/config") => cluster_api::put(state, req).await,
+        (_, "/v1/config") => Err(Error::MethodNotAllowed),
+        (&Method::POST, "/v1/cluster/push" | "/v1/cluster/pull") => {
+            cluster_api::gossip(state, req).await
+        }
         (&Method::GET, p) if p.starts_with("/v1/versions/") => {
             publish::get(state, &p["/v1/versions/".len()..])
         }
@@ -38,7 +44,7 @@ fn metrics(state: &State) -> Response<Body> {
 }
 
 fn readyz(state: &State) -> Response<Body> {
-    if state.ready.load(Ordering::Acquire) {
+    if state.is_ready() {
         text(StatusCode::OK, "ready\n")
     } else {
         text(

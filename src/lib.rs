@@ -17,6 +17,8 @@
 //!   coalescing of cold or expired keys.
 //! - [`table`]: the sharded version table; merge is `max`, so a version never
 //!   goes backwards.
+//! - [`cluster`]: replicas gossip versions (delta push, pull anti-entropy),
+//!   readiness after catching up, and the cluster-wide config (LWW).
 //! - [`feed`]: trusted sources of versions besides the upstream (publish API).
 //! - [`internal`]: the internal listener (publish, lookup, metrics, health).
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -28,6 +30,7 @@
 
 pub mod app;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod feed;

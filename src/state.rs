@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::route::{RouteError, Routes};
@@ -27,8 +28,11 @@ pub struct State {
     pub upstream: Upstream,
     pub coalescer: Coalescer,
     pub tunables: Tunables,
-    /// False until the snapshot is loaded and peers caught up with.
+    /// False until the snapshot is loaded. `/readyz` also needs
+    /// `cluster.caught_up()` (peers caught up with): two separate gates, ANDed.
     pub ready: AtomicBool,
+    /// Gossip: inbound handling, outbox, peers, metrics.
+    pub cluster: Cluster,
     /// Flips to true when shutdown starts: connections finish, streams close.
     pub shutdown: watch::Sender<bool>,
 }
@@ -38,8 +42,12 @@ impl State {
         let metrics = Arc::new(Metrics::default());
         let routes = Routes::parse(&cfg.route)?;
         let upstream = Upstream::new(&cfg, metrics.clone());
+        let table = Table::new();
+        let cluster = Cluster::new(&cfg);
+        cluster.hook_into(&table);
         Ok(Arc::new(State {
-            table: Table::new(),
+            table,
+            cluster,
             routes,
             upstream,
             coalescer: Coalescer::new(),
@@ -49,6 +57,11 @@ impl State {
             metrics,
             cfg,
         }))
+    }
+
+    /// Ready to serve: snapshot loaded and peers caught up with.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire) && self.cluster.caught_up()
     }
 
     /// Max-merges a version from a trusted source (confirming the entry).

@@ -1,0 +1,363 @@
+//! Replication between pollgate replicas: delta push, pull anti-entropy,
+//! readiness and the LWW cluster config, all over authenticated gossip.
+//! The protocol is written down in `PROTOCOL.md` beside this file.
+//!
+//! [`Cluster`] is the shared part that lives in [`State`] (inbound handling,
+//! outbox, metrics, readiness gate); [`ClusterHandle`] owns every task.
+
+pub mod api;
+pub mod auth;
+pub mod codec;
+mod delta;
+mod membership;
+mod pull;
+pub mod transport;
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::metrics::Counter;
+use crate::state::State;
+use crate::table::Table;
+use crate::tunables::Tunables;
+
+use auth::{Auth, Reject};
+use codec::{Item, Message, Reply, Request};
+use delta::Outbox;
+use membership::Peer;
+pub use transport::Transport;
+
+/// Pushes go to at most this many peers per round; more peers get a random
+/// subset and relay what they learn (epidemic spread), fewer get everything.
+pub const FANOUT: usize = 8;
+
+thread_local! {
+    /// Set while merging gossip, so the advance hook can tell a local change
+    /// (always pushed) from one learned from a peer (relayed only past FANOUT).
+    static FROM_PEER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The gossip state every request handler can reach through [`State`].
+pub struct Cluster {
+    node_id: String,
+    /// Peers configured: gossip runs and readiness waits for a first pull.
+    pub enabled: bool,
+    auth: Auth,
+    outbox: Arc<Outbox>,
+    /// False until a first complete pull from a peer (or no peer was reachable
+    /// for [`membership::LONE_AFTER`]); `/readyz` needs it and `State::ready`.
+    caught_up: AtomicBool,
+    peers: RwLock<Vec<Arc<Peer>>>,
+    pub metrics: ClusterMetrics,
+}
+
+#[derive(Default)]
+pub struct ClusterMetrics {
+    pub versions_received: Counter,
+    pub rejected: [Counter; Reject::ALL.len()],
+    pub bytes_sent: Counter,
+    pub bytes_received: Counter,
+    pub pushes_dropped: Counter,
+}
+
+impl Cluster {
+    pub fn new(cfg: &Config) -> Self {
+        let enabled = !cfg.peer.is_empty();
+        Cluster {
+            node_id: cfg.node_id.clone(),
+            enabled,
+            auth: Auth::new(cfg.cluster_key.as_deref()),
+            outbox: Arc::new(Outbox::new(cfg.peer.len() > FANOUT)),
+            caught_up: AtomicBool::new(!enabled),
+            peers: RwLock::new(Vec::new()),
+            metrics: ClusterMetrics::default(),
+        }
+    }
+
+    /// Feeds the outbox from every advancing merge. Called once by `State::new`.
+    pub fn hook_into(&self, table: &Table) {
+        if self.enabled {
+            let outbox = self.outbox.clone();
+            table.on_advance(Box::new(move |k, _| {
+                outbox.note(k, FROM_PEER.with(Cell::get));
+            }));
+        }
+    }
+
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    fn set_caught_up(&self) {
+        if !self.caught_up.swap(true, Ordering::AcqRel) {
+            tracing::info!("caught up with peers: ready as far as the cluster goes");
+        }
+    }
+
+    /// Sends the config with the next push round (after `PUT /v1/config`).
+    pub fn config_changed(&self) {
+        self.outbox.config_dirty.store(true, Ordering::Release);
+    }
+
+    fn reject(&self, r: Reject) -> Reject {
+        self.metrics.rejected[r as usize].inc();
+        r
+    }
+
+    /// Handles one inbound frame: verify, decode, merge, answer (sealed).
+    pub fn handle(&self, state: &State, frame: Bytes) -> Result<Bytes, Reject> {
+        self.metrics.bytes_received.add(frame.len() as u64);
+        let opened = self.auth.open(frame).map_err(|r| self.reject(r))?;
+        let msg = codec::decode_message(&opened.body).map_err(|e| {
+            tracing::warn!(error = %e, "malformed gossip message");
+            self.reject(Reject::Malformed)
+        })?;
+        let body = self.answer(state, msg);
+        let sealed = self.auth.seal_reply(&opened.mac, &body);
+        self.metrics.bytes_sent.add(sealed.len() as u64);
+        Ok(sealed)
+    }
+
+    /// The encoded reply to a verified message.
+    fn answer(&self, state: &State, msg: Message) -> Bytes {
+        if msg.from == self.node_id {
+            return codec::encode_reply(&Reply::IsSelf);
+        }
+        apply_config(&state.tunables, &msg.config);
+        match msg.body {
+            Request::Push(items) => {
+                self.merge(&state.table, &items);
+                let config = current_config(&state.tunables);
+                codec::encode_reply(&Reply::Ack { config })
+            }
+            Request::Pull { epoch, seqs } => pull::serve(state, epoch, &seqs),
+        }
+    }
+
+    /// Max-merges items learned from a peer (a trusted source: they confirm).
+    fn merge(&self, table: &Table, items: &[Item]) {
+        self.metrics.versions_received.add(items.len() as u64);
+        FROM_PEER.with(|f| f.set(true));
+        let now = table.now_ms();
+        for i in items {
+            match i.confirmed_ago_ms {
+                Some(ago) => table.merge_at(&i.key, i.version, now.saturating_sub(ago)),
+                None => table.merge(&i.key, i.version, false),
+            };
+        }
+        FROM_PEER.with(|f| f.set(false));
+    }
+
+    fn render(&self, o: &mut String) {
+        let peers = self.peers.read();
+        let up = peers.iter().filter(|p| p.is_up()).count();
+        let gauge = crate::metrics::gauge;
+        gauge(
+            o,
+            "pollgate_cluster_peers",
+            "Peer addresses known (configured, resolved, not self).",
+            peers.len() as i64,
+        );
+        gauge(
+            o,
+            "pollgate_cluster_peers_up",
+            "Peers passing the health window.",
+            up as i64,
+        );
+        gauge(
+            o,
+            "pollgate_cluster_caught_up",
+            "1 once a first pull from a peer completed.",
+            i64::from(self.caught_up()),
+        );
+        let behind = peers.iter().map(|p| p.behind()).max().unwrap_or(0);
+        gauge(
+            o,
+            "pollgate_cluster_keys_behind",
+            "Estimated changes at peers not yet pulled (max over peers).",
+            behind as i64,
+        );
+        let now = auth::unix_ms();
+        for (name, help, get) in [
+            (
+                "pollgate_cluster_last_push_seconds",
+                "Seconds since the last successful push to the peer.",
+                Peer::last_push as fn(&Peer) -> u64,
+            ),
+            (
+                "pollgate_cluster_last_pull_seconds",
+                "Seconds since the last complete pull from the peer.",
+                Peer::last_pull,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for p in peers.iter().filter(|p| get(p) > 0) {
+                let age = now.saturating_sub(get(p)) as f64 / 1000.0;
+                let _ = writeln!(o, "{name}{{peer=\"{}\"}} {age}", p.addr);
+            }
+        }
+        let counter = crate::metrics::counter;
+        let m = &self.metrics;
+        counter(
+            o,
+            "pollgate_cluster_versions_received_total",
+            "Versions received from peers (push and pull).",
+            m.versions_received.get(),
+        );
+        counter(
+            o,
+            "pollgate_cluster_sent_bytes_total",
+            "Gossip bytes sent (requests and replies).",
+            m.bytes_sent.get(),
+        );
+        counter(
+            o,
+            "pollgate_cluster_received_bytes_total",
+            "Gossip bytes received (requests and replies).",
+            m.bytes_received.get(),
+        );
+        counter(
+            o,
+            "pollgate_cluster_push_dropped_total",
+            "Push batches dropped because a peer's queue was full (pull repairs).",
+            m.pushes_dropped.get(),
+        );
+        o.push_str("# HELP pollgate_cluster_rejected_total Gossip messages refused, by reason.\n# TYPE pollgate_cluster_rejected_total counter\n");
+        for r in Reject::ALL {
+            let _ = writeln!(
+                o,
+                "pollgate_cluster_rejected_total{{reason=\"{}\"}} {}",
+                r.label(),
+                m.rejected[r as usize].get()
+            );
+        }
+    }
+}
+
+fn current_config(t: &Tunables) -> codec::Config {
+    codec::Config {
+        stamp: t.stamp(),
+        values: t.get(),
+    }
+}
+
+fn apply_config(t: &Tunables, c: &codec::Config) {
+    if c.stamp > t.stamp() && api::check(&c.values).is_ok() && t.apply(&c.values, c.stamp.clone()) {
+        tracing::info!(stamp = ?c.stamp, values = ?c.values, "cluster config applied from a peer");
+    }
+}
+
+/// Owns every gossip task; `shutdown` stops and awaits them.
+pub struct ClusterHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ClusterHandle {
+    /// Starts gossip for `state` over `transport`. Without peers it starts
+    /// nothing (a lone replica) but still registers its metrics.
+    pub fn start<T: Transport>(state: Arc<State>, transport: Arc<T>) -> ClusterHandle {
+        let weak = Arc::downgrade(&state);
+        state.metrics.register(Box::new(move |o| {
+            if let Some(s) = weak.upgrade() {
+                s.cluster.render(o);
+            }
+        }));
+        let (stop, _) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if state.cluster.enabled {
+            let ctx = Ctx {
+                state,
+                transport,
+                stop: stop.subscribe(),
+            };
+            tasks.push(tokio::spawn(membership::run(ctx.clone())));
+            tasks.push(tokio::spawn(delta::flush_loop(ctx)));
+        }
+        ClusterHandle { stop, tasks }
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// What every gossip task needs.
+struct Ctx<T> {
+    state: Arc<State>,
+    transport: Arc<T>,
+    stop: watch::Receiver<bool>,
+}
+
+impl<T> Clone for Ctx<T> {
+    fn clone(&self) -> Self {
+        Ctx {
+            state: self.state.clone(),
+            transport: self.transport.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+impl<T: Transport> Ctx<T> {
+    fn cluster(&self) -> &Cluster {
+        &self.state.cluster
+    }
+
+    /// Sleeps `d`; false when shutdown started meanwhile.
+    async fn sleep(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => !*self.stop.borrow(),
+            _ = crate::server::stopping(&mut self.stop) => false,
+        }
+    }
+
+    /// Seals, sends and opens the reply of one exchange.
+    async fn exchange(&self, peer: &str, msg: &Message) -> Result<Reply, transport::SendError> {
+        use transport::Path;
+        let path = match msg.body {
+            Request::Push(_) => Path::Push,
+            Request::Pull { .. } => Path::Pull,
+        };
+        let c = self.cluster();
+        let (frame, mac) = c.auth.seal(&codec::encode_message(msg));
+        c.metrics.bytes_sent.add(frame.len() as u64);
+        let reply = self.transport.send(peer, path, frame).await?;
+        self.open(reply, &mac)
+    }
+
+    /// Verifies and decodes the reply to the request whose MAC is `mac`.
+    fn open(&self, reply: Bytes, mac: &[u8; auth::MAC_LEN]) -> Result<Reply, transport::SendError> {
+        use transport::SendError;
+        let c = self.cluster();
+        c.metrics.bytes_received.add(reply.len() as u64);
+        let body = c.auth.open_reply(reply, mac).map_err(|r| {
+            c.reject(r);
+            SendError::Refused(format!("reply: {r}"))
+        })?;
+        codec::decode_reply(&body).map_err(|e| {
+            c.reject(Reject::Malformed);
+            SendError::Refused(format!("reply: {e}"))
+        })
+    }
+
+    fn message(&self, body: Request) -> Message {
+        Message {
+            from: self.cluster().node_id.clone(),
+            config: current_config(&self.state.tunables),
+            body,
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Pull anti-entropy: each replica periodically asks each peer "what changed
+//! in each shard since the counts I last saw from you?" and the peer answers
+//! from its per-shard change counts, in pages. A restarted replica (new epoch
+//! either side) gets whole shards. First complete pull → caught up (ready).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::codec::{PullReply, PullWriter, Reply, Request};
+use super::membership::Peer;
+use super::transport::SendError;
+use super::{apply_config, current_config, Ctx, Transport};
+use crate::state::State;
+
+/// Pull period: bounds how long a lost push can hide a change (plus jitter
+/// so replicas do not pull in lock-step).
+pub const PULL_EVERY: Duration = Duration::from_secs(1);
+/// A page stops after the shard that crosses this many bytes of items:
+/// big enough that a 1M-key catch-up is a handful of round trips, small
+/// enough to be merged without stalling a runtime worker for long.
+const PAGE_BYTES: usize = 4 << 20;
+/// Pages in one round; a peer that keeps saying "more" beyond this is
+/// changing faster than we can pull, and the next round continues.
+const MAX_PAGES: usize = 256;
+
+/// The epoch and per-shard counts last seen from one peer.
+#[derive(Default)]
+struct Cursor {
+    epoch: u64,
+    seqs: Vec<u64>,
+}
+
+impl Cursor {
+    /// Takes in a page; returns the estimate of changes still to pull.
+    fn advance(&mut self, p: &PullReply) -> u64 {
+        if p.epoch != self.epoch || self.seqs.len() != p.current.len() {
+            self.epoch = p.epoch;
+            self.seqs = vec![0; p.current.len()];
+        }
+        for &(s, q) in &p.covered {
+            if let Some(seen) = self.seqs.get_mut(s as usize) {
+                *seen = q;
+            }
+        }
+        self.seqs
+            .iter()
+            .zip(&p.current)
+            .map(|(seen, cur)| cur.saturating_sub(*seen))
+            .sum()
+    }
+}
+
+/// One peer's pull loop: at once, then every [`PULL_EVERY`] (±20 %).
+pub async fn run<T: Transport>(mut ctx: Ctx<T>, peer: Arc<Peer>, answered: Arc<AtomicBool>) {
+    let mut cursor = Cursor::default();
+    loop {
+        let ok = round(&ctx, &peer, &mut cursor, &answered).await;
+        peer.probe(ok);
+        if peer.is_self.load(Ordering::Relaxed) {
+            tracing::info!(peer = %peer.addr, "peer address is this replica; not gossiping with it");
+            return;
+        }
+        let wait = PULL_EVERY.mul_f64(0.8 + fastrand::f64() * 0.4);
+        if !ctx.sleep(wait).await {
+            return;
+        }
+    }
+}
+
+/// Pulls pages until the peer has nothing more; true when complete.
+async fn round<T: Transport>(
+    ctx: &Ctx<T>,
+    peer: &Peer,
+    cursor: &mut Cursor,
+    answered: &AtomicBool,
+) -> bool {
+    for _ in 0..MAX_PAGES {
+        let msg = ctx.message(Request::Pull {
+            epoch: cursor.epoch,
+            seqs: cursor.seqs.clone(),
+        });
+        let page = match ctx.exchange(&peer.addr, &msg).await {
+            Ok(Reply::Pull(p)) => p,
+            Ok(Reply::IsSelf) => {
+                peer.is_self.store(true, Ordering::Relaxed);
+                return false;
+            }
+            Ok(other) => {
+                tracing::warn!(peer = %peer.addr, ?other, "unexpected pull reply");
+                return false;
+            }
+            Err(e) => return failed(peer, e, answered),
+        };
+        answered.store(true, Ordering::Relaxed);
+        apply_config(&ctx.state.tunables, &page.config);
+        ctx.cluster().merge(&ctx.state.table, &page.items);
+        peer.set_behind(cursor.advance(&page));
+        if !page.more {
+            peer.pulled();
+            ctx.cluster().set_caught_up();
+            return true;
+        }
+    }
+    true
+}
+
+fn failed(peer: &Peer, e: SendError, answered: &AtomicBool) -> bool {
+    match e {
+        SendError::Refused(why) => {
+            answered.store(true, Ordering::Relaxed);
+            tracing::warn!(peer = %peer.addr, %why, "peer refused our pull (same cluster_key?)");
+        }
+        SendError::Unreachable(why) => {
+            tracing::debug!(peer = %peer.addr, %why, "pull failed");
+        }
+    }
+    false
+}
+
+/// Answers a pull: every shard whose count moved past the requester's
+/// (all of them when the epoch differs), until the page budget is spent.
+pub fn serve(state: &State, epoch: u64, seqs: &[u64]) -> Bytes {
+    let table = &state.table;
+    let same = epoch == table.epoch();
+    let mut w = PullWriter::new(&current_config(&state.tunables), table.epoch());
+    let now = table.now_ms();
+    let mut more = false;
+    for s in 0..table.shard_count() {
+        if w.len() >= PAGE_BYTES {
+            more = true;
+            break;
+        }
+        let since = match same {
+            true => seqs.get(s).copied().unwrap_or(0),
+            false => 0,
+        };
+        let upto = table.changed_since(s, since, |k, e| {
+            let ago = (e.confirmed_ms > 0).then(|| now.saturating_sub(e.confirmed_ms));
+            w.item_parts(k, e.version, ago);
+        });
+        if upto != since {
+            w.cover(s as u32, upto);
+        }
+    }
+    let current: Vec<u64> = (0..table.shard_count())
+        .map(|s| table.shard_seq(s))
+        .collect();
+    w.finish(&current, more)
+}
