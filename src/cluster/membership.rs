@@ -3,14 +3,13 @@
 //! tasks that serve one peer. Also the lone-replica readiness fallback.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -24,16 +23,17 @@ pub const LONE_AFTER: Duration = Duration::from_secs(30);
 /// Queued push batches per peer; a slow peer drops beyond this (pull repairs).
 const PUSH_QUEUE: usize = 64;
 /// Health window (Varnish-style): a peer is up when at least `GOOD` of its
-/// last `WINDOW` probes (pulls) succeeded. Until it has `GOOD` probes, every
-/// one of them must have succeeded, so a fresh peer is up after one answer.
-const WINDOW: u32 = 8;
+/// last 8 probes (pulls) succeeded. The window starts with `GOOD - 1`
+/// successes (Varnish's `.initial`), so a new peer is down until its first
+/// answer and up right after it, even if it failed while it was starting.
 const GOOD: u32 = 3;
+const INITIAL: u8 = (1 << (GOOD - 1)) - 1;
 
 /// One peer address and what we know of it.
 pub struct Peer {
     pub addr: String,
     /// Probe results, newest in bit 0.
-    window: Mutex<(u8, u32)>,
+    window: AtomicU8,
     /// The address turned out to be this replica: leave it alone.
     pub is_self: AtomicBool,
     last_push_ms: AtomicU64,
@@ -47,7 +47,7 @@ impl Peer {
     fn new(addr: String, push: mpsc::Sender<Bytes>) -> Self {
         Peer {
             addr,
-            window: Mutex::new((0, 0)),
+            window: AtomicU8::new(INITIAL),
             is_self: AtomicBool::new(false),
             last_push_ms: AtomicU64::new(0),
             last_pull_ms: AtomicU64::new(0),
@@ -56,15 +56,16 @@ impl Peer {
         }
     }
 
+    /// Records one probe. Only the peer's pull task probes, so no lost update.
     pub fn probe(&self, ok: bool) {
-        let mut w = self.window.lock();
-        w.0 = (w.0 << 1) | u8::from(ok);
-        w.1 = (w.1 + 1).min(WINDOW);
+        let w = self.window.load(Ordering::Relaxed);
+        self.window
+            .store((w << 1) | u8::from(ok), Ordering::Relaxed);
     }
 
     pub fn is_up(&self) -> bool {
-        let (bits, n) = *self.window.lock();
-        n > 0 && bits.count_ones() >= GOOD.min(n) && !self.is_self.load(Ordering::Relaxed)
+        let good = self.window.load(Ordering::Relaxed).count_ones();
+        good >= GOOD && !self.is_self.load(Ordering::Relaxed)
     }
 
     pub fn last_push(&self) -> u64 {
@@ -174,20 +175,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn window_needs_three_of_eight_once_full() {
+    fn window_is_three_of_the_last_eight() {
         let (tx, _rx) = mpsc::channel(1);
         let p = Peer::new("a".into(), tx);
-        assert!(!p.is_up(), "no probe yet");
-        p.probe(true);
-        assert!(p.is_up(), "one good probe of one");
+        assert!(!p.is_up(), "no answer yet");
         p.probe(false);
-        assert!(!p.is_up(), "1 of 2 < min(3, 2)");
+        assert!(!p.is_up(), "failed while starting");
         p.probe(true);
-        p.probe(true);
-        assert!(p.is_up(), "3 of 4");
-        (0..5).for_each(|_| p.probe(false));
+        assert!(p.is_up(), "up at its first answer");
+        (0..4).for_each(|_| p.probe(false));
+        assert!(p.is_up(), "3 of the last 8 still");
+        p.probe(false);
         assert!(!p.is_up(), "2 of the last 8");
-        (0..3).for_each(|_| p.probe(true));
+        p.probe(true);
+        assert!(!p.is_up(), "2 of the last 8 again");
+        p.probe(true);
         assert!(p.is_up(), "3 of the last 8");
         p.is_self.store(true, Ordering::Relaxed);
         assert!(!p.is_up(), "never self");

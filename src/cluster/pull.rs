@@ -18,6 +18,8 @@ use crate::state::State;
 /// Pull period: bounds how long a lost push can hide a change (plus jitter
 /// so replicas do not pull in lock-step).
 pub const PULL_EVERY: Duration = Duration::from_secs(1);
+/// Retry period until a peer has answered once.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// A page stops after the shard that crosses this many bytes of items:
 /// big enough that a 1M-key catch-up is a handful of round trips, small
 /// enough to be merged without stalling a runtime worker for long.
@@ -56,14 +58,19 @@ impl Cursor {
 /// One peer's pull loop: at once, then every [`PULL_EVERY`] (±20 %).
 pub async fn run<T: Transport>(mut ctx: Ctx<T>, peer: Arc<Peer>, answered: Arc<AtomicBool>) {
     let mut cursor = Cursor::default();
+    let mut ever = false;
     loop {
         let ok = round(&ctx, &peer, &mut cursor, &answered).await;
         peer.probe(ok);
+        ever |= ok;
         if peer.is_self.load(Ordering::Relaxed) {
             tracing::info!(peer = %peer.addr, "peer address is this replica; not gossiping with it");
             return;
         }
-        let wait = PULL_EVERY.mul_f64(0.8 + fastrand::f64() * 0.4);
+        // Replicas started together miss each other at first: retry soon
+        // until the peer has answered once, so pushes start flowing early.
+        let period = if ever { PULL_EVERY } else { FIRST_RETRY };
+        let wait = period.mul_f64(0.8 + fastrand::f64() * 0.4);
         if !ctx.sleep(wait).await {
             return;
         }
