@@ -671,10 +671,17 @@ fn key_arg(key: &'static Key, flag: &'static str) -> Arg {
         true => format!("{}, comma-separated; repeatable", key.env_name()),
         false => key.env_name(),
     };
+    // A bare boolean flag means true (`--insecure-cluster`), as the issue spells it.
+    let bare = match key.value_name {
+        "BOOL" => Some("true"),
+        _ => None,
+    };
     Arg::new(key.name)
         .long(flag)
         .value_name(key.value_name)
         .action(action)
+        .num_args(if bare.is_some() { 0..=1 } else { 1..=1 })
+        .default_missing_value(bare)
         .help_heading(key.heading)
         .help(format!(
             "{} [default: {}] [env: {env}]",
@@ -1259,6 +1266,9 @@ mod tests {
             &[],
         );
         assert!(c.insecure_cluster && c.cluster_key.is_none());
+        let c = ok(&["--insecure-cluster", "--peer", "10.0.0.2:8081"], &[]);
+        assert!(c.insecure_cluster, "a bare boolean flag means true");
+        assert!(!ok(&["--insecure-cluster", "false"], &[]).insecure_cluster);
     }
 
     #[test]

@@ -210,6 +210,15 @@ async fn a_killed_replica_catches_up_on_100k_versions_before_it_is_ready() {
             .collect();
         assert_eq!(r.node(chunk % 2).publish(&body).await.0, StatusCode::OK);
     }
+    // Readiness needs one complete pull from one peer, so let the two
+    // survivors agree first: then whichever is pulled has everything.
+    for i in 0..2 {
+        let agreed = eventually(Duration::from_secs(10), || async {
+            r.node(i).metric("pollgate_keys").await as usize == N
+        })
+        .await;
+        assert!(agreed, "survivor {i} did not converge");
+    }
     r.restart(2);
     let t = Instant::now();
     let pg = r.node(2);

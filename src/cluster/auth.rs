@@ -2,9 +2,11 @@
 //! and the body, a replay window, and a cache of recently seen MACs so a
 //! captured message cannot be played back inside the window either.
 //!
-//! Frame: `[ts_ms: u64 LE][mac: 32][body]`. A request's MAC covers
-//! `ts ‖ body`; a reply's covers `ts ‖ request MAC ‖ body`, binding the reply
-//! to the request it answers (an old reply cannot be replayed to a new pull).
+//! Frame: `[ts_ms: u64 LE][nonce: u64][mac: 32][body]`. A request's MAC
+//! covers `ts ‖ nonce ‖ body`; a reply's covers `ts ‖ nonce ‖ request MAC ‖
+//! body`, binding the reply to the request it answers (an old reply cannot be
+//! replayed to a new pull). The random nonce keeps two honest messages with
+//! the same body in the same millisecond from looking like a replay.
 
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +20,7 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 pub const MAC_LEN: usize = 32;
-const HEAD: usize = 8 + MAC_LEN;
+const HEAD: usize = 16 + MAC_LEN;
 
 /// A message older than this (by the sender's clock) is refused: replay
 /// window and the clock skew replicas may have.
@@ -111,9 +113,11 @@ impl Auth {
     }
 
     pub fn seal_at(&self, ts: u64, bound: &[u8], body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
-        let tag = self.tag(ts, bound, body);
+        let nonce = fastrand::u64(..);
+        let tag = self.tag(ts, nonce, bound, body);
         let mut b = BytesMut::with_capacity(HEAD + body.len());
         b.put_u64_le(ts);
+        b.put_u64_le(nonce);
         b.put_slice(&tag);
         b.put_slice(body);
         (b.freeze(), tag)
@@ -148,9 +152,9 @@ impl Auth {
             return Err(Reject::Malformed);
         }
         let ts = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
-        let given: [u8; MAC_LEN] = frame[8..HEAD].try_into().expect("32 bytes");
+        let given: [u8; MAC_LEN] = frame[16..HEAD].try_into().expect("32 bytes");
         let mut m = self.mac.clone();
-        m.update(&ts.to_le_bytes());
+        m.update(&frame[..16]);
         m.update(bound);
         m.update(&frame[HEAD..]);
         // verify_slice compares in constant time.
@@ -158,9 +162,10 @@ impl Auth {
         Ok((ts, given))
     }
 
-    fn tag(&self, ts: u64, bound: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
+    fn tag(&self, ts: u64, nonce: u64, bound: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
         let mut m = self.mac.clone();
         m.update(&ts.to_le_bytes());
+        m.update(&nonce.to_le_bytes());
         m.update(bound);
         m.update(body);
         m.finalize().into_bytes().into()
@@ -211,6 +216,14 @@ mod tests {
             a.open(Bytes::from_static(b"short")).err(),
             Some(Reject::Malformed)
         );
+    }
+
+    #[test]
+    fn same_body_same_millisecond_is_not_a_replay() {
+        let a = Auth::new(Some("k"));
+        let ts = unix_ms();
+        assert!(a.open(a.seal_at(ts, &[], b"x").0).is_ok());
+        assert!(a.open(a.seal_at(ts, &[], b"x").0).is_ok());
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn current_items<T: Transport>(ctx: &Ctx<T>, keys: HashSet<CompactString>) -> Ve
         .filter_map(|k| {
             let e = table.get(&k)?;
             Some(Item {
-                key: k.into(),
+                key: k,
                 version: e.version,
                 confirmed_ago_ms: (e.confirmed_ms > 0).then(|| now.saturating_sub(e.confirmed_ms)),
             })

@@ -56,6 +56,10 @@ pub struct Cluster {
     /// False until a first complete pull from a peer (or no peer was reachable
     /// for [`membership::LONE_AFTER`]); `/readyz` needs it and `State::ready`.
     caught_up: AtomicBool,
+    /// Held by a pull round while not caught up: the first full transfer
+    /// comes from one peer at a time instead of all of them at once
+    /// (each would bring the whole table), so readiness comes sooner.
+    catching_up: tokio::sync::Mutex<()>,
     peers: RwLock<Vec<Arc<Peer>>>,
     pub metrics: ClusterMetrics,
 }
@@ -78,6 +82,7 @@ impl Cluster {
             auth: Auth::new(cfg.cluster_key.as_deref()),
             outbox: Arc::new(Outbox::new(cfg.peer.len() > FANOUT)),
             caught_up: AtomicBool::new(!enabled),
+            catching_up: tokio::sync::Mutex::new(()),
             peers: RwLock::new(Vec::new()),
             metrics: ClusterMetrics::default(),
         }
@@ -165,7 +170,10 @@ impl Cluster {
             o,
             "pollgate_cluster_peers",
             "Peer addresses known (configured, resolved, not self).",
-            peers.len() as i64,
+            peers
+                .iter()
+                .filter(|p| !p.is_self.load(Ordering::Relaxed))
+                .count() as i64,
         );
         gauge(
             o,

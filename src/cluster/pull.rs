@@ -60,7 +60,13 @@ pub async fn run<T: Transport>(mut ctx: Ctx<T>, peer: Arc<Peer>, answered: Arc<A
     let mut cursor = Cursor::default();
     let mut ever = false;
     loop {
-        let ok = round(&ctx, &peer, &mut cursor, &answered).await;
+        let ok = {
+            let _one_at_a_time = match ctx.cluster().caught_up() {
+                true => None,
+                false => Some(ctx.cluster().catching_up.lock().await),
+            };
+            round(&ctx, &peer, &mut cursor, &answered).await
+        };
         peer.probe(ok);
         ever |= ok;
         if peer.is_self.load(Ordering::Relaxed) {
@@ -89,6 +95,7 @@ async fn round<T: Transport>(
             epoch: cursor.epoch,
             seqs: cursor.seqs.clone(),
         });
+        let started = tokio::time::Instant::now();
         let page = match ctx.exchange(&peer.addr, &msg).await {
             Ok(Reply::Pull(p)) => p,
             Ok(Reply::IsSelf) => {
@@ -102,9 +109,14 @@ async fn round<T: Transport>(
             Err(e) => return failed(peer, e, answered),
         };
         answered.store(true, Ordering::Relaxed);
+        let fetched = started.elapsed();
         apply_config(&ctx.state.tunables, &page.config);
         ctx.cluster().merge(&ctx.state.table, &page.items);
         peer.set_behind(cursor.advance(&page));
+        if !page.items.is_empty() {
+            let (items, more) = (page.items.len(), page.more);
+            tracing::debug!(peer = %peer.addr, items, more, ?fetched, merged = ?started.elapsed() - fetched, "pull page");
+        }
         if !page.more {
             peer.pulled();
             ctx.cluster().set_caught_up();
