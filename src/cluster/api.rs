@@ -122,7 +122,7 @@ fn known() -> String {
 /// Refusals are 401 with the reason (the sender logs it; no secret is in it).
 pub async fn gossip(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let frame = read_body(req, MAX_GOSSIP_BODY).await?;
-    match state.cluster.handle(state, frame) {
+    match super::blocking(|| state.cluster.handle(state, frame)) {
         Ok(reply) => {
             let mut resp = Response::new(Body::full(reply));
             resp.headers_mut().insert(

@@ -10,11 +10,11 @@ pub mod auth;
 pub mod codec;
 mod delta;
 mod membership;
+mod metrics;
 mod pull;
 pub mod transport;
 
 use std::cell::Cell;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::metrics::Counter;
 use crate::state::State;
 use crate::table::Table;
 use crate::tunables::Tunables;
@@ -34,6 +33,7 @@ use auth::{Auth, Reject};
 use codec::{Item, Message, Reply, Request};
 use delta::Outbox;
 use membership::Peer;
+pub use metrics::ClusterMetrics;
 pub use transport::Transport;
 
 /// Pushes go to at most this many peers per round; more peers get a random
@@ -62,15 +62,6 @@ pub struct Cluster {
     catching_up: tokio::sync::Mutex<()>,
     peers: RwLock<Vec<Arc<Peer>>>,
     pub metrics: ClusterMetrics,
-}
-
-#[derive(Default)]
-pub struct ClusterMetrics {
-    pub versions_received: Counter,
-    pub rejected: [Counter; Reject::ALL.len()],
-    pub bytes_sent: Counter,
-    pub bytes_received: Counter,
-    pub pushes_dropped: Counter,
 }
 
 impl Cluster {
@@ -163,91 +154,18 @@ impl Cluster {
     }
 
     fn render(&self, o: &mut String) {
-        let peers = self.peers.read();
-        let up = peers.iter().filter(|p| p.is_up()).count();
-        let gauge = crate::metrics::gauge;
-        gauge(
-            o,
-            "pollgate_cluster_peers",
-            "Peer addresses known (configured, resolved, not self).",
-            peers
-                .iter()
-                .filter(|p| !p.is_self.load(Ordering::Relaxed))
-                .count() as i64,
-        );
-        gauge(
-            o,
-            "pollgate_cluster_peers_up",
-            "Peers passing the health window.",
-            up as i64,
-        );
-        gauge(
-            o,
-            "pollgate_cluster_caught_up",
-            "1 once a first pull from a peer completed.",
-            i64::from(self.caught_up()),
-        );
-        let behind = peers.iter().map(|p| p.behind()).max().unwrap_or(0);
-        gauge(
-            o,
-            "pollgate_cluster_keys_behind",
-            "Estimated changes at peers not yet pulled (max over peers).",
-            behind as i64,
-        );
-        let now = auth::unix_ms();
-        for (name, help, get) in [
-            (
-                "pollgate_cluster_last_push_seconds",
-                "Seconds since the last successful push to the peer.",
-                Peer::last_push as fn(&Peer) -> u64,
-            ),
-            (
-                "pollgate_cluster_last_pull_seconds",
-                "Seconds since the last complete pull from the peer.",
-                Peer::last_pull,
-            ),
-        ] {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for p in peers.iter().filter(|p| get(p) > 0) {
-                let age = now.saturating_sub(get(p)) as f64 / 1000.0;
-                let _ = writeln!(o, "{name}{{peer=\"{}\"}} {age}", p.addr);
-            }
-        }
-        let counter = crate::metrics::counter;
-        let m = &self.metrics;
-        counter(
-            o,
-            "pollgate_cluster_versions_received_total",
-            "Versions received from peers (push and pull).",
-            m.versions_received.get(),
-        );
-        counter(
-            o,
-            "pollgate_cluster_sent_bytes_total",
-            "Gossip bytes sent (requests and replies).",
-            m.bytes_sent.get(),
-        );
-        counter(
-            o,
-            "pollgate_cluster_received_bytes_total",
-            "Gossip bytes received (requests and replies).",
-            m.bytes_received.get(),
-        );
-        counter(
-            o,
-            "pollgate_cluster_push_dropped_total",
-            "Push batches dropped because a peer's queue was full (pull repairs).",
-            m.pushes_dropped.get(),
-        );
-        o.push_str("# HELP pollgate_cluster_rejected_total Gossip messages refused, by reason.\n# TYPE pollgate_cluster_rejected_total counter\n");
-        for r in Reject::ALL {
-            let _ = writeln!(
-                o,
-                "pollgate_cluster_rejected_total{{reason=\"{}\"}} {}",
-                r.label(),
-                m.rejected[r as usize].get()
-            );
-        }
+        metrics::render(self, &self.peers.read(), o);
+    }
+}
+
+/// Runs CPU-heavy gossip work (serving or merging a pull page of up to
+/// 4 MiB) without stalling the other tasks of this worker thread, when the
+/// runtime can hand them to another worker; inline otherwise (simulator).
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

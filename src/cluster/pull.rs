@@ -111,7 +111,7 @@ async fn round<T: Transport>(
         answered.store(true, Ordering::Relaxed);
         let fetched = started.elapsed();
         apply_config(&ctx.state.tunables, &page.config);
-        ctx.cluster().merge(&ctx.state.table, &page.items);
+        super::blocking(|| ctx.cluster().merge(&ctx.state.table, &page.items));
         peer.set_behind(cursor.advance(&page));
         if !page.items.is_empty() {
             let (items, more) = (page.items.len(), page.more);

@@ -1,0 +1,89 @@
+//! The cluster's Prometheus metrics. Peer labels are bounded by the
+//! configured peer list (and what it resolves to), never by keys.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::auth::{self, Reject};
+use super::membership::Peer;
+use super::Cluster;
+use crate::metrics::{counter, gauge, Counter};
+
+#[derive(Default)]
+pub struct ClusterMetrics {
+    pub versions_received: Counter,
+    /// Indexed by `Reject as usize`.
+    pub rejected: [Counter; Reject::ALL.len()],
+    /// Frame bytes (not HTTP framing), requests and replies, both directions.
+    pub bytes_sent: Counter,
+    pub bytes_received: Counter,
+    pub pushes_dropped: Counter,
+}
+
+pub fn render(c: &Cluster, peers: &[Arc<Peer>], o: &mut String) {
+    render_peers(c, peers, o);
+    render_ages(peers, o);
+    render_counters(&c.metrics, o);
+}
+
+fn render_peers(c: &Cluster, peers: &[Arc<Peer>], o: &mut String) {
+    let known = peers
+        .iter()
+        .filter(|p| !p.is_self.load(Ordering::Relaxed))
+        .count();
+    let up = peers.iter().filter(|p| p.is_up()).count();
+    let behind = peers.iter().map(|p| p.behind()).max().unwrap_or(0);
+    #[rustfmt::skip]
+    let gauges = [
+        ("pollgate_cluster_peers", "Peer addresses known (configured, resolved, not self).", known as i64),
+        ("pollgate_cluster_peers_up", "Peers passing the health window (3 of the last 8 pulls).", up as i64),
+        ("pollgate_cluster_caught_up", "1 once a first complete pull from a peer finished.", i64::from(c.caught_up())),
+        ("pollgate_cluster_keys_behind", "Estimated changes at peers not yet pulled (max over peers).", behind as i64),
+    ];
+    for (name, help, v) in gauges {
+        gauge(o, name, help, v);
+    }
+}
+
+/// Reads one of a peer's last-success times (unix ms, 0 = never).
+type Stamp = fn(&Peer) -> u64;
+
+/// Seconds since the last success per peer; absent before the first.
+fn render_ages(peers: &[Arc<Peer>], o: &mut String) {
+    let now = auth::unix_ms();
+    #[rustfmt::skip]
+    let ages: [(&str, &str, Stamp); 2] = [
+        ("pollgate_cluster_last_push_seconds", "Seconds since the last successful push to the peer.", Peer::last_push),
+        ("pollgate_cluster_last_pull_seconds", "Seconds since the last complete pull from the peer.", Peer::last_pull),
+    ];
+    for (name, help, get) in ages {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for p in peers.iter().filter(|p| get(p) > 0) {
+            let age = now.saturating_sub(get(p)) as f64 / 1000.0;
+            let _ = writeln!(o, "{name}{{peer=\"{}\"}} {age}", p.addr);
+        }
+    }
+}
+
+fn render_counters(m: &ClusterMetrics, o: &mut String) {
+    #[rustfmt::skip]
+    let counters = [
+        ("pollgate_cluster_versions_received_total", "Versions received from peers (push and pull).", &m.versions_received),
+        ("pollgate_cluster_sent_bytes_total", "Gossip frame bytes sent (requests and replies).", &m.bytes_sent),
+        ("pollgate_cluster_received_bytes_total", "Gossip frame bytes received (requests and replies).", &m.bytes_received),
+        ("pollgate_cluster_push_dropped_total", "Push batches dropped on a full peer queue (pull repairs).", &m.pushes_dropped),
+    ];
+    for (name, help, c) in counters {
+        counter(o, name, help, c.get());
+    }
+    let name = "pollgate_cluster_rejected_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Gossip messages refused, by reason.\n# TYPE {name} counter"
+    );
+    for r in Reject::ALL {
+        let n = m.rejected[r as usize].get();
+        let _ = writeln!(o, "{name}{{reason=\"{}\"}} {n}", r.label());
+    }
+}
