@@ -120,7 +120,7 @@ impl ShardInner {
     /// Appends a slot and indexes it. The caller holds the write lock and has
     /// checked the key is absent.
     fn insert(&mut self, hash: u64, slot: Slot, rehash: impl Fn(&str) -> u64) {
-        if self.len % CHUNK == 0 {
+        if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         let n = u32::try_from(self.len).expect("a shard holds fewer than 2^32 keys");
@@ -527,7 +527,7 @@ mod tests {
                     let before = t.get(&key).map(|e| e.version);
                     prop_assert_eq!(t.merge(&key, v, true), want);
                     let after = t.get(&key).unwrap().version;
-                    prop_assert!(before.map_or(true, |b| after >= b), "went backwards");
+                    prop_assert!(before.is_none_or(|b| after >= b), "went backwards");
                     let m = model.entry(key).or_insert(v);
                     *m = (*m).max(v);
                     prop_assert_eq!(after, *m);
