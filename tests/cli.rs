@@ -16,9 +16,21 @@ fn help_explains_every_contract_flag() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "--listen", "--internal-listen", "--upstream", "--route", "--version-header",
-        "--publish-token", "--admin-token", "--max-age", "--upstream-max-inflight",
-        "--peer", "--node-id", "--cluster-key", "--data-dir", "--config", "--print-config",
+        "--listen",
+        "--internal-listen",
+        "--upstream",
+        "--route",
+        "--version-header",
+        "--publish-token",
+        "--admin-token",
+        "--max-age",
+        "--upstream-max-inflight",
+        "--peer",
+        "--node-id",
+        "--cluster-key",
+        "--data-dir",
+        "--config",
+        "--print-config",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -26,7 +38,14 @@ fn help_explains_every_contract_flag() {
 
 #[test]
 fn every_bad_value_is_reported_at_once_with_exit_64() {
-    let out = pollgate(&["--max-age", "soon", "--listen", "nowhere", "--upstream-max-inflight", "0"]);
+    let out = pollgate(&[
+        "--max-age",
+        "soon",
+        "--listen",
+        "nowhere",
+        "--upstream-max-inflight",
+        "0",
+    ]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for key in ["max_age", "listen", "upstream_max_inflight"] {
@@ -48,14 +67,27 @@ fn env_and_file_layers_show_in_print_config() {
     let file = dir.join("pg.toml");
     std::fs::write(&file, "max_age = \"30s\"\nupstream_max_inflight = 9\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pollgate"))
-        .args(["--config", file.to_str().unwrap(), "--print-config", "--upstream-max-inflight", "7"])
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "--upstream-max-inflight",
+            "7",
+        ])
         .env("POLLGATE_MAX_AGE", "45s")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let toml = String::from_utf8_lossy(&out.stdout);
     assert!(toml.contains("max_age = \"45s\""), "env beats file: {toml}");
-    assert!(toml.contains("upstream_max_inflight = 7"), "flag beats file: {toml}");
+    assert!(
+        toml.contains("upstream_max_inflight = 7"),
+        "flag beats file: {toml}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -66,7 +98,10 @@ fn an_unknown_flag_or_file_key_is_refused() {
     std::fs::write(&file, "max_agee = \"1s\"\n").unwrap();
     let out = pollgate(&["--config", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("max_age"), "suggests the near key");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_age"),
+        "suggests the near key"
+    );
     std::fs::remove_file(file).ok();
 }
 
