@@ -52,13 +52,8 @@ impl Error {
     pub fn source(&self) -> Source {
         use Error::*;
         match self {
-            BadRequest(_)
-            | BadRequestOwned(_)
-            | Unauthorized
-            | Forbidden(_)
-            | NotFound
-            | TooLarge { .. }
-            | MethodNotAllowed => Source::Client,
+            BadRequest(_) | BadRequestOwned(_) | Unauthorized | Forbidden(_) | NotFound
+            | TooLarge { .. } | MethodNotAllowed => Source::Client,
             Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Source::Upstream,
             Internal(_) => Source::Internal,
         }
@@ -91,15 +86,9 @@ impl Error {
         let mut resp = Response::new(Body::full(format!("{msg}\n")));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         if let Error::Shed { retry_after } | Error::BreakerOpen { retry_after } = &self {
-            h.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after.as_secs().max(1)),
-            );
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
         }
         if matches!(self, Error::Unauthorized) {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

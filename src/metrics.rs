@@ -175,76 +175,24 @@ impl Metrics {
         let mut o = String::with_capacity(4096);
         o.push_str("# HELP pollgate_requests_total Public requests by outcome.\n# TYPE pollgate_requests_total counter\n");
         for (i, (_, name)) in OUTCOMES.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "pollgate_requests_total{{outcome=\"{name}\"}} {}",
-                self.requests[i].get()
-            );
+            let _ = writeln!(o, "pollgate_requests_total{{outcome=\"{name}\"}} {}", self.requests[i].get());
         }
         o.push_str("# HELP pollgate_upstream_requests_total Upstream attempts by result.\n# TYPE pollgate_upstream_requests_total counter\n");
         for (i, (_, name)) in RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "pollgate_upstream_requests_total{{result=\"{name}\"}} {}",
-                self.upstream_requests[i].get()
-            );
+            let _ = writeln!(o, "pollgate_upstream_requests_total{{result=\"{name}\"}} {}", self.upstream_requests[i].get());
         }
-        gauge(
-            &mut o,
-            "pollgate_upstream_inflight",
-            "Upstream requests in flight.",
-            self.upstream_inflight.get(),
-        );
-        gauge(
-            &mut o,
-            "pollgate_upstream_queued",
-            "Requests waiting for an upstream slot.",
-            self.upstream_queued.get(),
-        );
+        gauge(&mut o, "pollgate_upstream_inflight", "Upstream requests in flight.", self.upstream_inflight.get());
+        gauge(&mut o, "pollgate_upstream_queued", "Requests waiting for an upstream slot.", self.upstream_queued.get());
         o.push_str("# HELP pollgate_upstream_duration_seconds Time to the upstream response head.\n# TYPE pollgate_upstream_duration_seconds histogram\n");
-        self.upstream_duration
-            .render(&mut o, "pollgate_upstream_duration_seconds");
-        gauge(
-            &mut o,
-            "pollgate_keys",
-            "Keys in the version table.",
-            self.keys.get(),
-        );
-        gauge(
-            &mut o,
-            "pollgate_breaker_open",
-            "1 while the upstream circuit breaker is open.",
-            self.breaker_open.get(),
-        );
-        counter(
-            &mut o,
-            "pollgate_publish_batches_total",
-            "Accepted publish batches.",
-            self.publish_batches.get(),
-        );
-        counter(
-            &mut o,
-            "pollgate_publish_rejected_total",
-            "Refused publish requests.",
-            self.publish_rejected.get(),
-        );
+        self.upstream_duration.render(&mut o, "pollgate_upstream_duration_seconds");
+        gauge(&mut o, "pollgate_keys", "Keys in the version table.", self.keys.get());
+        gauge(&mut o, "pollgate_breaker_open", "1 while the upstream circuit breaker is open.", self.breaker_open.get());
+        counter(&mut o, "pollgate_publish_batches_total", "Accepted publish batches.", self.publish_batches.get());
+        counter(&mut o, "pollgate_publish_rejected_total", "Refused publish requests.", self.publish_rejected.get());
         o.push_str("# HELP pollgate_versions_learned_total Versions received from trusted sources.\n# TYPE pollgate_versions_learned_total counter\n");
-        let _ = writeln!(
-            o,
-            "pollgate_versions_learned_total{{source=\"publish\"}} {}",
-            self.versions_learned_publish.get()
-        );
-        let _ = writeln!(
-            o,
-            "pollgate_versions_learned_total{{source=\"upstream\"}} {}",
-            self.versions_learned_upstream.get()
-        );
-        counter(
-            &mut o,
-            "pollgate_versions_advanced_total",
-            "Merges that moved a key forward.",
-            self.versions_advanced.get(),
-        );
+        let _ = writeln!(o, "pollgate_versions_learned_total{{source=\"publish\"}} {}", self.versions_learned_publish.get());
+        let _ = writeln!(o, "pollgate_versions_learned_total{{source=\"upstream\"}} {}", self.versions_learned_upstream.get());
+        counter(&mut o, "pollgate_versions_advanced_total", "Merges that moved a key forward.", self.versions_advanced.get());
         for c in self.collectors.read().iter() {
             c(&mut o);
         }

@@ -39,18 +39,12 @@ impl Coalescer {
     pub fn join(&self, key: &str) -> Role<'_> {
         use dashmap::mapref::entry::Entry;
         match self.inflight.entry(CompactString::new(key)) {
-            Entry::Occupied(e) => Role::Follower(Follower {
-                rx: e.get().clone(),
-            }),
+            Entry::Occupied(e) => Role::Follower(Follower { rx: e.get().clone() }),
             Entry::Vacant(e) => {
                 let (tx, rx) = watch::channel(());
                 let key = e.key().clone();
                 e.insert(rx);
-                Role::Leader(Leader {
-                    coalescer: self,
-                    key,
-                    _done: tx,
-                })
+                Role::Leader(Leader { coalescer: self, key, _done: tx })
             }
         }
     }
@@ -74,8 +68,10 @@ impl Follower {
     /// Waits until the leader is done (true) or `max` passes (false).
     pub async fn wait(mut self, max: Duration) -> bool {
         // `changed` errs when the sender drops, which is exactly "leader done".
-        tokio::time::timeout(max, async { while self.rx.changed().await.is_ok() {} })
-            .await
-            .is_ok()
+        tokio::time::timeout(max, async {
+            while self.rx.changed().await.is_ok() {}
+        })
+        .await
+        .is_ok()
     }
 }
