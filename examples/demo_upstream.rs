@@ -85,6 +85,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info".into()),
         )
+        // stdout is for the address line scripts read; logs go to stderr.
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let publisher = Publisher::new(&args.publish_url, &args.publish_token)?;
