@@ -82,8 +82,7 @@ type Reply = Response<Full<Bytes>>;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         // stdout is for the address line scripts read; logs go to stderr.
         .with_writer(std::io::stderr)
@@ -109,7 +108,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn seed_projects(n: u32) -> HashMap<String, Project> {
     (1..=n)
         .map(|i| {
-            let events = vec![Event { version: 1, text: "created".into() }];
+            let events = vec![Event {
+                version: 1,
+                text: "created".into(),
+            }];
             (format!("p{i}"), Project { version: 1, events })
         })
         .collect()
@@ -199,7 +201,10 @@ fn newer_events(p: &Project, since: u64) -> Vec<serde_json::Value> {
 }
 
 async fn add_event(app: &App, key: String, req: Request<Incoming>) -> Reply {
-    let body = match Limited::new(req.into_body(), MAX_EVENT_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_EVENT_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return text_reply(StatusCode::PAYLOAD_TOO_LARGE, "event too large\n"),
     };
@@ -208,7 +213,10 @@ async fn add_event(app: &App, key: String, req: Request<Incoming>) -> Reply {
     // Publishing is best effort: the app's write already succeeded, and
     // pollgate also learns versions from forwarded responses and max_age.
     app.publisher.publish(&key, version).await;
-    json_reply(StatusCode::CREATED, json!({ "key": key, "version": version }))
+    json_reply(
+        StatusCode::CREATED,
+        json!({ "key": key, "version": version }),
+    )
 }
 
 fn append_event(app: &App, key: &str, text: String) -> u64 {
