@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for loadtest/run.sh and loadtest/mem.sh. Source it; it
 # expects `set -euo pipefail` and sets up a temp dir and an exit trap that
 # kills every process started through `spawn`.
