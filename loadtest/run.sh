@@ -9,7 +9,7 @@
 #   LT_CONNECTIONS=64   wrk connections
 #   LT_ONLY=            "pollgate" or "ceiling" to run one side only
 #   LT_SERVER_CPU=0     CPU the server is pinned to
-#   LT_CLIENT_CPU=1     CPU wrk is pinned to
+#   LT_CLIENT_CPU=1     CPU wrk is pinned to (0 on a single-CPU machine)
 #   LT_STRICT=0         1: exit non-zero when a target is missed
 #   LT_POLLGATE_BIN=    run this pollgate binary instead of the fresh build
 # Exits non-zero when a run is invalid (a server died, or any response was
@@ -23,7 +23,7 @@ LT_WARMUP=${LT_WARMUP:-2s}
 LT_CONNECTIONS=${LT_CONNECTIONS:-64}
 LT_ONLY=${LT_ONLY:-}
 LT_SERVER_CPU=${LT_SERVER_CPU:-0}
-LT_CLIENT_CPU=${LT_CLIENT_CPU:-1}
+LT_CLIENT_CPU=${LT_CLIENT_CPU:-$(($(nproc) > 1 ? 1 : 0))}
 LT_STRICT=${LT_STRICT:-0}
 KEYS=100000
 
