@@ -104,7 +104,8 @@ fn matching_never_allocates() {
         }
     });
     assert_eq!(n, 0, "matches allocated {n} times");
-    assert_eq!(outcomes, [7_000, 4_000, 2_000]);
+    // A foreign ETag ("nope") is a poll pollgate cannot judge, not a bad request.
+    assert_eq!(outcomes, [8_000, 3_000, 2_000]);
 
     // The counter really counts: an allocating call is seen.
     assert!(allocs_during(|| drop(std::hint::black_box(String::from("x")))) > 0);
