@@ -86,6 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         // stdout is for the address line scripts read; logs go to stderr.
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let publisher = Publisher::new(&args.publish_url, &args.publish_token)?;
