@@ -43,10 +43,16 @@ impl Sim {
     }
 
     fn spawn(&self, i: usize, key: &str) -> Node {
+        let name = &self.names[i];
+        let peers = self.names.iter().filter(|n| *n != name).cloned().collect();
+        self.spawn_with(i, key, peers)
+    }
+
+    fn spawn_with(&self, i: usize, key: &str, peer: Vec<String>) -> Node {
         let name = self.names[i].clone();
         let cfg = Config {
             node_id: name.clone(),
-            peer: self.names.iter().filter(|n| **n != name).cloned().collect(),
+            peer,
             cluster_key: Some(key.into()),
             ..Config::default()
         };
@@ -254,6 +260,76 @@ async fn a_node_with_the_wrong_key_is_refused_and_never_merged() {
         "refused pulls do not make it ready"
     );
     sim.shutdown().await;
+}
+
+fn metric(state: &State, name: &str) -> f64 {
+    let text = state.metrics.render();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+    line.unwrap_or_else(|| panic!("{name} missing"))
+        .parse()
+        .unwrap()
+}
+
+/// A Kubernetes headless service: one name, every replica's address,
+/// including the asking replica's own, and a replica added later.
+#[tokio::test(start_paused = true)]
+async fn one_name_for_all_replicas_skips_self_and_follows_dns_changes() {
+    let mut sim = Sim {
+        net: Network::new(7),
+        nodes: Vec::new(),
+        names: (0..4).map(|i| format!("n{i}")).collect(),
+    };
+    sim.net.set_name("svc", &["n0", "n1", "n2"]);
+    for i in 0..3 {
+        let node = sim.spawn_with(i, KEY, vec!["svc".into()]);
+        sim.nodes.push(node);
+    }
+    sim.publish(0, "a", 1);
+    let want: HashMap<String, u64> = [("a".to_string(), 1)].into();
+    assert!(sim.converge(&all(3), &want, Duration::from_secs(5)).await);
+    for n in &sim.nodes {
+        assert_eq!(
+            metric(&n.state, "pollgate_cluster_peers"),
+            2.0,
+            "{}: self excluded",
+            n.name
+        );
+    }
+    sim.net.set_name("svc", &["n0", "n1", "n2", "n3"]);
+    let node = sim.spawn_with(3, KEY, vec!["svc".into()]);
+    sim.nodes.push(node);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        metric(&sim.nodes[0].state, "pollgate_cluster_peers"),
+        3.0,
+        "re-resolved"
+    );
+    sim.net.partition(&["n1", "n2"], &["n3"]);
+    sim.publish(0, "b", 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.version(3, "b"),
+        Some(2),
+        "the new replica gets versions from n0 while cut off from the others"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_whose_peers_never_answer_is_ready_after_a_bound() {
+    let sim = Sim {
+        net: Network::new(8),
+        nodes: Vec::new(),
+        names: vec!["n0".into()],
+    };
+    let node = sim.spawn_with(0, KEY, vec!["gone-1".into(), "gone-2".into()]);
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert!(!node.state.is_ready(), "still waiting for a peer");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(node.state.is_ready(), "a lone survivor serves");
+    node.handle.unwrap().shutdown().await;
 }
 
 mod props {

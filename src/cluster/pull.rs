@@ -70,7 +70,7 @@ pub async fn run<T: Transport>(mut ctx: Ctx<T>, peer: Arc<Peer>, answered: Arc<A
         peer.probe(ok);
         ever |= ok;
         if peer.is_self.load(Ordering::Relaxed) {
-            tracing::info!(peer = %peer.addr, "peer address is this replica; not gossiping with it");
+            tracing::info!(peer = %peer.addr, "peer answered with our own node_id: it is this replica (or a replica with a clashing node_id); not gossiping with it");
             return;
         }
         // Replicas started together miss each other at first: retry soon

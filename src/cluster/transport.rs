@@ -160,6 +160,8 @@ pub mod mem {
         /// Unordered pairs that cannot reach each other.
         cut: Mutex<HashSet<(String, String)>>,
         rng: Mutex<Option<fastrand::Rng>>,
+        /// Names that stand for several nodes (a DNS name with many records).
+        names: Mutex<HashMap<String, Vec<String>>>,
     }
 
     impl Network {
@@ -194,6 +196,12 @@ pub mod mem {
 
         pub fn heal(&self) {
             self.cut.lock().clear();
+        }
+
+        /// Makes `name` resolve to `nodes` from now on (like a DNS change).
+        pub fn set_name(&self, name: &str, nodes: &[&str]) {
+            let nodes = nodes.iter().map(|n| n.to_string()).collect();
+            self.names.lock().insert(name.to_string(), nodes);
         }
 
         /// The transport one node sends with.
@@ -254,7 +262,11 @@ pub mod mem {
         }
 
         async fn resolve(&self, peer: &str) -> Vec<String> {
-            vec![peer.to_string()]
+            let names = self.net.names.lock();
+            names
+                .get(peer)
+                .cloned()
+                .unwrap_or_else(|| vec![peer.to_string()])
         }
     }
 }
