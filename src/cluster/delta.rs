@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::codec::{self, Item, Reply, Request};
 use super::membership::Peer;
-use super::{apply_config, Ctx, Transport, FANOUT};
+use super::{apply_config, Ctx, Origin, Transport, FANOUT};
 
 /// Batching interval: bounds publish→peer latency (the target is p99 ≤ 50 ms
 /// across replicas) while a burst of publishes still goes out as one message.
@@ -46,8 +46,13 @@ impl Outbox {
 
     /// From the advance hook: runs inside every advancing merge, so it is a
     /// short lock and, for keys ≤ 24 bytes, no allocation.
-    pub fn note(&self, key: &str, from_peer: bool) {
-        if from_peer && !self.relay {
+    pub fn note(&self, key: &str, origin: Origin) {
+        let push = match origin {
+            Origin::Local => true,
+            Origin::Peer => self.relay,
+            Origin::Quiet => false,
+        };
+        if !push {
             return;
         }
         let mut keys = self.keys.lock();
@@ -58,7 +63,7 @@ impl Outbox {
         }
     }
 
-    fn take(&self) -> HashSet<CompactString> {
+    pub(super) fn take(&self) -> HashSet<CompactString> {
         std::mem::take(&mut *self.keys.lock())
     }
 }

@@ -40,10 +40,38 @@ pub use transport::Transport;
 /// subset and relay what they learn (epidemic spread), fewer get everything.
 pub const FANOUT: usize = 8;
 
+/// Where the merges running on this thread come from, so the advance hook
+/// can tell a local change (always pushed) from one learned from a peer
+/// (relayed only past FANOUT) or a bulk load that must not be pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Local,
+    Peer,
+    Quiet,
+}
+
 thread_local! {
-    /// Set while merging gossip, so the advance hook can tell a local change
-    /// (always pushed) from one learned from a peer (relayed only past FANOUT).
-    static FROM_PEER: Cell<bool> = const { Cell::new(false) };
+    static ORIGIN: Cell<Origin> = const { Cell::new(Origin::Local) };
+}
+
+/// Runs `f` with its merges marked `origin` (restored after, even on panic).
+fn merging_as<R>(origin: Origin, f: impl FnOnce() -> R) -> R {
+    struct Restore(Origin);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ORIGIN.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(ORIGIN.with(|o| o.replace(origin)));
+    f()
+}
+
+/// Runs `f` (on this thread) without pushing the keys its merges advance.
+/// For bulk loads such as a snapshot at start-up: peers already have those
+/// versions or will pull them, and pushing a million keys to every peer at
+/// each restart would be pure waste.
+pub fn without_push<R>(f: impl FnOnce() -> R) -> R {
+    merging_as(Origin::Quiet, f)
 }
 
 /// The gossip state every request handler can reach through [`State`].
@@ -84,7 +112,7 @@ impl Cluster {
         if self.enabled {
             let outbox = self.outbox.clone();
             table.on_advance(Box::new(move |k, _| {
-                outbox.note(k, FROM_PEER.with(Cell::get));
+                outbox.note(k, ORIGIN.with(Cell::get));
             }));
         }
     }
@@ -142,15 +170,15 @@ impl Cluster {
     /// Max-merges items learned from a peer (a trusted source: they confirm).
     fn merge(&self, table: &Table, items: &[Item]) {
         self.metrics.versions_received.add(items.len() as u64);
-        FROM_PEER.with(|f| f.set(true));
         let now = table.now_ms();
-        for i in items {
-            match i.confirmed_ago_ms {
-                Some(ago) => table.merge_at(&i.key, i.version, now.saturating_sub(ago)),
-                None => table.merge(&i.key, i.version, false),
-            };
-        }
-        FROM_PEER.with(|f| f.set(false));
+        merging_as(Origin::Peer, || {
+            for i in items {
+                match i.confirmed_ago_ms {
+                    Some(ago) => table.merge_at(&i.key, i.version, now.saturating_sub(ago)),
+                    None => table.merge(&i.key, i.version, false),
+                };
+            }
+        });
     }
 
     fn render(&self, o: &mut String) {
@@ -285,5 +313,72 @@ impl<T: Transport> Ctx<T> {
             config: current_config(&self.state.tunables),
             body,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(peers: usize) -> (Cluster, Table) {
+        let cfg = Config {
+            peer: (0..peers).map(|i| format!("p{i}:1")).collect(),
+            cluster_key: Some("k".into()),
+            ..Config::default()
+        };
+        let (c, t) = (Cluster::new(&cfg), Table::new());
+        c.hook_into(&t);
+        (c, t)
+    }
+
+    fn pushed(c: &Cluster) -> Vec<String> {
+        let mut v: Vec<String> = c.outbox.take().into_iter().map(Into::into).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn only_local_advances_are_pushed_below_fanout() {
+        let (c, t) = cluster(2);
+        t.merge("local", 1, true);
+        t.merge("local", 1, true);
+        without_push(|| t.merge("snapshot", 1, false));
+        c.merge(
+            &t,
+            &[codec::Item {
+                key: "from-peer".into(),
+                version: 1,
+                confirmed_ago_ms: None,
+            }],
+        );
+        t.merge("after", 1, true);
+        assert_eq!(pushed(&c), ["after", "local"]);
+    }
+
+    #[test]
+    fn peer_versions_are_relayed_beyond_fanout() {
+        let (c, t) = cluster(FANOUT + 1);
+        let item = codec::Item {
+            key: "from-peer".into(),
+            version: 1,
+            confirmed_ago_ms: Some(5),
+        };
+        c.merge(&t, std::slice::from_ref(&item));
+        c.merge(&t, &[item]);
+        without_push(|| t.merge("snapshot", 1, false));
+        assert_eq!(pushed(&c), ["from-peer"]);
+        assert!(
+            t.get("from-peer").unwrap().confirmed_ms > 0,
+            "peers confirm"
+        );
+    }
+
+    #[test]
+    fn a_lone_replica_has_no_hook_and_is_caught_up() {
+        let (c, t) = cluster(0);
+        t.merge("a", 1, true);
+        assert!(pushed(&c).is_empty());
+        assert!(c.caught_up());
+        assert!(!cluster(1).0.caught_up());
     }
 }
