@@ -157,6 +157,27 @@ async fn converges_under_30_percent_loss_with_duplicates_and_reordering() {
     sim.shutdown().await;
 }
 
+/// Past FANOUT peers each push round reaches a random 8 and receivers
+/// relay: the epidemic path, under loss.
+#[tokio::test(start_paused = true)]
+async fn converges_with_more_peers_than_fanout() {
+    let sim = Sim::new(12, 9);
+    sim.net.set_faults(Faults {
+        loss: 0.2,
+        duplicate: 0.0,
+        max_delay: Duration::from_millis(20),
+    });
+    let mut want = HashMap::new();
+    for i in 0..300u64 {
+        let key = format!("k{}", i % 50);
+        sim.publish((i % 12) as usize, &key, i + 1);
+        want.insert(key, i + 1);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert!(sim.converge(&all(12), &want, Duration::from_secs(20)).await);
+    sim.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_healed_partition_converges() {
     let sim = Sim::new(4, 3);

@@ -28,8 +28,9 @@ const OUTBOX_CAP: usize = 1 << 20;
 /// Keys that advanced since the last flush, deduplicated.
 pub struct Outbox {
     keys: Mutex<HashSet<CompactString>>,
-    /// Relay versions learned from peers (only with more peers than FANOUT).
-    relay: bool,
+    /// Relay versions learned from peers: only with more peer addresses
+    /// than FANOUT (set by membership, as one name may resolve to many).
+    pub relay: AtomicBool,
     pub config_dirty: AtomicBool,
     dropped: AtomicBool,
 }
@@ -38,7 +39,7 @@ impl Outbox {
     pub fn new(relay: bool) -> Self {
         Outbox {
             keys: Mutex::new(HashSet::new()),
-            relay,
+            relay: AtomicBool::new(relay),
             config_dirty: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
         }
@@ -49,7 +50,7 @@ impl Outbox {
     pub fn note(&self, key: &str, origin: Origin) {
         let push = match origin {
             Origin::Local => true,
-            Origin::Peer => self.relay,
+            Origin::Peer => self.relay.load(Ordering::Relaxed),
             Origin::Quiet => false,
         };
         if !push {

@@ -150,6 +150,9 @@ async fn resolve<T: Transport>(
         keep
     });
     let c = ctx.cluster();
+    c.outbox
+        .relay
+        .store(addrs.len() > super::FANOUT, Ordering::Relaxed);
     let mut peers = c.peers.write();
     peers.retain(|p| addrs.contains(&p.addr));
     for addr in addrs {
