@@ -17,6 +17,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouteError> {
     let state = State::new(cfg)?;
+    // Loaded before serving: a poll meeting a half-loaded table would go
+    // upstream as "unknown", the stampede a warm start exists to prevent.
+    let snapshots = crate::snapshot::start(&state).await;
     server::run(listeners, state.clone(), shutdown).await;
+    snapshots.shutdown().await;
     Ok(())
 }

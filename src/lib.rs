@@ -17,6 +17,8 @@
 //!   coalescing of cold or expired keys.
 //! - [`table`]: the sharded version table; merge is `max`, so a version never
 //!   goes backwards.
+//! - [`snapshot`]: warm restarts: the table written to `data_dir` and loaded
+//!   at start, loaded entries revalidated spread over `max_age`.
 //! - [`feed`]: trusted sources of versions besides the upstream (publish API).
 //! - [`internal`]: the internal listener (publish, lookup, metrics, health).
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod poll;
 pub mod route;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod table;
 pub mod tunables;
