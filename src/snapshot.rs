@@ -59,15 +59,49 @@ pub fn load(table: &Table, path: &Path, max_age_ms: u64) -> Result<Option<Loaded
         return Ok(None);
     };
     let snap = Snapshot::parse(&map)?;
-    let now = table.now_ms();
-    let mut rng = fastrand::Rng::new();
-    for (key, version) in snap.iter() {
-        table.merge_at(key, version, spread(now, max_age_ms, &mut rng));
-    }
+    merge_all(table, &snap, max_age_ms, threads_for(snap.len()));
     Ok(Some(Loaded {
         entries: snap.len(),
         created_ms: snap.header.created_ms,
     }))
+}
+
+/// Below this many records per thread, starting threads costs more than it saves.
+const RECORDS_PER_THREAD: u64 = 64 * 1024;
+
+/// Merges every record, split over the cores: inserting into the table (one
+/// hash probe and one shard write lock per key) is most of a load's time, and
+/// shards make parallel inserts nearly contention-free. Blocking.
+fn merge_all(table: &Table, snap: &Snapshot<'_>, max_age_ms: u64, threads: u64) {
+    let per = snap.len().div_ceil(threads);
+    let now = table.now_ms();
+    let range = |t: u64| t * per..snap.len().min((t + 1) * per);
+    std::thread::scope(|s| {
+        for t in 1..threads {
+            s.spawn(move || merge_range(table, snap, range(t), now, max_age_ms));
+        }
+        merge_range(table, snap, range(0), now, max_age_ms);
+    });
+}
+
+fn merge_range(
+    table: &Table,
+    snap: &Snapshot<'_>,
+    r: std::ops::Range<u64>,
+    now: u64,
+    max_age_ms: u64,
+) {
+    let mut rng = fastrand::Rng::new();
+    for (key, version) in r.filter_map(|i| snap.record(i).ok()) {
+        table.merge_at(key, version, spread(now, max_age_ms, &mut rng));
+    }
+}
+
+/// One thread per 64k records, at most one per core (and 8: more cores than
+/// that only add lock traffic on 64 shards).
+fn threads_for(records: u64) -> u64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (records / RECORDS_PER_THREAD).clamp(1, cores.min(8))
 }
 
 /// A confirmation time for a loaded entry: `now - max_age + uniform[0, max_age)`,
@@ -117,6 +151,7 @@ pub struct Stats {
     bytes: AtomicU64,
     entries_loaded: AtomicU64,
     load_failures: AtomicU64,
+    writes: AtomicU64,
     write_failures: AtomicU64,
 }
 
@@ -224,6 +259,7 @@ async fn write_if_changed(state: &Arc<State>, stats: &Stats, dir: &Path) {
 
 impl Stats {
     fn record_write(&self, w: &Written, took: Duration) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         self.created_ms.store(w.created_ms, Ordering::Relaxed);
         self.bytes.store(w.bytes, Ordering::Relaxed);
         self.last_write_micros
@@ -330,6 +366,12 @@ impl Stats {
         );
         counter(
             o,
+            "pollgate_snapshot_writes_total",
+            "Snapshots written.",
+            self.writes.load(Ordering::Relaxed),
+        );
+        counter(
+            o,
             "pollgate_snapshot_write_failures_total",
             "Snapshot writes that failed (retried next interval).",
             self.write_failures.load(Ordering::Relaxed),
@@ -373,6 +415,22 @@ mod tests {
             .unwrap();
         assert_eq!((l.entries, l.created_ms), (1000, w.created_ms));
         assert_eq!(contents(&back), contents(&t));
+    }
+
+    #[test]
+    fn merging_on_several_threads_loads_every_record() {
+        let t = table_of(1001);
+        let mut enc = Encoder::default();
+        t.for_each(|k, e| enc.push(k, e.version));
+        let bytes = enc.to_vec(0);
+        let snap = Snapshot::parse(&bytes).unwrap();
+        for threads in [1, 2, 3, 8] {
+            let back = Table::new();
+            merge_all(&back, &snap, 1_000, threads);
+            assert_eq!(contents(&back), contents(&t), "{threads} threads");
+        }
+        assert_eq!(threads_for(0), 1);
+        assert!(threads_for(u64::MAX) <= 8);
     }
 
     #[test]
