@@ -90,10 +90,9 @@ fn run(fx: &Fixture, store: &dyn Store, threads: usize, iters: u64, merge: bool)
 }
 
 fn ops(fx: &Fixture, store: &dyn Store, thread: usize, iters: u64, merge: bool) {
-    let mut at = thread * (ORDER / 2);
+    let start = thread * (ORDER / 2);
     for i in 0..iters {
-        let key = &fx.keys[fx.order[at % ORDER]];
-        at += 1;
+        let key = &fx.keys[fx.order[(start + i as usize) % ORDER]];
         if merge {
             store.merge(key, 2 + i);
         } else {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use compact_str::CompactString;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
@@ -113,26 +113,35 @@ fn hit(state: &State, version: u64) -> Response<Body> {
     hit_response(state, version)
 }
 
+// Constants: inserting by `&str` name copies the name on every response.
+const X_POLLGATE: HeaderName = HeaderName::from_static("x-pollgate");
+const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
+
 /// `304` with `ETag: "<version>"`, `X-Pollgate: hit` and the poll-interval hint.
 pub fn hit_response(state: &State, version: u64) -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
-    let h = resp.headers_mut();
-    h.insert(header::ETAG, etag(version));
-    h.insert("x-pollgate", HeaderValue::from_static("hit"));
+    // Sized once: growing the map would reallocate on the hot path.
+    let mut h = HeaderMap::with_capacity(4);
+    h.insert(header::ETAG, decimal(version, true));
+    h.insert(X_POLLGATE, HeaderValue::from_static("hit"));
     h.insert(
-        "x-poll-interval",
-        HeaderValue::from(state.cfg.poll_interval.as_secs()),
+        X_POLL_INTERVAL,
+        decimal(state.cfg.poll_interval.as_secs(), false),
     );
+    *resp.headers_mut() = h;
     resp
 }
 
-/// `"<version>"` formatted on the stack; the header value is the only allocation.
-fn etag(version: u64) -> HeaderValue {
+/// `n` (or `"n"`) formatted on the stack; the header value is the only allocation.
+fn decimal(n: u64, quoted: bool) -> HeaderValue {
     let mut buf = [0u8; 22];
-    let mut i = buf.len() - 1;
-    buf[i] = b'"';
-    let mut v = version;
+    let mut i = buf.len();
+    if quoted {
+        i -= 1;
+        buf[i] = b'"';
+    }
+    let mut v = n;
     loop {
         i -= 1;
         buf[i] = b'0' + (v % 10) as u8;
@@ -141,8 +150,10 @@ fn etag(version: u64) -> HeaderValue {
             break;
         }
     }
-    i -= 1;
-    buf[i] = b'"';
+    if quoted {
+        i -= 1;
+        buf[i] = b'"';
+    }
     HeaderValue::from_bytes(&buf[i..]).expect("digits and quotes are valid header bytes")
 }
 
@@ -203,12 +214,14 @@ async fn passthrough(state: &State, req: Request<Body>, remote: SocketAddr) -> R
 
 #[cfg(test)]
 mod tests {
-    use super::etag;
+    use super::decimal;
 
     #[test]
-    fn etag_is_quoted_decimal() {
-        assert_eq!(etag(0), "\"0\"");
-        assert_eq!(etag(42), "\"42\"");
-        assert_eq!(etag(u64::MAX), "\"18446744073709551615\"");
+    fn decimal_values_plain_and_quoted() {
+        assert_eq!(decimal(0, true), "\"0\"");
+        assert_eq!(decimal(42, true), "\"42\"");
+        assert_eq!(decimal(u64::MAX, true), "\"18446744073709551615\"");
+        assert_eq!(decimal(60, false), "60");
+        assert_eq!(decimal(u64::MAX, false), "18446744073709551615");
     }
 }

@@ -1,0 +1,78 @@
+# Entry points for humans and CI. `make run` for a local demo, `make test`
+# is exactly what CI runs (.ci/run).
+
+CARGO ?= cargo
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+RELEASE := $(TARGET_DIR)/release
+
+# The demo's ports are pollgate's built-in defaults, so pollgate itself
+# runs with no config arguments at all.
+DEMO_UPSTREAM := 127.0.0.1:3000
+DEMO_PUBLIC := 127.0.0.1:8080
+DEMO_INTERNAL := 127.0.0.1:8081
+DEMO_TOKEN := demo-token
+
+.PHONY: run test fmt clippy bench loadtest loadtest-mem build-demo
+
+build-demo:
+	$(CARGO) build --release --bin pollgate --example demo_upstream
+
+# Demo upstream (seeds p1..p3 at version 1 and publishes them once pollgate
+# is up), then pollgate on its embedded default config. Ctrl-C stops both.
+run: build-demo
+	@set -u; \
+	pids=""; \
+	trap 'kill $$pids 2>/dev/null; wait 2>/dev/null; echo; echo stopped.' EXIT; \
+	trap 'exit 130' INT TERM; \
+	$(RELEASE)/examples/demo_upstream --listen $(DEMO_UPSTREAM) \
+	  --publish-url http://$(DEMO_INTERNAL) --publish-token $(DEMO_TOKEN) --seed 3 & \
+	pids="$$!"; \
+	POLLGATE_PUBLISH_TOKEN=$(DEMO_TOKEN) $(RELEASE)/pollgate & \
+	pg=$$!; pids="$$pids $$pg"; \
+	deadline=$$(($$(date +%s) + 20)); \
+	until curl -sf http://$(DEMO_INTERNAL)/healthz >/dev/null; do \
+	  kill -0 $$pg 2>/dev/null || { echo "pollgate exited (is $(DEMO_PUBLIC) or $(DEMO_INTERNAL) in use?)" >&2; exit 1; }; \
+	  [ $$(date +%s) -lt $$deadline ] || { echo "pollgate not healthy after 20 s" >&2; exit 1; }; \
+	  sleep 0.2; \
+	done; \
+	until curl -sf http://$(DEMO_INTERNAL)/v1/versions/p1 >/dev/null; do \
+	  [ $$(date +%s) -lt $$deadline ] || { echo "warning: p1 not published yet; the first poll will be forwarded" >&2; break; }; \
+	  sleep 0.2; \
+	done; \
+	echo; \
+	echo "pollgate: polls on http://$(DEMO_PUBLIC), publish/admin on http://$(DEMO_INTERNAL)"; \
+	echo "demo upstream: http://$(DEMO_UPSTREAM) (projects p1, p2, p3 at version 1)"; \
+	echo; \
+	echo "# 1. a hit, answered from memory: 304 with X-Pollgate: hit"; \
+	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=1'"; \
+	echo "# 2. a stale poll, forwarded: 200 with the events from the demo upstream"; \
+	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=0'"; \
+	echo "# 3. a new event (the upstream publishes version 2), then the same poll as 1 gets a 200"; \
+	echo "curl -X POST -d 'hello' http://$(DEMO_UPSTREAM)/projects/p1/events"; \
+	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=1'"; \
+	echo; \
+	echo "Ctrl-C stops both."; \
+	wait $$pg
+
+# Exactly what CI runs; `cargo test` also builds the examples.
+test:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test
+
+fmt:
+	$(CARGO) fmt
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench
+
+# Needs wrk and taskset (apt-get install wrk util-linux). Env knobs: see the
+# top of loadtest/run.sh (LT_DURATION=10s, LT_ONLY=ceiling, ...).
+loadtest:
+	./loadtest/run.sh
+
+loadtest-mem:
+	./loadtest/mem.sh

@@ -1,0 +1,115 @@
+//! The command line as a user meets it: help, bad config, print-config.
+
+use std::process::Command;
+
+fn pollgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args(args)
+        .env_remove("POLLGATE_PUBLISH_TOKEN")
+        .output()
+        .expect("run pollgate")
+}
+
+#[test]
+fn help_explains_every_contract_flag() {
+    let out = pollgate(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--internal-listen",
+        "--upstream",
+        "--route",
+        "--version-header",
+        "--publish-token",
+        "--admin-token",
+        "--max-age",
+        "--upstream-max-inflight",
+        "--peer",
+        "--node-id",
+        "--cluster-key",
+        "--data-dir",
+        "--config",
+        "--print-config",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn every_bad_value_is_reported_at_once_with_exit_64() {
+    let out = pollgate(&[
+        "--max-age",
+        "soon",
+        "--listen",
+        "nowhere",
+        "--upstream-max-inflight",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["max_age", "listen", "upstream_max_inflight"] {
+        assert!(err.contains(key), "stderr names {key}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_route_template_is_a_config_error() {
+    let out = pollgate(&["--route", "/projects/{nokey}/x"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("route"));
+}
+
+#[test]
+fn env_and_file_layers_show_in_print_config() {
+    let dir = std::env::temp_dir().join(format!("pollgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pg.toml");
+    std::fs::write(&file, "max_age = \"30s\"\nupstream_max_inflight = 9\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "--upstream-max-inflight",
+            "7",
+        ])
+        .env("POLLGATE_MAX_AGE", "45s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(toml.contains("max_age = \"45s\""), "env beats file: {toml}");
+    assert!(
+        toml.contains("upstream_max_inflight = 7"),
+        "flag beats file: {toml}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn an_unknown_flag_or_file_key_is_refused() {
+    assert_eq!(pollgate(&["--no-such-flag"]).status.code(), Some(64));
+    let file = std::env::temp_dir().join(format!("pollgate-cli-bad-{}.toml", std::process::id()));
+    std::fs::write(&file, "max_agee = \"1s\"\n").unwrap();
+    let out = pollgate(&["--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_age"),
+        "suggests the near key"
+    );
+    std::fs::remove_file(file).ok();
+}
+
+#[test]
+fn a_taken_port_fails_cleanly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = pollgate(&["--listen", &addr, "--internal-listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&addr));
+}
