@@ -20,6 +20,14 @@ BIN=${CARGO_TARGET_DIR:-target}/release/pollgate
 cargo build --release --quiet --bin pollgate
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install -y wrk)" >&2; exit 1; }
 
+# Like run.sh: the server on CPU 0, wrk on CPU 1, so they do not trade
+# places; the snapshot thread then competes with the hit path for CPU 0,
+# which is the cost being measured.
+PIN_PG=() PIN_WRK=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  PIN_PG=(taskset -c 0) PIN_WRK=(taskset -c 1)
+fi
+
 WORK=$(mktemp -d)
 PG_PID=""
 cleanup() {
@@ -33,7 +41,7 @@ seq 0 $((KEYS - 1)) | awk '{print "p"$1" 1"}' | split -l 50000 - "$WORK/batch."
 
 start() { # name, extra args...
   local name=$1; shift
-  "$BIN" --listen 127.0.0.1:0 --internal-listen 127.0.0.1:0 --upstream http://127.0.0.1:9 \
+  "${PIN_PG[@]}" "$BIN" --listen 127.0.0.1:0 --internal-listen 127.0.0.1:0 --upstream http://127.0.0.1:9 \
     --publish-token "$TOKEN" --max-age 0s "$@" 2>"$WORK/$name.log" &
   PG_PID=$!
   for _ in $(seq 200); do
@@ -68,7 +76,7 @@ run() { # name, extra args...
   republish_until $(( $(date +%s) + secs + 1 )) &
   local re=$!
   local writes0; writes0=$(metric pollgate_snapshot_writes_total)
-  wrk -t1 -c"$CONNS" -d"$DUR" -s loadtest/random_hit.lua "http://$PUBLIC" -- "$KEYS" | grep RESULT | sed "s/^RESULT/$name:/"
+  "${PIN_WRK[@]}" wrk -t1 -c"$CONNS" -d"$DUR" -s loadtest/random_hit.lua "http://$PUBLIC" -- "$KEYS" | grep RESULT | sed "s/^RESULT/$name:/"
   wait $re
   echo "$name: keys=$(metric pollgate_keys) hits=$(metric 'pollgate_requests_total{outcome="hit"}')" \
     "forwarded=$(metric 'pollgate_requests_total{outcome="unknown"}') snapshot_writes=$(( $(metric pollgate_snapshot_writes_total) - writes0 ))" \
@@ -76,6 +84,7 @@ run() { # name, extra args...
   kill "$PG_PID"; wait "$PG_PID" 2>/dev/null || true; PG_PID=""
 }
 
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (results mean little on a busy machine)"
 for _ in $(seq "$ROUNDS"); do
   run no_snapshots
   rm -rf "$WORK/data"

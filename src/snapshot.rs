@@ -159,6 +159,8 @@ pub struct Stats {
 pub struct SnapshotHandle {
     task: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
     pub stats: Arc<Stats>,
+    /// Held until shutdown: `data_dir` belongs to this process alone.
+    _lock: Option<std::fs::File>,
 }
 
 /// Registers the metrics, and with `data_dir`: loads the snapshot (before the
@@ -167,12 +169,21 @@ pub struct SnapshotHandle {
 pub async fn start(state: &Arc<State>) -> SnapshotHandle {
     let stats = Arc::new(Stats::default());
     register_metrics(state, &stats);
-    let Some(dir) = state.cfg.data_dir.clone() else {
-        return SnapshotHandle { task: None, stats };
+    let disabled = |stats| SnapshotHandle {
+        task: None,
+        stats,
+        _lock: None,
     };
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        tracing::error!(dir = %dir.display(), error = %e, "cannot create data_dir; snapshots will fail");
-    }
+    let Some(dir) = state.cfg.data_dir.clone() else {
+        return disabled(stats);
+    };
+    let lock = match std::fs::create_dir_all(&dir).and_then(|()| file::lock_dir(&dir)) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "data_dir unusable; running without snapshots");
+            return disabled(stats);
+        }
+    };
     load_at_start(state, &stats, &dir).await;
     let s = stats.clone();
     state.table.on_advance(Box::new(move |_, _| {
@@ -184,6 +195,7 @@ pub async fn start(state: &Arc<State>) -> SnapshotHandle {
     SnapshotHandle {
         task: Some((task, stop_tx)),
         stats,
+        _lock: Some(lock),
     }
 }
 

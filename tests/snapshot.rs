@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 use common::{eventually, get, Mode, Pollgate, Upstream};
 use http::StatusCode;
 
+/// Held by the two heavy tests so they never overlap: a 100k-key publish and
+/// load beside the burst test stalls its pollers, and expiries that pile up
+/// during a stall are revalidated together when polling resumes: a burst
+/// made by the test, not by pollgate.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn poll_path(key: &str, since: u64) -> String {
     format!("/projects/{key}/changes?since={since}")
 }
@@ -54,6 +60,7 @@ async fn lookup(pg: &Pollgate, key: &str) -> Option<(u64, u64)> {
 async fn restart_is_warm_with_100k_keys() {
     const KEYS: usize = 100_000;
     const MAX_AGE_MS: u64 = 200 * 3600 * 1000;
+    let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start().await;
     let args = ["--data-dir", &dir_flag(dir.path()), "--max-age", "200h"];
@@ -104,6 +111,7 @@ async fn revalidation_after_restart_is_a_trickle_not_a_burst() {
     // all: ~1000 polls/s with a debug build against 1000 / 6 s × 2 = 333/s.
     const KEYS: usize = 1_000;
     const MAX_AGE_S: f64 = 6.0;
+    let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start().await;
     for i in 0..KEYS {
@@ -394,4 +402,26 @@ async fn periodic_snapshots_survive_a_kill() {
     let pg = Pollgate::start(&up.url(), &args);
     assert_eq!(lookup(&pg, "killed").await.map(|e| e.0), Some(7));
     assert_eq!(pg.metric("pollgate_snapshot_entries_loaded").await, 1.0);
+}
+
+/// A second pollgate on the same data_dir must not overwrite the first one's
+/// snapshots: it says why and runs without them.
+#[tokio::test]
+async fn a_data_dir_in_use_is_refused_not_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let args = ["--data-dir", &dir_flag(dir.path())];
+    let first = Pollgate::start(&up.url(), &args);
+    assert_eq!(get(&first.internal_url("/readyz")).await.0, StatusCode::OK);
+    let second = Pollgate::start(&up.url(), &args);
+    assert_eq!(get(&second.internal_url("/readyz")).await.0, StatusCode::OK);
+    let said = eventually(Duration::from_secs(5), || async {
+        second
+            .log
+            .lock()
+            .iter()
+            .any(|l| l.contains("data_dir unusable") && l.contains("another pollgate"))
+    })
+    .await;
+    assert!(said, "{:?}", second.log.lock());
 }

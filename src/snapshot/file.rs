@@ -9,6 +9,27 @@ use memmap2::Mmap;
 
 pub const FILE_NAME: &str = "pollgate.snap";
 const TEMP_NAME: &str = "pollgate.snap.tmp";
+const LOCK_NAME: &str = "pollgate.lock";
+
+/// Takes an exclusive advisory lock on `<dir>/pollgate.lock`, held as long as
+/// the returned file lives. Two pollgates on one `data_dir` would overwrite
+/// each other's snapshots, and the mapping's soundness assumes nobody else
+/// writes there (see [`map`]).
+pub fn lock_dir(dir: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_NAME))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{LOCK_NAME} is held by another process (another pollgate on this data_dir?)"),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
 
 pub fn snapshot_path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
@@ -55,9 +76,9 @@ pub fn map(path: &Path) -> io::Result<Option<Mmap>> {
     // SAFETY: a mapping is only sound while nobody modifies the file. pollgate
     // never writes a snapshot in place: a new one is written to a temp file
     // and renamed over this name, which leaves the inode we mapped untouched.
-    // `data_dir` belongs to one pollgate (documented in snapshot.md); an
-    // outside process truncating this file while it is mapped is outside that
-    // contract. The bytes are then only read through bounds-checked slices.
+    // `data_dir` belongs to one pollgate (`lock_dir`, held for the process's
+    // life); an outside process truncating this file while it is mapped is
+    // outside that contract. The bytes are then only read through bounds-checked slices.
     let map = unsafe { Mmap::map(&file)? };
     Ok(Some(map))
 }
@@ -104,6 +125,16 @@ mod tests {
         assert_eq!(to, dir.path().join("pollgate.snap.corrupt-1234"));
         assert!(!p.exists());
         assert_eq!(fs::read(to).unwrap(), b"junk");
+    }
+
+    #[test]
+    fn a_data_dir_is_locked_by_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path()).unwrap();
+        let err = lock_dir(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("another pollgate"), "{err}");
+        drop(held);
+        lock_dir(dir.path()).unwrap();
     }
 
     #[test]
