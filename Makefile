@@ -12,7 +12,7 @@ DEMO_PUBLIC := 127.0.0.1:8080
 DEMO_INTERNAL := 127.0.0.1:8081
 DEMO_TOKEN := demo-token
 
-.PHONY: run test fmt clippy bench loadtest loadtest-mem loadtest-cluster build-demo
+.PHONY: run test fmt clippy bench loadtest loadtest-mem loadtest-snapshot loadtest-cluster build-demo
 
 build-demo:
 	$(CARGO) build --release --bin pollgate --example demo_upstream
@@ -76,6 +76,10 @@ loadtest:
 
 loadtest-mem:
 	./loadtest/mem.sh
+
+# Hit latency while 1M-key snapshots are written vs none (knobs at the top of the script).
+loadtest-snapshot:
+	./loadtest/snapshot_p99.sh
 
 # Replication: three real replicas on loopback (see loadtest/README.md).
 loadtest-cluster:

@@ -56,6 +56,10 @@ pub struct Config {
     pub insecure_cluster: bool,
     /// Unset: no snapshots.
     pub data_dir: Option<PathBuf>,
+    /// `5s`. How often the table is snapshotted into `data_dir` (only when
+    /// something changed): bounds what a crash loses to this much, at the
+    /// cost of one table scan per interval. Zero: only at shutdown.
+    pub snapshot_interval: Duration,
 
     /// `true`. Requests matching no route are proxied unchanged; `false` → 404.
     pub passthrough: bool,
@@ -111,6 +115,7 @@ impl Default for Config {
             cluster_key: None,
             insecure_cluster: false,
             data_dir: None,
+            snapshot_interval: Duration::from_secs(5),
             passthrough: true,
             publish_max_body: 1 << 20,
             coalesce_wait: Duration::from_secs(5),
@@ -393,6 +398,8 @@ static KEYS: &[Key] = &[
         |c, v| one(v, boolean).map(|x| c.insecure_cluster = x), |c| Some(Value::Boolean(c.insecure_cluster))),
     key("data_dir", OPS, "DIR", "unset: no snapshots", "Where snapshots are written",
         |c, v| one(v, non_empty).map(|x| c.data_dir = Some(x.into())), |c| c.data_dir.as_ref().and_then(|d| text(d.display()))),
+    key("snapshot_interval", OPS, "DURATION", "5s", "Snapshot the table into data_dir this often when it changed; 0s: only at shutdown",
+        |c, v| one(v, duration).map(|x| c.snapshot_interval = x), |c| dur(c.snapshot_interval)),
     key("log_format", OPS, "FORMAT", "text", "Log format: text or json",
         |c, v| one(v, log_format).map(|x| c.log_format = x), |c| text(log_format_text(c.log_format))),
 ];

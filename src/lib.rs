@@ -19,6 +19,8 @@
 //!   goes backwards.
 //! - [`cluster`]: replicas gossip versions (delta push, pull anti-entropy),
 //!   readiness after catching up, and the cluster-wide config (LWW).
+//! - [`snapshot`]: warm restarts: the table written to `data_dir` and loaded
+//!   at start, loaded entries revalidated spread over `max_age`.
 //! - [`feed`]: trusted sources of versions besides the upstream (publish API).
 //! - [`internal`]: the internal listener (publish, lookup, metrics, health).
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -39,6 +41,7 @@ pub mod metrics;
 pub mod poll;
 pub mod route;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod table;
 pub mod tunables;

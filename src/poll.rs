@@ -57,9 +57,13 @@ async fn poll(
         return hit(state, entry.version);
     }
     // Expired: one poll revalidates upstream, the rest are answered from memory.
+    // While the breaker is open nobody can revalidate, and the version we know
+    // is a better answer than a 503.
     match state.coalescer.join(key) {
-        Role::Leader(l) => forward(state, req, remote, key, Some(l), Outcome::Revalidate).await,
-        Role::Follower(_) => hit(state, entry.version),
+        Role::Leader(l) if state.upstream.refusing().is_none() => {
+            forward(state, req, remote, key, Some(l), Outcome::Revalidate).await
+        }
+        _ => hit(state, entry.version),
     }
 }
 

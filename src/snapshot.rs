@@ -1,0 +1,514 @@
+//! Warm restarts: the table is written to `<data_dir>/pollgate.snap` every
+//! `snapshot_interval` (when it changed) and at shutdown, and loaded at start.
+//! Format and crash-safety argument: `src/snapshot.md`.
+//!
+//! Loaded entries are trusted only as far as `max_age` allows: their
+//! confirmation times are spread so their revalidations trickle upstream
+//! uniformly over one `max_age` instead of arriving as one wave.
+
+mod file;
+pub mod format;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::state::State;
+use crate::table::Table;
+use format::{Encoder, FormatError, Snapshot};
+
+pub use file::{snapshot_path, FILE_NAME};
+
+/// Why a snapshot was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read; it may be fine, so it is left in place.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes are not a valid snapshot; the file is moved aside.
+    #[error("{0}")]
+    Format(#[from] FormatError),
+}
+
+/// What a successful load did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loaded {
+    pub entries: u64,
+    pub created_ms: u64,
+}
+
+/// What a successful write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub entries: u64,
+    pub bytes: u64,
+    pub created_ms: u64,
+    /// Table keys left out because a loader would refuse them.
+    pub skipped: u64,
+}
+
+/// Validates the whole file at `path` first, then merges every entry into
+/// `table` with confirmation times spread over `max_age_ms` (see [`spread`]).
+/// `Ok(None)`: there is no snapshot.
+pub fn load(table: &Table, path: &Path, max_age_ms: u64) -> Result<Option<Loaded>, LoadError> {
+    let Some(map) = file::map(path)? else {
+        return Ok(None);
+    };
+    let snap = Snapshot::parse(&map)?;
+    merge_all(table, &snap, max_age_ms, threads_for(snap.len()));
+    Ok(Some(Loaded {
+        entries: snap.len(),
+        created_ms: snap.header.created_ms,
+    }))
+}
+
+/// Below this many records per thread, starting threads costs more than it saves.
+const RECORDS_PER_THREAD: u64 = 64 * 1024;
+
+/// Merges every record, split over the cores: inserting into the table (one
+/// hash probe and one shard write lock per key) is most of a load's time, and
+/// shards make parallel inserts nearly contention-free. Blocking.
+fn merge_all(table: &Table, snap: &Snapshot<'_>, max_age_ms: u64, threads: u64) {
+    let per = snap.len().div_ceil(threads);
+    let now = table.now_ms();
+    let range = |t: u64| t * per..snap.len().min((t + 1) * per);
+    std::thread::scope(|s| {
+        for t in 1..threads {
+            s.spawn(move || merge_range(table, snap, range(t), now, max_age_ms));
+        }
+        merge_range(table, snap, range(0), now, max_age_ms);
+    });
+}
+
+fn merge_range(
+    table: &Table,
+    snap: &Snapshot<'_>,
+    r: std::ops::Range<u64>,
+    now: u64,
+    max_age_ms: u64,
+) {
+    let mut rng = fastrand::Rng::new();
+    // Not pushed to peers: they have these versions or will pull them, and a
+    // million keys in the outbox at each restart would be pure waste.
+    crate::cluster::without_push(|| {
+        for (key, version) in r.filter_map(|i| snap.record(i).ok()) {
+            table.merge_at(key, version, spread(now, max_age_ms, &mut rng));
+        }
+    });
+}
+
+/// One thread per 64k records, at most one per core (and 8: more cores than
+/// that only add lock traffic on 64 shards).
+fn threads_for(records: u64) -> u64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (records / RECORDS_PER_THREAD).clamp(1, cores.min(8))
+}
+
+/// A confirmation time for a loaded entry: `now - max_age + uniform[0, max_age)`,
+/// so the entry expires at a uniformly random moment of the next `max_age` and
+/// the upstream sees `keys / max_age` revalidations per second, not one wave.
+/// The file's own age is deliberately ignored: a snapshot is never fresher than
+/// "unconfirmed". With `max_age = 0` nothing expires, so any time will do.
+pub fn spread(now_ms: u64, max_age_ms: u64, rng: &mut fastrand::Rng) -> u64 {
+    if max_age_ms == 0 {
+        return now_ms;
+    }
+    now_ms.saturating_sub(max_age_ms) + rng.u64(0..max_age_ms)
+}
+
+/// Serialises `table` (one shard read lock at a time) and atomically replaces
+/// the snapshot in `dir`. Blocking: run it off the async threads.
+pub fn write(table: &Table, dir: &Path) -> std::io::Result<Written> {
+    let created_ms = unix_ms();
+    let mut enc = Encoder::with_capacity(table.len());
+    table.for_each(|key, e| enc.push(key, e.version));
+    let (header, records, keys) = enc.finish(created_ms);
+    let bytes = file::write_atomically(dir, &[&header, records, keys])?;
+    Ok(Written {
+        entries: enc.len(),
+        bytes,
+        created_ms,
+        skipped: enc.skipped,
+    })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Counters shared by the writer task, the advance hook and the metrics scrape.
+#[derive(Default)]
+pub struct Stats {
+    /// Advancing merges seen by the table hook since start.
+    changes: AtomicU64,
+    /// `changes` as it was when the last successful write started.
+    written: AtomicU64,
+    /// Unix ms of the newest snapshot written or loaded; 0 = none.
+    created_ms: AtomicU64,
+    last_write_micros: AtomicU64,
+    bytes: AtomicU64,
+    entries_loaded: AtomicU64,
+    load_failures: AtomicU64,
+    writes: AtomicU64,
+    write_failures: AtomicU64,
+}
+
+/// Owns the periodic writer; `shutdown` writes a final snapshot.
+pub struct SnapshotHandle {
+    task: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
+    pub stats: Arc<Stats>,
+    /// Held until shutdown: `data_dir` belongs to this process alone.
+    _lock: Option<std::fs::File>,
+}
+
+/// Registers the metrics, and with `data_dir`: loads the snapshot (before the
+/// caller starts serving, so no poll meets a half-loaded table and falls
+/// through to the upstream as "unknown"), then starts the writer.
+pub async fn start(state: &Arc<State>) -> SnapshotHandle {
+    let stats = Arc::new(Stats::default());
+    register_metrics(state, &stats);
+    let disabled = |stats| SnapshotHandle {
+        task: None,
+        stats,
+        _lock: None,
+    };
+    let Some(dir) = state.cfg.data_dir.clone() else {
+        return disabled(stats);
+    };
+    let lock = match std::fs::create_dir_all(&dir).and_then(|()| file::lock_dir(&dir)) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "data_dir unusable; running without snapshots");
+            return disabled(stats);
+        }
+    };
+    load_at_start(state, &stats, &dir).await;
+    let s = stats.clone();
+    state.table.on_advance(Box::new(move |_, _| {
+        s.changes.fetch_add(1, Ordering::Relaxed);
+    }));
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let every = state.cfg.snapshot_interval;
+    let task = tokio::spawn(run(state.clone(), stats.clone(), dir, every, stop_rx));
+    SnapshotHandle {
+        task: Some((task, stop_tx)),
+        stats,
+        _lock: Some(lock),
+    }
+}
+
+impl SnapshotHandle {
+    /// Stops the writer after one last write of whatever changed. Call it after
+    /// the server has drained, so the final snapshot includes every publish.
+    pub async fn shutdown(self) {
+        if let Some((task, stop)) = self.task {
+            let _ = stop.send(());
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "snapshot writer task failed");
+            }
+        }
+    }
+}
+
+async fn run(
+    state: Arc<State>,
+    stats: Arc<Stats>,
+    dir: PathBuf,
+    every: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
+    if every.is_zero() {
+        let _ = stop.await;
+        return write_if_changed(&state, &stats, &dir).await;
+    }
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // A slow disk must not cause back-to-back catch-up writes.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => write_if_changed(&state, &stats, &dir).await,
+            _ = &mut stop => break,
+        }
+    }
+    write_if_changed(&state, &stats, &dir).await;
+}
+
+/// Writes on a blocking thread when anything advanced since the last write.
+/// A failed write is logged and retried at the next tick; serving goes on.
+async fn write_if_changed(state: &Arc<State>, stats: &Stats, dir: &Path) {
+    let changes = stats.changes.load(Ordering::Acquire);
+    if changes == stats.written.load(Ordering::Acquire) {
+        return;
+    }
+    let (st, d) = (state.clone(), dir.to_path_buf());
+    let started = Instant::now();
+    let res = tokio::task::spawn_blocking(move || write(&st.table, &d)).await;
+    let file = snapshot_path(dir);
+    match res {
+        Ok(Ok(w)) => {
+            stats.written.store(changes, Ordering::Release);
+            stats.record_write(&w, started.elapsed());
+            if w.skipped > 0 {
+                tracing::warn!(
+                    skipped = w.skipped,
+                    "snapshot left out keys that break the key rule"
+                );
+            }
+            tracing::debug!(file = %file.display(), entries = w.entries, bytes = w.bytes, "snapshot written");
+        }
+        Ok(Err(e)) => {
+            stats.write_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(file = %file.display(), error = %e, "snapshot write failed; will retry");
+        }
+        Err(e) => {
+            stats.write_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(file = %file.display(), error = %e, "snapshot writer panicked");
+        }
+    }
+}
+
+impl Stats {
+    fn record_write(&self, w: &Written, took: Duration) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.created_ms.store(w.created_ms, Ordering::Relaxed);
+        self.bytes.store(w.bytes, Ordering::Relaxed);
+        self.last_write_micros
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Loads on a blocking thread; on a bad file logs why, moves it aside and
+/// leaves the table cold. Never fails start-up.
+async fn load_at_start(state: &Arc<State>, stats: &Stats, dir: &Path) {
+    let path = snapshot_path(dir);
+    let (st, p) = (state.clone(), path.clone());
+    let started = Instant::now();
+    let max_age = state.tunables.max_age_ms();
+    let res = tokio::task::spawn_blocking(move || load(&st.table, &p, max_age)).await;
+    match res {
+        Ok(Ok(Some(l))) => {
+            stats.entries_loaded.store(l.entries, Ordering::Relaxed);
+            stats.created_ms.store(l.created_ms, Ordering::Relaxed);
+            let age_s = unix_ms().saturating_sub(l.created_ms) / 1000;
+            tracing::info!(file = %path.display(), entries = l.entries, age_s, took_ms = started.elapsed().as_millis() as u64, "snapshot loaded; entries revalidate over max_age");
+        }
+        Ok(Ok(None)) => tracing::info!(file = %path.display(), "no snapshot; starting cold"),
+        Ok(Err(e)) => load_failed(stats, &path, &e),
+        Err(e) => {
+            stats.load_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(file = %path.display(), error = %e, "snapshot loader panicked; starting cold");
+        }
+    }
+}
+
+fn load_failed(stats: &Stats, path: &Path, e: &LoadError) {
+    stats.load_failures.fetch_add(1, Ordering::Relaxed);
+    let LoadError::Format(_) = e else {
+        tracing::error!(file = %path.display(), reason = %e, "snapshot unreadable; starting cold");
+        return;
+    };
+    match file::move_aside(path, unix_ms() / 1000) {
+        Ok(to) => {
+            tracing::error!(file = %path.display(), reason = %e, moved_to = %to.display(), "snapshot corrupt; moved aside, starting cold")
+        }
+        Err(mv) => {
+            tracing::error!(file = %path.display(), reason = %e, error = %mv, "snapshot corrupt and could not be moved aside; starting cold")
+        }
+    }
+}
+
+/// Snapshot metrics, plus revalidations in flight (coalesced upstream
+/// requests for cold or expired keys), which is what `max_age` costs.
+fn register_metrics(state: &Arc<State>, stats: &Arc<Stats>) {
+    // Weak: the collector lives inside `state.metrics`; a strong ref would be a cycle.
+    let (st, s): (Weak<State>, _) = (Arc::downgrade(state), stats.clone());
+    state.metrics.register(Box::new(move |o| {
+        s.render(o);
+        if let Some(st) = st.upgrade() {
+            crate::metrics::gauge(
+                o,
+                "pollgate_revalidations_inflight",
+                "Coalesced upstream requests in flight for cold or expired keys.",
+                st.coalescer.in_flight() as i64,
+            );
+        }
+    }));
+}
+
+impl Stats {
+    fn render(&self, o: &mut String) {
+        use crate::metrics::{counter, gauge};
+        let created = self.created_ms.load(Ordering::Relaxed);
+        let age = match created {
+            0 => f64::NAN,
+            c => unix_ms().saturating_sub(c) as f64 / 1000.0,
+        };
+        float_gauge(
+            o,
+            "pollgate_snapshot_age_seconds",
+            "Age of the newest snapshot written or loaded (NaN: none).",
+            age,
+        );
+        let took = self.last_write_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        float_gauge(
+            o,
+            "pollgate_snapshot_write_seconds",
+            "Duration of the last snapshot write, serialising to directory fsync.",
+            took,
+        );
+        gauge(
+            o,
+            "pollgate_snapshot_bytes",
+            "Size of the last snapshot written.",
+            self.bytes.load(Ordering::Relaxed) as i64,
+        );
+        gauge(
+            o,
+            "pollgate_snapshot_entries_loaded",
+            "Entries loaded from the snapshot at start.",
+            self.entries_loaded.load(Ordering::Relaxed) as i64,
+        );
+        counter(
+            o,
+            "pollgate_snapshot_load_failures_total",
+            "Snapshots that could not be loaded at start.",
+            self.load_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            o,
+            "pollgate_snapshot_writes_total",
+            "Snapshots written.",
+            self.writes.load(Ordering::Relaxed),
+        );
+        counter(
+            o,
+            "pollgate_snapshot_write_failures_total",
+            "Snapshot writes that failed (retried next interval).",
+            self.write_failures.load(Ordering::Relaxed),
+        );
+    }
+}
+
+fn float_gauge(o: &mut String, name: &str, help: &str, v: f64) {
+    use std::fmt::Write;
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_of(n: u64) -> Table {
+        let t = Table::new();
+        for i in 0..n {
+            t.merge(&format!("k{i}"), i * 3, true);
+        }
+        t
+    }
+
+    fn contents(t: &Table) -> Vec<(String, u64)> {
+        let mut v = Vec::new();
+        t.for_each(|k, e| v.push((k.to_string(), e.version)));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn write_then_load_gives_the_same_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table_of(1000);
+        let w = write(&t, dir.path()).unwrap();
+        assert_eq!((w.entries, w.skipped), (1000, 0));
+        let back = Table::new();
+        let l = load(&back, &snapshot_path(dir.path()), 60_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!((l.entries, l.created_ms), (1000, w.created_ms));
+        assert_eq!(contents(&back), contents(&t));
+    }
+
+    #[test]
+    fn merging_on_several_threads_loads_every_record() {
+        let t = table_of(1001);
+        let mut enc = Encoder::default();
+        t.for_each(|k, e| enc.push(k, e.version));
+        let bytes = enc.to_vec(0);
+        let snap = Snapshot::parse(&bytes).unwrap();
+        for threads in [1, 2, 3, 8] {
+            let back = Table::new();
+            merge_all(&back, &snap, 1_000, threads);
+            assert_eq!(contents(&back), contents(&t), "{threads} threads");
+        }
+        assert_eq!(threads_for(0), 1);
+        assert!(threads_for(u64::MAX) <= 8);
+    }
+
+    #[test]
+    fn loading_max_merges_into_a_live_table() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&table_of(10), dir.path()).unwrap();
+        let t = Table::new();
+        t.merge("k5", 1_000, true);
+        load(&t, &snapshot_path(dir.path()), 60_000).unwrap();
+        assert_eq!(t.get("k5").unwrap().version, 1_000, "never goes back");
+        assert_eq!(t.get("k4").unwrap().version, 12);
+    }
+
+    #[test]
+    fn no_file_is_not_an_error_and_a_bad_one_loads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Table::new();
+        let p = snapshot_path(dir.path());
+        assert!(load(&t, &p, 0).unwrap().is_none());
+        write(&table_of(100), dir.path()).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x20;
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(matches!(load(&t, &p, 0), Err(LoadError::Format(_))));
+        assert!(
+            t.is_empty(),
+            "nothing merged from a file that failed validation"
+        );
+    }
+
+    #[test]
+    fn loaded_entries_expire_spread_over_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&table_of(10_000), dir.path()).unwrap();
+        let t = Table::new();
+        let max_age = 60_000;
+        let now = t.now_ms();
+        load(&t, &snapshot_path(dir.path()), max_age).unwrap();
+        // Expiry = confirmed + max_age, relative to the load: 10 buckets of 6 s.
+        let mut buckets = [0u32; 10];
+        t.for_each(|_, e| {
+            let expires_in = (e.confirmed_ms + max_age).saturating_sub(now);
+            assert!(expires_in <= max_age + 1_000, "{expires_in}");
+            buckets[(expires_in * 10 / max_age).min(9) as usize] += 1;
+        });
+        // Uniform: 1000 per bucket; ±25 % is > 7 sigma.
+        assert!(
+            buckets.iter().all(|&b| (750..1250).contains(&b)),
+            "{buckets:?}"
+        );
+    }
+
+    #[test]
+    fn spread_handles_zero_and_huge_max_age() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        assert_eq!(spread(500, 0, &mut rng), 500);
+        for _ in 0..1000 {
+            let c = spread(1_000, u64::MAX / 2, &mut rng);
+            assert!(c < u64::MAX / 2, "{c}");
+            let c = spread(1_000_000, 1_000, &mut rng);
+            assert!((999_000..1_000_000).contains(&c), "{c}");
+        }
+    }
+}
