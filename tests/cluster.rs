@@ -28,6 +28,8 @@ struct Replicas {
     up: Upstream,
     ports: Vec<u16>,
     nodes: Vec<Option<Pollgate>>,
+    /// Extra flags per replica (e.g. a `--data-dir`).
+    extra: Vec<Vec<String>>,
 }
 
 impl Replicas {
@@ -36,6 +38,7 @@ impl Replicas {
             up: Upstream::start().await,
             ports: (0..n).map(|_| free_port()).collect(),
             nodes: Vec::new(),
+            extra: vec![Vec::new(); n],
         };
         for i in 0..n {
             let node = r.spawn(i, KEY);
@@ -68,6 +71,7 @@ impl Replicas {
         for p in &peers {
             args.extend(["--peer", p]);
         }
+        args.extend(self.extra[i].iter().map(String::as_str));
         Pollgate::start_args(&args)
     }
 
@@ -231,6 +235,36 @@ async fn a_killed_replica_catches_up_on_100k_versions_before_it_is_ready() {
     assert_eq!(pg.metric("pollgate_keys").await as usize, N);
     eprintln!("restarted replica ready (caught up on {N} keys) {took:?} after start");
     assert_eq!(version(pg, "k99999").await, Some(10_000));
+}
+
+/// Warm restart and gossip together: the snapshot brings back what the
+/// replica had, the pull what it missed while it was down.
+#[tokio::test]
+async fn a_replica_restarts_from_its_snapshot_and_pulls_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Replicas::start(2).await;
+    r.extra[1] = vec!["--data-dir".into(), dir.path().display().to_string()];
+    r.kill(1);
+    r.restart(1);
+    assert!(eventually(Duration::from_secs(10), || ready(r.node(1))).await);
+    let before: String = (0..1000).map(|i| format!("s{i} 1\n")).collect();
+    assert_eq!(r.node(0).publish(&before).await.0, StatusCode::OK);
+    let pg1 = r.node(1);
+    let loaded = eventually(Duration::from_secs(5), || async {
+        pg1.metric("pollgate_keys").await as usize == 1000
+    });
+    assert!(loaded.await);
+    let mut pg = r.nodes[1].take().unwrap();
+    pg.signal("-TERM"); // graceful: writes the final snapshot
+    assert!(pg.wait_exit(Duration::from_secs(15)).success());
+    let missed: String = (0..500).map(|i| format!("m{i} 2\n")).collect();
+    assert_eq!(r.node(0).publish(&missed).await.0, StatusCode::OK);
+    r.restart(1);
+    assert!(eventually(Duration::from_secs(10), || ready(r.node(1))).await);
+    let pg = r.node(1);
+    assert_eq!(pg.metric("pollgate_snapshot_entries_loaded").await, 1000.0);
+    assert_eq!(pg.metric("pollgate_keys").await as usize, 1500);
+    assert_eq!(version(pg, "m499").await, Some(2));
 }
 
 async fn config_of(pg: &Pollgate) -> serde_json::Value {
