@@ -17,6 +17,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouteError> {
     let state = State::new(cfg)?;
+    let push = crate::push::start(&state);
     server::run(listeners, state.clone(), shutdown).await;
+    push.shutdown().await;
     Ok(())
 }

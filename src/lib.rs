@@ -17,6 +17,8 @@
 //!   coalescing of cold or expired keys.
 //! - [`table`]: the sharded version table; merge is `max`, so a version never
 //!   goes backwards.
+//! - [`push`]: SSE, long-poll and WebSocket "you are stale, poll now"
+//!   notices for `/pollgate/v1/{watch,wait,ws}`, with admission control.
 //! - [`feed`]: trusted sources of versions besides the upstream (publish API).
 //! - [`internal`]: the internal listener (publish, lookup, metrics, health).
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -34,6 +36,7 @@ pub mod feed;
 pub mod internal;
 pub mod metrics;
 pub mod poll;
+pub mod push;
 pub mod route;
 pub mod server;
 pub mod state;
