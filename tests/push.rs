@@ -93,6 +93,7 @@ async fn sse_notice_within_a_second_only_to_watchers_of_that_key() {
     assert_eq!(a.headers["content-type"], "text/event-stream");
     assert_eq!(a.headers["cache-control"], "no-cache");
     assert_eq!(a.headers["x-accel-buffering"], "no");
+    assert_eq!(a.headers["connection"], "close", "served off hyper");
     let first = a.next_block(SEC).await.unwrap();
     let retry: u64 = first.strip_prefix("retry: ").unwrap().parse().unwrap();
     assert!((1000..5000).contains(&retry), "{retry}");
@@ -114,6 +115,31 @@ async fn sse_notice_within_a_second_only_to_watchers_of_that_key() {
     wait_for_metric(&pg, "pollgate_push_connections{transport=\"sse\"}", 0.0).await;
     wait_for_metric(&pg, "pollgate_push_watched_keys", 0.0).await;
     assert_eq!(up.hits(), 0, "watching never reaches the upstream");
+}
+
+/// A watch that is not the first request of its connection is served by
+/// hyper rather than the raw path: same events, same headers.
+#[tokio::test]
+async fn sse_after_a_poll_on_the_same_connection_works_alike() {
+    let (up, pg) = started(&["--heartbeat-interval", "200ms"]).await;
+    pg.publish("p 1\nk 2\n").await;
+    let client = common::client();
+    let req = http::Request::get(pg.url("/projects/p/changes?since=1"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    drop(resp);
+    let mut s = Stream::open_with(&client, &pg.url("/pollgate/v1/watch?keys=k:1")).await;
+    assert_eq!(s.status, StatusCode::OK);
+    assert_eq!(s.headers["content-type"], "text/event-stream");
+    assert_eq!(s.headers["transfer-encoding"], "chunked", "hyper's path");
+    assert!(s.next_block(SEC).await.unwrap().starts_with("retry: "));
+    assert_eq!(s.next_stale(SEC).await, Some(stale("k", 2)));
+    pg.publish("k 3\n").await;
+    assert_eq!(s.next_stale(SEC).await, Some(stale("k", 3)));
+    assert_eq!(s.next_block(SEC).await.as_deref(), Some(": hb"));
+    assert_eq!(up.hits(), 0);
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //!
 //! - [`registry`]: key → watchers; an advance wakes exactly that key's watchers.
 //! - [`admission`]: token bucket and connection cap; 503 + jittered `Retry-After`.
+//! - [`raw`]: HTTP/1.1 SSE watches taken off hyper, so an idle watcher costs
+//!   a few hundred bytes instead of hyper's ~20 KiB of connection buffers.
 //!
 //! Watching names keys with the version the client holds: `keys=a:3,b:7`.
 //! The version is required (keys may contain `:`, so `a:3` would be ambiguous
@@ -16,6 +18,7 @@
 //! an early `304` with `Retry-After`), so clients do not return together.
 
 pub mod admission;
+pub mod raw;
 pub mod registry;
 pub mod sse;
 pub mod wait;
@@ -214,7 +217,7 @@ async fn serve(
     }
 }
 
-fn admit(state: &State, t: Transport) -> Result<Permit, Error> {
+pub(crate) fn admit(state: &State, t: Transport) -> Result<Permit, Error> {
     let per_s = state.tunables.get().push_admission_per_s;
     state.push.admission.admit(t, per_s)
 }

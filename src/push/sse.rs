@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response};
+use http::{HeaderValue, Response};
 use http_body::Frame;
 use http_body_util::StreamBody;
 use tokio::sync::watch;
@@ -25,30 +25,26 @@ use crate::state::State;
 const RETRY_LO: Duration = Duration::from_secs(1);
 const RETRY_HI: Duration = Duration::from_secs(5);
 
-/// Starts a stream for `keys`; `permit` is held until the client goes away.
+/// Response headers, shared with the hyper-less path in [`super::raw`].
+pub const HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    // nginx and friends buffer responses unless told not to.
+    ("x-accel-buffering", "no"),
+];
+
+/// Starts a stream for `keys` as a hyper body; `permit` is held until the client goes away.
 pub fn response(state: &Arc<State>, keys: &[Watch], permit: Permit) -> Response<Body> {
-    let mut sub = state.push.registry.subscribe();
-    for (k, v) in keys {
-        sub.watch(&state.table, k, *v);
-    }
-    let stream = Stream {
-        state: state.clone(),
-        sub,
-        stop: state.shutdown.subscribe(),
-        next_heartbeat: Instant::now() + state.tunables.heartbeat_interval(),
-        phase: Phase::Start,
-        _permit: permit,
-    };
-    let frames = futures_util::stream::unfold(stream, Stream::next);
+    let stream = Stream::new(state, keys, permit);
+    let frames = futures_util::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), s))
+    });
     let mut resp = Response::new(Body::boxed(StreamBody::new(frames)));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // nginx and friends buffer responses unless told not to.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    for (name, value) in HEADERS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     resp
 }
 
@@ -60,7 +56,7 @@ enum Phase {
 }
 
 /// One SSE connection: everything it holds is bounded by the keys it watches.
-struct Stream {
+pub struct Stream {
     state: Arc<State>,
     sub: Subscription,
     stop: watch::Receiver<bool>,
@@ -69,11 +65,26 @@ struct Stream {
     _permit: Permit,
 }
 
-type Item = Result<Frame<Bytes>, Infallible>;
-
 impl Stream {
+    /// Subscribes to `keys`; a key already past its version is pending at once.
+    pub fn new(state: &Arc<State>, keys: &[Watch], permit: Permit) -> Stream {
+        let mut sub = state.push.registry.subscribe();
+        for (k, v) in keys {
+            sub.watch(&state.table, k, *v);
+        }
+        Stream {
+            state: state.clone(),
+            sub,
+            stop: state.shutdown.subscribe(),
+            next_heartbeat: Instant::now() + state.tunables.heartbeat_interval(),
+            phase: Phase::Start,
+            _permit: permit,
+        }
+    }
+
     /// The next chunk to write, or `None` once the stream has said goodbye.
-    async fn next(mut self) -> Option<(Item, Self)> {
+    /// Cancel-safe: pending notices stay in the watcher until drained.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
         let chunk = match self.phase {
             Phase::Start => {
                 self.phase = Phase::Open;
@@ -82,7 +93,7 @@ impl Stream {
             Phase::Open => self.wait().await,
             Phase::Done => return None,
         };
-        Some((Ok(Frame::data(Bytes::from(chunk))), self))
+        Some(Bytes::from(chunk))
     }
 
     /// Waits for notices, the heartbeat or shutdown, whichever comes first.

@@ -274,7 +274,7 @@ fn addr_after(line: &str, tag: &str) -> SocketAddr {
     rest[..end].parse().unwrap()
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
@@ -333,8 +333,13 @@ pub struct Stream {
 
 impl Stream {
     pub async fn open(url: &str) -> Stream {
+        Self::open_with(&client(), url).await
+    }
+
+    /// Opens on `client`, reusing a pooled keep-alive connection if it has one.
+    pub async fn open_with(client: &HttpClient, url: &str) -> Stream {
         let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
-        let resp = client().request(req).await.unwrap();
+        let resp = client.request(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         Stream {
             status: parts.status,
