@@ -38,7 +38,7 @@ extra=()
 if [ "$scenario" = storm ]; then
   # A fresh key answered from memory: the hit path wrk measures during the storm.
   curl -s -H "Authorization: Bearer load-token" --data-binary $'p 1\n' http://$int/v1/versions >/dev/null
-  extra=(--wrk-url "http://$pub/projects/p/changes?since=1")
+  extra=(--wrk-url "${WRK_URL:-http://$pub/projects/p/changes?since=1}")
 fi
 
 "$target/examples/push_load" --scenario "$scenario" --conns "$conns" --pid $pg \

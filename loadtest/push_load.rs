@@ -150,6 +150,7 @@ async fn fanout(args: &Args, sh: &Shared, base: u64) {
     for i in 1..=args.publishes {
         let v = base + i;
         sh.latencies.lock().clear();
+        let (cpu0, own0) = (cpu_ms(args.pid), cpu_ms(std::process::id()));
         sh.published.store(v, Relaxed);
         sh.published_ns
             .store(sh.start.elapsed().as_nanos() as u64, Relaxed);
@@ -159,6 +160,7 @@ async fn fanout(args: &Args, sh: &Shared, base: u64) {
             sh.latencies.lock().len() >= want
         })
         .await;
+        let (cpu1, own1) = (cpu_ms(args.pid), cpu_ms(std::process::id()));
         let mut l = std::mem::take(&mut *sh.latencies.lock());
         report(
             &format!(
@@ -167,6 +169,11 @@ async fn fanout(args: &Args, sh: &Shared, base: u64) {
                 if got { "" } else { " (timeout)" }
             ),
             &mut l,
+        );
+        println!(
+            "  CPU during the fan-out: server {} ms, load generator {} ms",
+            cpu1 - cpu0,
+            own1 - own0
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -177,12 +184,15 @@ async fn storm(args: &Args, sh: &Shared) {
     let refused0 = sh.refused.load(Relaxed);
     let admitted0 = sh.admitted.load(Relaxed);
     let n = sh.held.load(Relaxed);
-    let wrk = args.wrk_url.as_ref().map(|url| {
-        tokio::process::Command::new("wrk")
-            .args(["-t1", "-c32", "-d20s", "--latency", url])
-            .output()
-    });
-    let wrk = wrk.map(tokio::spawn);
+    if let Some(url) = &args.wrk_url {
+        let out = wrk(url, "5s").await;
+        println!("wrk on the hit path, 5 s before the storm (watchers held):\n{out}");
+    }
+    let wrk = args
+        .wrk_url
+        .clone()
+        .map(|url| tokio::spawn(async move { wrk(&url, "15s").await }));
+    sh.retry_after.lock().clear();
     let t0 = Instant::now();
     sh.generation.send_modify(|g| *g += 1);
     let mut next_print = Duration::from_secs(1);
@@ -218,10 +228,32 @@ async fn storm(args: &Args, sh: &Shared) {
     );
     sh.quiet.store(true, Relaxed);
     if let Some(w) = wrk {
-        let out = w.await.unwrap().expect("wrk runs");
-        println!("wrk on the hit path during the storm (20 s from its start):");
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+        let out = w.await.unwrap();
+        println!("wrk on the hit path, 15 s from the start of the storm:\n{out}");
     }
+}
+
+/// wrk with few connections (a closed loop that saturates 2 cores measures
+/// queueing, not the hit path); returns its latency lines.
+async fn wrk(url: &str, duration: &str) -> String {
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t1", "-c4", "-d", duration, "--latency", url])
+        .output()
+        .await
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let keep = [
+        "Latency ",
+        "50%",
+        "90%",
+        "99%",
+        "Requests/sec",
+        "Socket errors",
+    ];
+    text.lines()
+        .filter(|l| keep.iter().any(|k| l.trim_start().starts_with(k)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One watcher: connect (from its own source address), watch, read notices.
@@ -376,6 +408,18 @@ fn report(what: &str, l: &mut [u64]) {
         ms(pct(0.99)),
         ms(l.last().copied().unwrap_or(0))
     );
+}
+
+/// utime + stime of a process in ms (from /proc/<pid>/stat, 100 ticks/s).
+fn cpu_ms(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<i64> = after_comm
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm field.
+    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10
 }
 
 fn rss_kib(pid: u32) -> i64 {
