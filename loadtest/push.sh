@@ -41,7 +41,7 @@ if [ "$scenario" = storm ]; then
   extra=(--wrk-url "${WRK_URL:-http://$pub/projects/p/changes?since=1}")
 fi
 
-"$target/examples/push_load" --scenario "$scenario" --conns "$conns" --pid $pg \
+nice -n "${LOADGEN_NICE:-10}" "$target/examples/push_load" --scenario "$scenario" --conns "$conns" --pid $pg \
   --public $pub --internal $int --token load-token "${extra[@]}"
 
 echo "--- pollgate metrics:"

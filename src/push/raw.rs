@@ -48,7 +48,20 @@ pub async fn intercept(
     if !is_watch {
         return Some(tcp);
     }
-    serve(state, tcp, deadline).await;
+    let Some(rt) = state.push.runtime() else {
+        serve(state, tcp, deadline).await;
+        return None;
+    };
+    // Moved to the stream runtime; this task only waits for it to end, so
+    // the server's drain still covers the stream.
+    let std = tcp.into_std().ok()?;
+    let st = state.clone();
+    let moved = rt.spawn(async move {
+        if let Ok(tcp) = TcpStream::from_std(std) {
+            serve(&st, tcp, deadline).await;
+        }
+    });
+    let _ = moved.await;
     None
 }
 
