@@ -87,10 +87,15 @@ impl Push {
         cfg.push && !self.admission.refusing()
     }
 
+    /// Runs a WebSocket session on the stream runtime (low priority, like
+    /// raw SSE streams), owned by `sessions` so shutdown can wait for it.
     fn spawn_session(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut set = self.sessions.lock();
         while set.try_join_next().is_some() {}
-        set.spawn(f);
+        match self.runtime() {
+            Some(rt) => set.spawn_on(f, rt),
+            None => set.spawn(f),
+        };
     }
 }
 
