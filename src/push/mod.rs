@@ -48,8 +48,9 @@ pub struct Push {
     pub registry: Arc<Registry>,
     pub admission: Arc<Admission>,
     pub stats: Arc<Stats>,
-    /// WebSocket sessions outlive the request that upgraded them; they are
-    /// owned here so shutdown can wait for their close frames.
+    /// WebSocket sessions and raw SSE streams outlive the connection task
+    /// that started them; they are owned here so shutdown can wait for their
+    /// goodbyes (close frame, final `retry:`).
     sessions: Mutex<JoinSet<()>>,
     /// Where raw SSE streams run (set by [`start`]; owned by [`PushHandle`]).
     runtime: OnceLock<tokio::runtime::Handle>,
@@ -87,9 +88,9 @@ impl Push {
         cfg.push && !self.admission.refusing()
     }
 
-    /// Runs a WebSocket session on the stream runtime (low priority, like
-    /// raw SSE streams), owned by `sessions` so shutdown can wait for it.
-    fn spawn_session(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+    /// Runs a WebSocket session or raw SSE stream on the stream runtime (low
+    /// priority), owned by `sessions` so shutdown can wait for it.
+    fn spawn_stream(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut set = self.sessions.lock();
         while set.try_join_next().is_some() {}
         match self.runtime() {
@@ -160,8 +161,8 @@ pub fn start(state: &Arc<State>) -> PushHandle {
 }
 
 impl PushHandle {
-    /// After the server has drained: sessions saw the shutdown signal with
-    /// everyone else; give them the grace period to send their close frames.
+    /// After the server has drained: streams and sessions saw the shutdown
+    /// signal with everyone else; give them the grace period to say goodbye.
     pub async fn shutdown(mut self) {
         let mut set = std::mem::take(&mut *self.state.push.sessions.lock());
         let grace = self.state.cfg.grace_period;
@@ -169,11 +170,10 @@ impl PushHandle {
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!(
                 left = set.len(),
-                "WebSocket sessions still open after the grace period"
+                "push streams still open after the grace period"
             );
             set.abort_all();
         }
-        // Raw streams were awaited by their connections, which the server drained.
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }

@@ -48,20 +48,20 @@ pub async fn intercept(
     if !is_watch {
         return Some(tcp);
     }
-    let Some(rt) = state.push.runtime() else {
+    if state.push.runtime().is_none() {
         serve(state, tcp, deadline).await;
         return None;
-    };
-    // Moved to the stream runtime; this task only waits for it to end, so
-    // the server's drain still covers the stream.
+    }
+    // Moved to the stream runtime and owned by push (shutdown waits for it):
+    // the connection task ends here, so an idle watcher costs one task, and
+    // a storm of streams ending wakes nothing on the hit path's workers.
     let std = tcp.into_std().ok()?;
     let st = state.clone();
-    let moved = rt.spawn(async move {
+    state.push.spawn_stream(async move {
         if let Ok(tcp) = TcpStream::from_std(std) {
             serve(&st, tcp, deadline).await;
         }
     });
-    let _ = moved.await;
     None
 }
 

@@ -70,7 +70,7 @@ pub fn upgrade(
 ) -> Response<Body> {
     let upgrading = hyper::upgrade::on(req);
     let st = state.clone();
-    state.push.spawn_session(async move {
+    state.push.spawn_stream(async move {
         match upgrading.await {
             Ok(io) => session(st, io, permit).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
