@@ -19,8 +19,11 @@ pub async fn run(
     let state = State::new(cfg)?;
     // Loaded before serving: a poll meeting a half-loaded table would go
     // upstream as "unknown", the stampede a warm start exists to prevent.
+    // Push hooks register after the load so 1M loaded keys wake nobody.
     let snapshots = crate::snapshot::start(&state).await;
+    let push = crate::push::start(&state);
     server::run(listeners, state.clone(), shutdown).await;
+    push.shutdown().await;
     snapshots.shutdown().await;
     Ok(())
 }

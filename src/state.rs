@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::push::Push;
 use crate::route::{RouteError, Routes};
 use crate::table::{Merge, Table};
 use crate::tunables::Tunables;
@@ -27,6 +28,8 @@ pub struct State {
     pub upstream: Upstream,
     pub coalescer: Coalescer,
     pub tunables: Tunables,
+    /// Watch registry, admission and push stats.
+    pub push: Push,
     /// False until the snapshot is loaded and peers caught up with.
     pub ready: AtomicBool,
     /// Flips to true when shutdown starts: connections finish, streams close.
@@ -44,6 +47,7 @@ impl State {
             upstream,
             coalescer: Coalescer::new(),
             tunables: Tunables::from_config(&cfg),
+            push: Push::new(&cfg),
             ready: AtomicBool::new(true),
             shutdown: watch::Sender::new(false),
             metrics,
