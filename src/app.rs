@@ -21,11 +21,14 @@ pub async fn run(
     let state = State::new(cfg)?;
     // Loaded before serving: a poll meeting a half-loaded table would go
     // upstream as "unknown", the stampede a warm start exists to prevent.
+    // Push hooks register after the load so 1M loaded keys wake nobody.
     let snapshots = crate::snapshot::start(&state).await;
+    let push = crate::push::start(&state);
     // Gossip starts after the load, so the first pulls already see it.
     let cluster = ClusterHandle::start(state.clone(), Arc::new(transport::Http::default()));
     server::run(listeners, state.clone(), shutdown).await;
     cluster.shutdown().await;
+    push.shutdown().await;
     // Last, so the final snapshot includes what gossip brought in.
     snapshots.shutdown().await;
     Ok(())

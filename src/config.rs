@@ -90,6 +90,27 @@ pub struct Config {
     pub grace_period: Duration,
     /// `text`. Log format: `text` or `json`.
     pub log_format: LogFormat,
+
+    /// `true`. Push (SSE, long-poll, WebSocket) on; off → 404 there and the
+    /// short poll hint, so clients fall back to polling.
+    pub push: bool,
+    /// `25s`. Seed of the cluster-wide heartbeat (SSE comment, WebSocket
+    /// ping): under the 30–60 s idle timeouts of common proxies.
+    pub heartbeat_interval: Duration,
+    /// `50s`. Seed of the cluster-wide ghost timeout: a WebSocket without a
+    /// pong this long is closed. 2× heartbeat so one lost pong is forgiven.
+    pub ghost_timeout: Duration,
+    /// `2000`. Seed of the cluster-wide rate of new push connections per
+    /// replica: a reconnect storm is admitted at this pace, not all at once.
+    pub push_admission_per_s: u64,
+    /// `2000`. Token bucket size: new push connections admitted at once.
+    pub push_admission_burst: u64,
+    /// `100000`. Cap on open push connections per replica (memory, fds).
+    pub push_max_connections: usize,
+    /// `100`. Keys one watch may name: a subscription stays O(keys) cheap.
+    pub max_keys_per_watch: usize,
+    /// `60s`. Longest long-poll `timeout` honoured; larger ones are capped.
+    pub wait_max_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +151,14 @@ impl Default for Config {
             max_header_size: 16 << 10,
             grace_period: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            push: true,
+            heartbeat_interval: Duration::from_secs(25),
+            ghost_timeout: Duration::from_secs(50),
+            push_admission_per_s: 2000,
+            push_admission_burst: 2000,
+            push_max_connections: 100_000,
+            max_keys_per_watch: 100,
+            wait_max_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -239,6 +268,7 @@ impl Config {
                 .then(|| "upstream_timeout: must be longer than 0s".into()),
             (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
                 .then(|| PEER_WITHOUT_KEY.into()),
+            (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
         ];
         failed.into_iter().flatten().collect()
     }
@@ -268,6 +298,8 @@ impl Config {
     }
 }
 
+const GHOST_TOO_SHORT: &str =
+    "ghost_timeout must be longer than heartbeat_interval: a pong can only follow a ping";
 const PEER_WITHOUT_KEY: &str =
     "peer given but cluster_key unset: gossip must be authenticated (set cluster_key, or insecure_cluster = true to run without)";
 
@@ -339,6 +371,7 @@ const POLL: &str = "Polling";
 const AUTH: &str = "Publish and admin";
 const CLUSTER: &str = "Cluster";
 const OPS: &str = "Storage and logs";
+const PUSH: &str = "Push";
 
 #[rustfmt::skip]
 static KEYS: &[Key] = &[
@@ -402,6 +435,22 @@ static KEYS: &[Key] = &[
         |c, v| one(v, duration).map(|x| c.snapshot_interval = x), |c| dur(c.snapshot_interval)),
     key("log_format", OPS, "FORMAT", "text", "Log format: text or json",
         |c, v| one(v, log_format).map(|x| c.log_format = x), |c| text(log_format_text(c.log_format))),
+    key("push", PUSH, "BOOL", "true", "Serve push (SSE, long-poll, WebSocket); false answers 404 there and clients poll",
+        |c, v| one(v, boolean).map(|x| c.push = x), |c| Some(Value::Boolean(c.push))),
+    key("heartbeat_interval", PUSH, "DURATION", "25s", "SSE heartbeat and WebSocket ping interval (cluster-wide seed)",
+        |c, v| one(v, positive_duration).map(|x| c.heartbeat_interval = x), |c| dur(c.heartbeat_interval)),
+    key("ghost_timeout", PUSH, "DURATION", "50s", "Close a WebSocket whose pong is this late (cluster-wide seed)",
+        |c, v| one(v, positive_duration).map(|x| c.ghost_timeout = x), |c| dur(c.ghost_timeout)),
+    key("push_admission_per_s", PUSH, "N", "2000", "New push connections admitted per second (cluster-wide seed)",
+        |c, v| one(v, whole).map(|x| c.push_admission_per_s = x), |c| int(c.push_admission_per_s)),
+    key("push_admission_burst", PUSH, "N", "2000", "New push connections admitted at once before the rate applies",
+        |c, v| one(v, whole).map(|x| c.push_admission_burst = x), |c| int(c.push_admission_burst)),
+    key("push_max_connections", PUSH, "N", "100000", "Cap on open push connections; beyond it, 503 with Retry-After",
+        |c, v| one(v, whole).map(|x| c.push_max_connections = x), |c| int(c.push_max_connections as u64)),
+    key("max_keys_per_watch", PUSH, "N", "100", "Keys one watch may name, at least 1; more is a 400",
+        |c, v| one(v, at_least_one).map(|x| c.max_keys_per_watch = x), |c| int(c.max_keys_per_watch as u64)),
+    key("wait_max_timeout", PUSH, "DURATION", "60s", "Longest long-poll timeout honoured; longer ones are capped",
+        |c, v| one(v, positive_duration).map(|x| c.wait_max_timeout = x), |c| dur(c.wait_max_timeout)),
 ];
 
 fn key_index(name: &str) -> Option<usize> {
@@ -617,7 +666,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 // ---------------------------------------------------------------------------
 // Command line. Built from KEYS with the builder API rather than a derive
-// struct: a derive would repeat all 27 keys (and their help) a second time.
+// struct: a derive would repeat every key (and their help) a second time.
 
 /// `--foo-bar` for key `foo_bar`; clap wants `&'static str` names.
 fn flag_names() -> &'static [String] {

@@ -38,6 +38,9 @@ pub enum Error {
     Upstream(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Push admission refused a new connection (rate or connection cap).
+    #[error("push busy, retry later")]
+    PushBusy { retry_after: Duration },
 }
 
 /// Who is to blame, for logs and metrics.
@@ -46,6 +49,8 @@ pub enum Source {
     Client,
     Upstream,
     Internal,
+    /// This replica is saturated; the message is safe to show.
+    Overload,
 }
 
 impl Error {
@@ -61,6 +66,7 @@ impl Error {
             | MethodNotAllowed => Source::Client,
             Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Source::Upstream,
             Internal(_) => Source::Internal,
+            PushBusy { .. } => Source::Overload,
         }
     }
 
@@ -73,7 +79,7 @@ impl Error {
             NotFound => StatusCode::NOT_FOUND,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Shed { .. } | BreakerOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Shed { .. } | BreakerOpen { .. } | PushBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Upstream(_) => StatusCode::BAD_GATEWAY,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,7 +90,7 @@ impl Error {
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let msg = match self.source() {
-            Source::Client => self.to_string(),
+            Source::Client | Source::Overload => self.to_string(),
             Source::Upstream => self.to_string().split(':').next().unwrap_or("").to_string(),
             Source::Internal => "internal error".to_string(),
         };
@@ -95,7 +101,10 @@ impl Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if let Error::Shed { retry_after } | Error::BreakerOpen { retry_after } = &self {
+        if let Error::Shed { retry_after }
+        | Error::BreakerOpen { retry_after }
+        | Error::PushBusy { retry_after } = &self
+        {
             h.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after.as_secs().max(1)),

@@ -21,6 +21,8 @@
 //!   readiness after catching up, and the cluster-wide config (LWW).
 //! - [`snapshot`]: warm restarts: the table written to `data_dir` and loaded
 //!   at start, loaded entries revalidated spread over `max_age`.
+//! - [`push`]: SSE, long-poll and WebSocket "you are stale, poll now"
+//!   notices for `/pollgate/v1/{watch,wait,ws}`, with admission control.
 //! - [`feed`]: trusted sources of versions besides the upstream (publish API).
 //! - [`internal`]: the internal listener (publish, lookup, metrics, health).
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -39,6 +41,7 @@ pub mod feed;
 pub mod internal;
 pub mod metrics;
 pub mod poll;
+pub mod push;
 pub mod route;
 pub mod server;
 pub mod snapshot;

@@ -3,6 +3,7 @@
 //! version the upstream reports on the way back.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use compact_str::CompactString;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -16,8 +17,11 @@ use crate::state::{State, VersionSource};
 use crate::table::Entry;
 use crate::upstream::{Leader, Role};
 
-/// Public listener entry point: polls, pass-through.
-pub async fn handle(state: &State, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
+/// Public listener entry point: push, polls, pass-through.
+pub async fn handle(state: &Arc<State>, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
+    if let Some(t) = crate::push::transport(req.uri().path()) {
+        return crate::push::handle(state, req, t).await;
+    }
     let m = state
         .routes
         .matches(req.uri().path(), req.uri().query(), req.headers());
@@ -117,18 +121,20 @@ fn hit(state: &State, version: u64) -> Response<Body> {
 const X_POLLGATE: HeaderName = HeaderName::from_static("x-pollgate");
 const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
 
-/// `304` with `ETag: "<version>"`, `X-Pollgate: hit` and the poll-interval hint.
+/// `304` with `ETag: "<version>"`, `X-Pollgate: hit` and the poll-interval hint:
+/// long while push is on and admitting (push says when to poll), short otherwise.
 pub fn hit_response(state: &State, version: u64) -> Response<Body> {
+    let interval = match state.push.healthy(&state.cfg) {
+        true => state.tunables.get().poll_interval_hint_s,
+        false => state.cfg.poll_interval.as_secs(),
+    };
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
     // Sized once: growing the map would reallocate on the hot path.
     let mut h = HeaderMap::with_capacity(4);
     h.insert(header::ETAG, decimal(version, true));
     h.insert(X_POLLGATE, HeaderValue::from_static("hit"));
-    h.insert(
-        X_POLL_INTERVAL,
-        decimal(state.cfg.poll_interval.as_secs(), false),
-    );
+    h.insert(X_POLL_INTERVAL, decimal(interval, false));
     *resp.headers_mut() = h;
     resp
 }

@@ -133,6 +133,14 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    // SSE watches are served off hyper (see push::raw); the rest is only peeked at.
+    let stream = match side {
+        Side::Public => match crate::push::raw::intercept(&state, stream, &mut stop).await {
+            Some(s) => s,
+            None => return,
+        },
+        Side::Internal => stream,
+    };
     let svc = service_fn(move |req| {
         let state = state.clone();
         async move {

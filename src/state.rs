@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::push::Push;
 use crate::route::{RouteError, Routes};
 use crate::table::{Merge, Table};
 use crate::tunables::Tunables;
@@ -28,6 +29,8 @@ pub struct State {
     pub upstream: Upstream,
     pub coalescer: Coalescer,
     pub tunables: Tunables,
+    /// Watch registry, admission and push stats.
+    pub push: Push,
     /// False until the snapshot is loaded. `/readyz` also needs
     /// `cluster.caught_up()` (peers caught up with): two separate gates, ANDed.
     pub ready: AtomicBool,
@@ -52,6 +55,7 @@ impl State {
             upstream,
             coalescer: Coalescer::new(),
             tunables: Tunables::from_config(&cfg),
+            push: Push::new(&cfg),
             ready: AtomicBool::new(true),
             shutdown: watch::Sender::new(false),
             metrics,

@@ -52,10 +52,10 @@ impl Tunables {
             stamp: Mutex::new(Stamp::default()),
         };
         t.store(&Values {
-            heartbeat_interval_ms: 25_000,
-            ghost_timeout_ms: 50_000,
+            heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
+            ghost_timeout_ms: cfg.ghost_timeout.as_millis() as u64,
             poll_interval_hint_s: 60,
-            push_admission_per_s: 2000,
+            push_admission_per_s: cfg.push_admission_per_s,
             max_age_ms: cfg.max_age.as_millis() as u64,
         });
         t

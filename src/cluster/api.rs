@@ -105,9 +105,11 @@ pub fn update(mut cur: Values, fields: &Map<String, Value>) -> Result<Values, St
 
 /// Cross-field rules, also applied to values arriving by gossip.
 pub fn check(v: &Values) -> Result<(), String> {
-    if v.ghost_timeout_ms < v.heartbeat_interval_ms {
+    // Strictly longer, as the `ghost_timeout` config key requires: a pong
+    // can only follow a ping.
+    if v.ghost_timeout_ms <= v.heartbeat_interval_ms {
         return Err(format!(
-            "ghost_timeout_ms: {} must be at least heartbeat_interval_ms ({})",
+            "ghost_timeout_ms: {} must be longer than heartbeat_interval_ms ({})",
             v.ghost_timeout_ms, v.heartbeat_interval_ms
         ));
     }
@@ -184,8 +186,8 @@ mod tests {
                 "poll_interval_hint_s: must be a whole number",
             ),
             (
-                r#"{"ghost_timeout_ms": 2000}"#,
-                "ghost_timeout_ms: 2000 must be at least",
+                r#"{"ghost_timeout_ms": 25000}"#,
+                "ghost_timeout_ms: 25000 must be longer",
             ),
             (r#"{"max_age_s": 1, "max_age_ms": 5}"#, "disagrees"),
         ] {

@@ -274,7 +274,7 @@ fn addr_after(line: &str, tag: &str) -> SocketAddr {
     rest[..end].parse().unwrap()
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
@@ -321,4 +321,92 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond().await
+}
+
+/// An SSE (or any streaming) response read block by block, as it arrives.
+pub struct Stream {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: Incoming,
+    buf: String,
+}
+
+impl Stream {
+    pub async fn open(url: &str) -> Stream {
+        Self::open_with(&client(), url).await
+    }
+
+    /// Opens on `client`, reusing a pooled keep-alive connection if it has one.
+    pub async fn open_with(client: &HttpClient, url: &str) -> Stream {
+        let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        let resp = client.request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        Stream {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            buf: String::new(),
+        }
+    }
+
+    /// The next `\n\n`-terminated SSE block (without the blank line), or
+    /// `None` when the stream ends or nothing complete arrives within `max`.
+    pub async fn next_block(&mut self, max: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block = self.buf[..i].to_string();
+                self.buf.drain(..i + 2);
+                return Some(block);
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await;
+            match frame {
+                Ok(Some(Ok(f))) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.push_str(&String::from_utf8_lossy(&data));
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next `event: stale` block's data line, skipping comments and `retry:`.
+    pub async fn next_stale(&mut self, max: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let block = self.next_block(left).await?;
+            if block.starts_with("event: stale\n") {
+                return block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: ").map(String::from));
+            }
+        }
+    }
+
+    /// Whether the body ends (cleanly) within `max`, discarding what comes before.
+    pub async fn ends_within(&mut self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Ok(None) => return true,
+                Ok(Some(Ok(_))) => continue,
+                _ => return false,
+            }
+        }
+    }
+}
+
+pub type WsClient = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket client on `/pollgate/v1/ws`; `Err` carries a refused upgrade.
+pub async fn ws_connect(
+    addr: SocketAddr,
+) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/pollgate/v1/ws");
+    tokio_tungstenite::client_async(url, tcp)
+        .await
+        .map(|(ws, _)| ws)
 }

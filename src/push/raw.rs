@@ -1,0 +1,193 @@
+//! HTTP/1.1 SSE watches served without hyper. Idle watchers are most of a
+//! replica's connections, and hyper keeps ~20 KiB of buffers per connection
+//! (an 8–16 KiB read buffer and an 8 KiB header write buffer) for the life of
+//! a stream that only ever writes a few bytes; this path keeps a few hundred.
+//!
+//! Only a connection whose first bytes are `GET /pollgate/v1/watch?` (or
+//! `… ` ) is taken, and only after peeking, so everything else reaches hyper
+//! untouched. The response is close-delimited (`Connection: close`, no
+//! chunking); events are the same [`sse::Stream`] the hyper path sends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::sse::{self, Stream};
+use super::Transport;
+use crate::body::Body;
+use crate::error::Error;
+use crate::server::stopping;
+use crate::state::State;
+
+const PREFIX: &[u8] = b"GET /pollgate/v1/watch";
+
+/// How often a partly arrived request line is peeked again (peeking cannot
+/// wait for *more* bytes; this only happens when the first segment is tiny).
+const REPEEK: Duration = Duration::from_millis(5);
+
+/// Serves the connection here if it opens with an SSE watch; otherwise hands
+/// it back (unread) for hyper. `None`: the connection is finished.
+pub async fn intercept(
+    state: &Arc<State>,
+    tcp: TcpStream,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<TcpStream> {
+    if !state.cfg.push {
+        return Some(tcp);
+    }
+    let deadline = Instant::now() + state.cfg.header_read_timeout;
+    let is_watch = tokio::select! {
+        r = tokio::time::timeout_at(deadline, opens_with_watch(&tcp)) => r.ok()?,
+        _ = stopping(stop) => return None,
+    }?;
+    if !is_watch {
+        return Some(tcp);
+    }
+    if state.push.runtime().is_none() {
+        serve(state, tcp, deadline).await;
+        return None;
+    }
+    // Moved to the stream runtime and owned by push (shutdown waits for it):
+    // the connection task ends here, so an idle watcher costs one task, and
+    // a storm of streams ending wakes nothing on the hit path's workers.
+    let std = tcp.into_std().ok()?;
+    let st = state.clone();
+    state.push.spawn_stream(async move {
+        if let Ok(tcp) = TcpStream::from_std(std) {
+            serve(&st, tcp, deadline).await;
+        }
+    });
+    None
+}
+
+/// Peeks at the request line: `Some(true)` for a watch, `Some(false)` for
+/// anything else, `None` when the client closed without sending anything.
+async fn opens_with_watch(tcp: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; PREFIX.len() + 1];
+    loop {
+        let n = tcp.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        let seen = &buf[..n.min(PREFIX.len())];
+        if !PREFIX.starts_with(seen) {
+            return Some(false);
+        }
+        if n > PREFIX.len() {
+            return Some(matches!(buf[PREFIX.len()], b'?' | b' '));
+        }
+        tokio::time::sleep(REPEEK).await;
+    }
+}
+
+async fn serve(state: &Arc<State>, mut tcp: TcpStream, deadline: Instant) {
+    let head = match tokio::time::timeout_at(deadline, read_head(&mut tcp, state)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(e)) => return write_error(&mut tcp, e).await,
+        Err(_) => return,
+    };
+    let stream = match admit(state, &head) {
+        Ok(s) => s,
+        Err(e) => return write_error(&mut tcp, e).await,
+    };
+    drop(head);
+    stream_events(state, tcp, stream).await;
+}
+
+/// Reads the request head (up to `max_header_size`); the rest is ignored.
+async fn read_head(tcp: &mut TcpStream, state: &State) -> Result<String, Error> {
+    let max = state.cfg.max_header_size;
+    let mut head = Vec::with_capacity(512);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > max {
+            return Err(Error::BadRequest("request head too large"));
+        }
+        let n = tcp
+            .read_buf(&mut head)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        if n == 0 {
+            return Err(Error::BadRequest("request head incomplete"));
+        }
+    }
+    String::from_utf8(head).map_err(|_| Error::BadRequest("request head is not UTF-8"))
+}
+
+/// Validates the watch (a bad one spends no token), then admits it.
+fn admit(state: &Arc<State>, head: &str) -> Result<Stream, Error> {
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (target, version) = (parts.nth(1).unwrap_or(""), parts.next().unwrap_or(""));
+    if !version.starts_with("HTTP/1.") {
+        return Err(Error::BadRequest("malformed request line"));
+    }
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let keys = super::parse_keys(query, state.cfg.max_keys_per_watch)?;
+    let permit = super::admit(state, Transport::Sse)?;
+    Ok(Stream::new(state, &keys, permit))
+}
+
+/// Writes the response head, then events until shutdown or the client leaves.
+async fn stream_events(state: &State, mut tcp: TcpStream, mut stream: Stream) {
+    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    for (name, value) in sse::HEADERS {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("connection: close\r\n\r\n");
+    if write(state, &mut tcp, head.as_bytes()).await.is_err() {
+        return;
+    }
+    // Reading only notices the client leaving; whatever it sends is ignored.
+    let mut scratch = [0u8; 32];
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            c = stream.next_chunk() => c,
+            r = tcp.read(&mut scratch) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+        };
+        let Some(chunk) = chunk else { break };
+        if write(state, &mut tcp, &chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = tcp.shutdown().await;
+}
+
+/// A write bounded by `ghost_timeout`: a client that stopped reading must not
+/// hold the task (or shutdown) forever.
+async fn write(state: &State, tcp: &mut TcpStream, bytes: &[u8]) -> Result<(), ()> {
+    let limit = state.tunables.ghost_timeout();
+    match tokio::time::timeout(limit, tcp.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// The same response [`Error::into_response`] gives the hyper path, written by hand.
+async fn write_error(tcp: &mut TcpStream, e: Error) {
+    let (parts, body) = e.into_response().into_parts();
+    let body = match body {
+        Body::Full(Some(b)) => b,
+        _ => Bytes::new(),
+    };
+    let mut head = format!("HTTP/1.1 {}\r\n", parts.status);
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(&body).await;
+    let _ = tcp.shutdown().await;
+}
