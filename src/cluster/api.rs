@@ -57,7 +57,7 @@ pub async fn put(state: &State, req: Request<Incoming>) -> Result<Response<Body>
     let values = update(state.tunables.get(), &fields).map_err(Error::BadRequestOwned)?;
     // Strictly after the current stamp, so a change made here wins even if
     // this replica's clock is behind the one that made the last change.
-    let at_ms = unix_ms().max(state.tunables.stamp().at_ms + 1);
+    let at_ms = unix_ms().max(state.tunables.stamp().at_ms.saturating_add(1));
     let stamp = Stamp {
         at_ms,
         node: state.cfg.node_id.clone(),
@@ -103,8 +103,21 @@ pub fn update(mut cur: Values, fields: &Map<String, Value>) -> Result<Values, St
     Ok(cur)
 }
 
-/// Cross-field rules, also applied to values arriving by gossip.
+/// Ranges and cross-field rules, also applied to values arriving by gossip:
+/// a peer's heartbeat of 0 or u64::MAX would spin or overflow every socket's timer.
 pub fn check(v: &Values) -> Result<(), String> {
+    let fields = [
+        v.heartbeat_interval_ms,
+        v.ghost_timeout_ms,
+        v.poll_interval_hint_s,
+        v.push_admission_per_s,
+        v.max_age_ms,
+    ];
+    for (n, (name, lo, hi)) in fields.into_iter().zip(FIELDS) {
+        if n < lo || n > hi {
+            return Err(format!("{name}: {n} is out of range {lo}..={hi}"));
+        }
+    }
     // Strictly longer, as the `ghost_timeout` config key requires: a pong
     // can only follow a ping.
     if v.ghost_timeout_ms <= v.heartbeat_interval_ms {
@@ -194,5 +207,22 @@ mod tests {
             let e = up(json).unwrap_err();
             assert!(e.contains(field), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn gossiped_values_are_range_checked() {
+        let zero_heartbeat = Values {
+            heartbeat_interval_ms: 0,
+            ..values()
+        };
+        assert!(check(&zero_heartbeat)
+            .unwrap_err()
+            .contains("heartbeat_interval_ms"));
+        let huge_ghost = Values {
+            ghost_timeout_ms: u64::MAX,
+            ..values()
+        };
+        assert!(check(&huge_ghost).unwrap_err().contains("ghost_timeout_ms"));
+        assert!(check(&values()).is_ok());
     }
 }
