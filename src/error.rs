@@ -41,6 +41,10 @@ pub enum Error {
     /// Push admission refused a new connection (rate or connection cap).
     #[error("push busy, retry later")]
     PushBusy { retry_after: Duration },
+    /// A gossip frame failed authentication; the reason names no secret,
+    /// and the sending replica logs it.
+    #[error("gossip refused: {0}")]
+    GossipRefused(crate::cluster::auth::Reject),
 }
 
 /// Who is to blame, for logs and metrics.
@@ -63,7 +67,8 @@ impl Error {
             | Forbidden(_)
             | NotFound
             | TooLarge { .. }
-            | MethodNotAllowed => Source::Client,
+            | MethodNotAllowed
+            | GossipRefused(_) => Source::Client,
             Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Source::Upstream,
             Internal(_) => Source::Internal,
             PushBusy { .. } => Source::Overload,
@@ -74,7 +79,7 @@ impl Error {
         use Error::*;
         match self {
             BadRequest(_) | BadRequestOwned(_) => StatusCode::BAD_REQUEST,
-            Unauthorized => StatusCode::UNAUTHORIZED,
+            Unauthorized | GossipRefused(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

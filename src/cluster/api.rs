@@ -146,11 +146,7 @@ pub async fn gossip(state: &State, req: Request<Incoming>) -> Result<Response<Bo
             );
             Ok(resp)
         }
-        Err(r) => {
-            let mut resp = Response::new(Body::full(format!("gossip refused: {r}\n")));
-            *resp.status_mut() = StatusCode::UNAUTHORIZED;
-            Ok(resp)
-        }
+        Err(r) => Err(Error::GossipRefused(r)),
     }
 }
 
