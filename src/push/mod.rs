@@ -344,7 +344,11 @@ fn percent_decode(s: &str) -> Result<String, Error> {
             i += 1;
             continue;
         }
-        let hex = b.get(i + 1..i + 3).ok_or(BAD)?;
+        // from_str_radix alone would take a sign: `%+f` is not an escape.
+        let hex = b
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .ok_or(BAD)?;
         let hex = std::str::from_utf8(hex).map_err(|_| BAD)?;
         out.push(u8::from_str_radix(hex, 16).map_err(|_| BAD)?);
         i += 3;
@@ -380,6 +384,8 @@ mod tests {
         let want = vec![("a".to_string(), 3), ("b:x".to_string(), 7)];
         assert_eq!(keys("keys=a:3,b:x:7").unwrap(), want);
         assert_eq!(keys("_=1&keys=a%3A3%2Cb%3ax%3A7").unwrap(), want);
+        let e = keys("keys=a%+f:3").unwrap_err();
+        assert!(e.contains("malformed percent-escape"), "{e}");
     }
 
     #[test]
