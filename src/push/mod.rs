@@ -24,7 +24,6 @@ pub mod sse;
 pub mod wait;
 pub mod ws;
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -190,23 +189,19 @@ impl Drop for PushHandle {
 }
 
 fn render_metrics(o: &mut String, a: &Admission, s: &Stats, r: &Registry) {
-    use crate::metrics::{counter, gauge};
-    o.push_str("# HELP pollgate_push_connections Open push connections by transport.\n# TYPE pollgate_push_connections gauge\n");
-    for (t, name) in admission::TRANSPORTS {
-        let n = a.open[t as usize].load(Relaxed);
-        let _ = writeln!(o, "pollgate_push_connections{{transport=\"{name}\"}} {n}");
-    }
+    use crate::metrics::{counter, family, gauge};
+    let open = admission::TRANSPORTS.map(|(t, name)| (name, a.open[t as usize].load(Relaxed)));
+    #[rustfmt::skip]
+    family(o, "gauge", "pollgate_push_connections", "Open push connections by transport.", "transport", open);
     counter(
         o,
         "pollgate_push_admitted_total",
         "Push connections admitted.",
         a.admitted.get(),
     );
-    o.push_str("# HELP pollgate_push_refused_total Push connections refused by reason.\n# TYPE pollgate_push_refused_total counter\n");
-    for (why, name) in admission::REFUSALS {
-        let n = a.refused[why as usize].get();
-        let _ = writeln!(o, "pollgate_push_refused_total{{reason=\"{name}\"}} {n}");
-    }
+    let refused = admission::REFUSALS.map(|(why, name)| (name, a.refused[why as usize].get()));
+    #[rustfmt::skip]
+    family(o, "counter", "pollgate_push_refused_total", "Push connections refused by reason.", "reason", refused);
     let sent = s.notifications.get();
     counter(
         o,
