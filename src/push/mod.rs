@@ -285,8 +285,8 @@ pub type Watch = (CompactString, u64);
 /// Parses `keys=a:3,b:7` from a query string (`%3A`/`%2C` escapes accepted,
 /// as `URLSearchParams` writes them). Every problem is a 400 naming the item.
 pub fn parse_keys(query: &str, max: usize) -> Result<Vec<Watch>, Error> {
-    let raw =
-        query_param(query, "keys").ok_or(Error::BadRequest("keys is required, as keys=a:3,b:7"))?;
+    let raw = crate::route::query_param(query, "keys")
+        .ok_or(Error::BadRequest("keys is required, as keys=a:3,b:7"))?;
     let value = percent_decode(raw)?;
     let items: Vec<&str> = value.split(',').collect();
     if items.len() > max {
@@ -315,14 +315,6 @@ fn clip(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// The raw value of query parameter `name` (the first one).
-pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
 }
 
 fn percent_decode(s: &str) -> Result<String, Error> {
