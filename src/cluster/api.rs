@@ -103,21 +103,8 @@ pub fn update(mut cur: Values, fields: &Map<String, Value>) -> Result<Values, St
     Ok(cur)
 }
 
-/// Ranges and cross-field rules, also applied to values arriving by gossip:
-/// a peer's heartbeat of 0 or u64::MAX would spin or overflow every socket's timer.
+/// Cross-field rules, also applied to values arriving by gossip.
 pub fn check(v: &Values) -> Result<(), String> {
-    let fields = [
-        v.heartbeat_interval_ms,
-        v.ghost_timeout_ms,
-        v.poll_interval_hint_s,
-        v.push_admission_per_s,
-        v.max_age_ms,
-    ];
-    for (n, (name, lo, hi)) in fields.into_iter().zip(FIELDS) {
-        if n < lo || n > hi {
-            return Err(format!("{name}: {n} is out of range {lo}..={hi}"));
-        }
-    }
     // Strictly longer, as the `ghost_timeout` config key requires: a pong
     // can only follow a ping.
     if v.ghost_timeout_ms <= v.heartbeat_interval_ms {
@@ -127,6 +114,27 @@ pub fn check(v: &Values) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Longest timer gossip may set: far beyond any real setting, far below
+/// where `Instant + Duration` overflows.
+const MAX_TIMER_MS: u64 = 365 * 86_400_000;
+
+/// What gossip must never apply, whatever the sender: a timer of 0 spins
+/// every socket's ping loop, one near u64::MAX panics in `Instant + Duration`.
+/// Deliberately looser than the PUT ranges: a PUT carries the replica's
+/// local seeds for the fields it does not name (e.g. a 100 ms heartbeat from
+/// config), and refusing those here would split the cluster's values.
+pub fn sane(v: &Values) -> Result<(), String> {
+    for (name, ms) in [
+        ("heartbeat_interval_ms", v.heartbeat_interval_ms),
+        ("ghost_timeout_ms", v.ghost_timeout_ms),
+    ] {
+        if !(1..=MAX_TIMER_MS).contains(&ms) {
+            return Err(format!("{name}: {ms} is out of range 1..={MAX_TIMER_MS}"));
+        }
+    }
+    check(v)
 }
 
 fn known() -> String {
@@ -206,19 +214,26 @@ mod tests {
     }
 
     #[test]
-    fn gossiped_values_are_range_checked() {
+    fn gossiped_timers_are_sane() {
         let zero_heartbeat = Values {
             heartbeat_interval_ms: 0,
             ..values()
         };
-        assert!(check(&zero_heartbeat)
-            .unwrap_err()
-            .contains("heartbeat_interval_ms"));
+        let e = sane(&zero_heartbeat).unwrap_err();
+        assert!(e.contains("heartbeat_interval_ms"), "{e}");
         let huge_ghost = Values {
             ghost_timeout_ms: u64::MAX,
             ..values()
         };
-        assert!(check(&huge_ghost).unwrap_err().contains("ghost_timeout_ms"));
-        assert!(check(&values()).is_ok());
+        assert!(sane(&huge_ghost).unwrap_err().contains("ghost_timeout_ms"));
+        // A local seed outside the PUT ranges still travels.
+        let fast = Values {
+            heartbeat_interval_ms: 100,
+            ghost_timeout_ms: 300,
+            push_admission_per_s: 0,
+            ..values()
+        };
+        assert!(sane(&fast).is_ok());
+        assert!(sane(&values()).is_ok());
     }
 }
