@@ -41,6 +41,10 @@ pub enum Error {
     /// Push admission refused a new connection (rate or connection cap).
     #[error("push busy, retry later")]
     PushBusy { retry_after: Duration },
+    /// A gossip frame failed authentication; the reason names no secret,
+    /// and the sending replica logs it.
+    #[error("gossip refused: {0}")]
+    GossipRefused(crate::cluster::auth::Reject),
 }
 
 /// Who is to blame, for logs and metrics.
@@ -63,7 +67,8 @@ impl Error {
             | Forbidden(_)
             | NotFound
             | TooLarge { .. }
-            | MethodNotAllowed => Source::Client,
+            | MethodNotAllowed
+            | GossipRefused(_) => Source::Client,
             Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Source::Upstream,
             Internal(_) => Source::Internal,
             PushBusy { .. } => Source::Overload,
@@ -74,7 +79,7 @@ impl Error {
         use Error::*;
         match self {
             BadRequest(_) | BadRequestOwned(_) => StatusCode::BAD_REQUEST,
-            Unauthorized => StatusCode::UNAUTHORIZED,
+            Unauthorized | GossipRefused(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,10 +94,11 @@ impl Error {
     /// The response a client sees. Upstream and internal details stay in the log.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let msg = match self.source() {
-            Source::Client | Source::Overload => self.to_string(),
-            Source::Upstream => self.to_string().split(':').next().unwrap_or("").to_string(),
-            Source::Internal => "internal error".to_string(),
+        let msg = match (&self, self.source()) {
+            // The detail names the backend and the error chain: log only.
+            (Error::Upstream(_), _) => "upstream failed".to_string(),
+            (_, Source::Internal) => "internal error".to_string(),
+            _ => self.to_string(),
         };
         let mut resp = Response::new(Body::full(format!("{msg}\n")));
         *resp.status_mut() = status;
@@ -121,4 +127,25 @@ impl Error {
 pub fn jittered(base: Duration) -> Duration {
     let ms = base.as_millis().max(1000) as u64;
     Duration::from_millis(ms + fastrand::u64(0..ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: Error) -> String {
+        use http_body_util::BodyExt;
+        let bytes = e.into_response().into_body().collect().await.unwrap();
+        String::from_utf8(bytes.to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn upstream_and_internal_details_stay_in_the_log() {
+        let up = Error::Upstream("10.0.0.7:3000 connect: refused: os error 111".into());
+        assert_eq!(body_of(up).await, "upstream failed\n");
+        let int = Error::Internal("semaphore closed".into());
+        assert_eq!(body_of(int).await, "internal error\n");
+        let bad = Error::BadRequest("key must be 1-128 bytes");
+        assert_eq!(body_of(bad).await, "key must be 1-128 bytes\n");
+    }
 }

@@ -30,6 +30,8 @@
 //! - [`config`]: default < file < env < flags layering and validation.
 //! - [`error`]: where an error came from (client, upstream, internal) and the
 //!   one place that maps it to a status.
+//! - [`state`]: the state every handler shares, and `learn`, the one door
+//!   through which a trusted version enters the table.
 //! - [`body`]: the response body type shared by every path.
 
 pub mod app;

@@ -1,4 +1,5 @@
 //! `pollgate`: parse config, set up logging, bind, serve until SIGTERM/SIGINT.
+//! Only wiring; the logic lives in the library ([`pollgate::app`]).
 
 use std::process::ExitCode;
 

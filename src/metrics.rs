@@ -173,82 +173,83 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
-        o.push_str("# HELP pollgate_requests_total Public requests by outcome.\n# TYPE pollgate_requests_total counter\n");
-        for (i, (_, name)) in OUTCOMES.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "pollgate_requests_total{{outcome=\"{name}\"}} {}",
-                self.requests[i].get()
-            );
-        }
-        o.push_str("# HELP pollgate_upstream_requests_total Upstream attempts by result.\n# TYPE pollgate_upstream_requests_total counter\n");
-        for (i, (_, name)) in RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "pollgate_upstream_requests_total{{result=\"{name}\"}} {}",
-                self.upstream_requests[i].get()
-            );
-        }
-        gauge(
-            &mut o,
-            "pollgate_upstream_inflight",
-            "Upstream requests in flight.",
-            self.upstream_inflight.get(),
-        );
-        gauge(
-            &mut o,
-            "pollgate_upstream_queued",
-            "Requests waiting for an upstream slot.",
-            self.upstream_queued.get(),
-        );
-        o.push_str("# HELP pollgate_upstream_duration_seconds Time to the upstream response head.\n# TYPE pollgate_upstream_duration_seconds histogram\n");
-        self.upstream_duration
-            .render(&mut o, "pollgate_upstream_duration_seconds");
-        gauge(
-            &mut o,
-            "pollgate_keys",
-            "Keys in the version table.",
-            self.keys.get(),
-        );
-        gauge(
-            &mut o,
-            "pollgate_breaker_open",
-            "1 while the upstream circuit breaker is open.",
-            self.breaker_open.get(),
-        );
-        counter(
-            &mut o,
-            "pollgate_publish_batches_total",
-            "Accepted publish batches.",
-            self.publish_batches.get(),
-        );
-        counter(
-            &mut o,
-            "pollgate_publish_rejected_total",
-            "Refused publish requests.",
-            self.publish_rejected.get(),
-        );
-        o.push_str("# HELP pollgate_versions_learned_total Versions received from trusted sources.\n# TYPE pollgate_versions_learned_total counter\n");
-        let _ = writeln!(
-            o,
-            "pollgate_versions_learned_total{{source=\"publish\"}} {}",
-            self.versions_learned_publish.get()
-        );
-        let _ = writeln!(
-            o,
-            "pollgate_versions_learned_total{{source=\"upstream\"}} {}",
-            self.versions_learned_upstream.get()
-        );
-        counter(
-            &mut o,
-            "pollgate_versions_advanced_total",
-            "Merges that moved a key forward.",
-            self.versions_advanced.get(),
-        );
+        self.render_requests(&mut o);
+        self.render_upstream(&mut o);
+        self.render_versions(&mut o);
         for c in self.collectors.read().iter() {
             c(&mut o);
         }
         o
+    }
+
+    fn render_requests(&self, o: &mut String) {
+        let rows = OUTCOMES.iter().map(|&(k, name)| (name, self.requests(k)));
+        #[rustfmt::skip]
+        family(o, "counter", "pollgate_requests_total", "Public requests by outcome.", "outcome", rows);
+        #[rustfmt::skip]
+        let counters = [
+            ("pollgate_publish_batches_total", "Accepted publish batches.", &self.publish_batches),
+            ("pollgate_publish_rejected_total", "Refused publish requests.", &self.publish_rejected),
+        ];
+        for (name, help, c) in counters {
+            counter(o, name, help, c.get());
+        }
+    }
+
+    fn render_upstream(&self, o: &mut String) {
+        let rows = RESULTS
+            .iter()
+            .map(|&(r, name)| (name, self.upstream_count(r)));
+        #[rustfmt::skip]
+        family(o, "counter", "pollgate_upstream_requests_total", "Upstream attempts by result.", "result", rows);
+        #[rustfmt::skip]
+        let gauges = [
+            ("pollgate_upstream_inflight", "Upstream requests in flight.", &self.upstream_inflight),
+            ("pollgate_upstream_queued", "Requests waiting for an upstream slot.", &self.upstream_queued),
+            ("pollgate_breaker_open", "1 while the upstream circuit breaker is open.", &self.breaker_open),
+        ];
+        for (name, help, g) in gauges {
+            gauge(o, name, help, g.get());
+        }
+        let name = "pollgate_upstream_duration_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Time to the upstream response head.\n# TYPE {name} histogram"
+        );
+        self.upstream_duration.render(o, name);
+    }
+
+    fn render_versions(&self, o: &mut String) {
+        gauge(
+            o,
+            "pollgate_keys",
+            "Keys in the version table.",
+            self.keys.get(),
+        );
+        let rows = [
+            ("publish", self.versions_learned_publish.get()),
+            ("upstream", self.versions_learned_upstream.get()),
+        ];
+        #[rustfmt::skip]
+        family(o, "counter", "pollgate_versions_learned_total", "Versions received from trusted sources.", "source", rows);
+        #[rustfmt::skip]
+        counter(o, "pollgate_versions_advanced_total", "Merges that moved a key forward.", self.versions_advanced.get());
+    }
+}
+
+/// One metric with a single label: HELP, TYPE (`kind`), then a line per
+/// `(label value, n)`. Label values come from fixed tables, never from keys.
+pub fn family<'a>(
+    o: &mut String,
+    kind: &str,
+    name: &str,
+    help: &str,
+    label: &str,
+    rows: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (value, n) in rows {
+        let _ = writeln!(o, "{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 

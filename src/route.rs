@@ -328,7 +328,8 @@ fn choose_version(
 }
 
 /// Value of the first `name=` parameter; a bare `name` counts as empty.
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+/// Shared with push (`keys=`, `timeout=`), so both read a query alike.
+pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .find_map(|pair| match pair.split_once('=') {

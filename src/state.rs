@@ -1,4 +1,5 @@
-//! The state every request handler shares.
+//! The state every request handler shares: config, table, routes, upstream,
+//! push, cluster and metrics, and `learn`, the one door for trusted versions.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

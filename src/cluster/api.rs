@@ -57,7 +57,7 @@ pub async fn put(state: &State, req: Request<Incoming>) -> Result<Response<Body>
     let values = update(state.tunables.get(), &fields).map_err(Error::BadRequestOwned)?;
     // Strictly after the current stamp, so a change made here wins even if
     // this replica's clock is behind the one that made the last change.
-    let at_ms = unix_ms().max(state.tunables.stamp().at_ms + 1);
+    let at_ms = unix_ms().max(state.tunables.stamp().at_ms.saturating_add(1));
     let stamp = Stamp {
         at_ms,
         node: state.cfg.node_id.clone(),
@@ -116,6 +116,27 @@ pub fn check(v: &Values) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest timer gossip may set: far beyond any real setting, far below
+/// where `Instant + Duration` overflows.
+const MAX_TIMER_MS: u64 = 365 * 86_400_000;
+
+/// What gossip must never apply, whatever the sender: a timer of 0 spins
+/// every socket's ping loop, one near u64::MAX panics in `Instant + Duration`.
+/// Deliberately looser than the PUT ranges: a PUT carries the replica's
+/// local seeds for the fields it does not name (e.g. a 100 ms heartbeat from
+/// config), and refusing those here would split the cluster's values.
+pub fn sane(v: &Values) -> Result<(), String> {
+    for (name, ms) in [
+        ("heartbeat_interval_ms", v.heartbeat_interval_ms),
+        ("ghost_timeout_ms", v.ghost_timeout_ms),
+    ] {
+        if !(1..=MAX_TIMER_MS).contains(&ms) {
+            return Err(format!("{name}: {ms} is out of range 1..={MAX_TIMER_MS}"));
+        }
+    }
+    check(v)
+}
+
 fn known() -> String {
     FIELDS.map(|(n, ..)| n).join(", ")
 }
@@ -133,11 +154,7 @@ pub async fn gossip(state: &State, req: Request<Incoming>) -> Result<Response<Bo
             );
             Ok(resp)
         }
-        Err(r) => {
-            let mut resp = Response::new(Body::full(format!("gossip refused: {r}\n")));
-            *resp.status_mut() = StatusCode::UNAUTHORIZED;
-            Ok(resp)
-        }
+        Err(r) => Err(Error::GossipRefused(r)),
     }
 }
 
@@ -194,5 +211,29 @@ mod tests {
             let e = up(json).unwrap_err();
             assert!(e.contains(field), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn gossiped_timers_are_sane() {
+        let zero_heartbeat = Values {
+            heartbeat_interval_ms: 0,
+            ..values()
+        };
+        let e = sane(&zero_heartbeat).unwrap_err();
+        assert!(e.contains("heartbeat_interval_ms"), "{e}");
+        let huge_ghost = Values {
+            ghost_timeout_ms: u64::MAX,
+            ..values()
+        };
+        assert!(sane(&huge_ghost).unwrap_err().contains("ghost_timeout_ms"));
+        // A local seed outside the PUT ranges still travels.
+        let fast = Values {
+            heartbeat_interval_ms: 100,
+            ghost_timeout_ms: 300,
+            push_admission_per_s: 0,
+            ..values()
+        };
+        assert!(sane(&fast).is_ok());
+        assert!(sane(&values()).is_ok());
     }
 }

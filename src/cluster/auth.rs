@@ -127,10 +127,12 @@ impl Auth {
     pub fn open(&self, frame: Bytes) -> Result<Opened, Reject> {
         let (ts, mac) = self.verify(&frame, &[])?;
         let now = unix_ms();
-        if ts + MAX_AGE_MS < now {
+        // Saturating: a forged `ts` near u64::MAX (insecure_cluster) must be
+        // refused, not overflow.
+        if ts.saturating_add(MAX_AGE_MS) < now {
             return Err(Reject::Stale);
         }
-        if ts > now + MAX_FUTURE_MS {
+        if ts > now.saturating_add(MAX_FUTURE_MS) {
             return Err(Reject::Future);
         }
         self.first_sighting(ts, now, mac)?;
@@ -175,7 +177,7 @@ impl Auth {
         let mut seen = self.seen.lock();
         let Seen { set, order } = &mut *seen;
         while let Some(&(t, m)) = order.front() {
-            if t + MAX_AGE_MS >= now && order.len() < SEEN_CAP {
+            if t.saturating_add(MAX_AGE_MS) >= now && order.len() < SEEN_CAP {
                 break;
             }
             set.remove(&m);
@@ -233,6 +235,9 @@ mod tests {
         assert_eq!(a.open(old).err(), Some(Reject::Stale));
         let future = a.seal_at(unix_ms() + MAX_FUTURE_MS + 1000, &[], b"x").0;
         assert_eq!(a.open(future).err(), Some(Reject::Future));
+        // Forgeable with insecure_cluster: must be refused, not overflow.
+        let forged = Auth::new(None).seal_at(u64::MAX, &[], b"x").0;
+        assert_eq!(Auth::new(None).open(forged).err(), Some(Reject::Future));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! periodically (every address is a peer), each peer's health window, and the
 //! tasks that serve one peer. Also the lone-replica readiness fallback.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -131,16 +132,40 @@ async fn resolve<T: Transport>(
     tasks: &mut HashMap<String, JoinSet<()>>,
     answered: &Arc<AtomicBool>,
 ) {
+    let addrs = resolve_all(ctx).await;
+    if addrs.is_empty() {
+        // Resolution failed everywhere: keep the peers we had.
+        return;
+    }
+    drop_gone(tasks, &addrs);
+    let c = ctx.cluster();
+    c.outbox
+        .relay
+        .store(addrs.len() > super::FANOUT, Ordering::Relaxed);
+    let mut peers = c.peers.write();
+    peers.retain(|p| addrs.contains(&p.addr));
+    for addr in addrs {
+        if let Entry::Vacant(slot) = tasks.entry(addr) {
+            let (peer, set) = start_peer(ctx, slot.key().clone(), answered);
+            peers.push(peer);
+            slot.insert(set);
+        }
+    }
+}
+
+/// Every configured name resolved, sorted and deduplicated.
+async fn resolve_all<T: Transport>(ctx: &Ctx<T>) -> Vec<String> {
     let mut addrs = Vec::new();
     for name in &ctx.state.cfg.peer {
         addrs.extend(ctx.transport.resolve(name).await);
     }
     addrs.sort();
     addrs.dedup();
-    if addrs.is_empty() {
-        // Resolution failed everywhere: keep the peers we had.
-        return;
-    }
+    addrs
+}
+
+/// Stops the tasks of peers that no longer resolve.
+fn drop_gone(tasks: &mut HashMap<String, JoinSet<()>>, addrs: &[String]) {
     tasks.retain(|addr, set| {
         let keep = addrs.contains(addr);
         if !keep {
@@ -149,28 +174,24 @@ async fn resolve<T: Transport>(
         }
         keep
     });
-    let c = ctx.cluster();
-    c.outbox
-        .relay
-        .store(addrs.len() > super::FANOUT, Ordering::Relaxed);
-    let mut peers = c.peers.write();
-    peers.retain(|p| addrs.contains(&p.addr));
-    for addr in addrs {
-        if tasks.contains_key(&addr) {
-            continue;
-        }
-        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
-        let peer = Arc::new(Peer::new(addr.clone(), tx));
-        peers.push(peer.clone());
-        let mut set = JoinSet::new();
-        set.spawn(super::pull::run(
-            ctx.clone(),
-            peer.clone(),
-            answered.clone(),
-        ));
-        set.spawn(super::delta::push_loop(ctx.clone(), peer, rx));
-        tasks.insert(addr, set);
-    }
+}
+
+/// A new peer and its pull and push tasks, owned by the returned set.
+fn start_peer<T: Transport>(
+    ctx: &Ctx<T>,
+    addr: String,
+    answered: &Arc<AtomicBool>,
+) -> (Arc<Peer>, JoinSet<()>) {
+    let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+    let peer = Arc::new(Peer::new(addr, tx));
+    let mut set = JoinSet::new();
+    set.spawn(super::pull::run(
+        ctx.clone(),
+        peer.clone(),
+        answered.clone(),
+    ));
+    set.spawn(super::delta::push_loop(ctx.clone(), peer.clone(), rx));
+    (peer, set)
 }
 
 #[cfg(test)]

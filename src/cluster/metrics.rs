@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::auth::{self, Reject};
 use super::membership::Peer;
 use super::Cluster;
-use crate::metrics::{counter, gauge, Counter};
+use crate::metrics::{counter, family, gauge, Counter};
 
 #[derive(Default)]
 pub struct ClusterMetrics {
@@ -77,13 +77,7 @@ fn render_counters(m: &ClusterMetrics, o: &mut String) {
     for (name, help, c) in counters {
         counter(o, name, help, c.get());
     }
-    let name = "pollgate_cluster_rejected_total";
-    let _ = writeln!(
-        o,
-        "# HELP {name} Gossip messages refused, by reason.\n# TYPE {name} counter"
-    );
-    for r in Reject::ALL {
-        let n = m.rejected[r as usize].get();
-        let _ = writeln!(o, "{name}{{reason=\"{}\"}} {n}", r.label());
-    }
+    let rejected = Reject::ALL.map(|r| (r.label(), m.rejected[r as usize].get()));
+    #[rustfmt::skip]
+    family(o, "counter", "pollgate_cluster_rejected_total", "Gossip messages refused, by reason.", "reason", rejected);
 }

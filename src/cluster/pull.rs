@@ -91,22 +91,10 @@ async fn round<T: Transport>(
     answered: &AtomicBool,
 ) -> bool {
     for _ in 0..MAX_PAGES {
-        let msg = ctx.message(Request::Pull {
-            epoch: cursor.epoch,
-            seqs: cursor.seqs.clone(),
-        });
         let started = tokio::time::Instant::now();
-        let page = match ctx.exchange(&peer.addr, &msg).await {
-            Ok(Reply::Pull(p)) => p,
-            Ok(Reply::IsSelf) => {
-                peer.is_self.store(true, Ordering::Relaxed);
-                return false;
-            }
-            Ok(other) => {
-                tracing::warn!(peer = %peer.addr, ?other, "unexpected pull reply");
-                return false;
-            }
-            Err(e) => return failed(peer, e, answered),
+        let page = match fetch(ctx, peer, cursor, answered).await {
+            Ok(p) => p,
+            Err(complete) => return complete,
         };
         answered.store(true, Ordering::Relaxed);
         let fetched = started.elapsed();
@@ -124,6 +112,31 @@ async fn round<T: Transport>(
         }
     }
     true
+}
+
+/// The next page from `peer`; without one, `Err` carries the round's result.
+async fn fetch<T: Transport>(
+    ctx: &Ctx<T>,
+    peer: &Peer,
+    cursor: &Cursor,
+    answered: &AtomicBool,
+) -> Result<PullReply, bool> {
+    let msg = ctx.message(Request::Pull {
+        epoch: cursor.epoch,
+        seqs: cursor.seqs.clone(),
+    });
+    match ctx.exchange(&peer.addr, &msg).await {
+        Ok(Reply::Pull(p)) => Ok(p),
+        Ok(Reply::IsSelf) => {
+            peer.is_self.store(true, Ordering::Relaxed);
+            Err(false)
+        }
+        Ok(other) => {
+            tracing::warn!(peer = %peer.addr, ?other, "unexpected pull reply");
+            Err(false)
+        }
+        Err(e) => Err(failed(peer, e, answered)),
+    }
 }
 
 fn failed(peer: &Peer, e: SendError, answered: &AtomicBool) -> bool {

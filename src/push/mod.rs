@@ -24,7 +24,6 @@ pub mod sse;
 pub mod wait;
 pub mod ws;
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -190,23 +189,19 @@ impl Drop for PushHandle {
 }
 
 fn render_metrics(o: &mut String, a: &Admission, s: &Stats, r: &Registry) {
-    use crate::metrics::{counter, gauge};
-    o.push_str("# HELP pollgate_push_connections Open push connections by transport.\n# TYPE pollgate_push_connections gauge\n");
-    for (t, name) in admission::TRANSPORTS {
-        let n = a.open[t as usize].load(Relaxed);
-        let _ = writeln!(o, "pollgate_push_connections{{transport=\"{name}\"}} {n}");
-    }
+    use crate::metrics::{counter, family, gauge};
+    let open = admission::TRANSPORTS.map(|(t, name)| (name, a.open[t as usize].load(Relaxed)));
+    #[rustfmt::skip]
+    family(o, "gauge", "pollgate_push_connections", "Open push connections by transport.", "transport", open);
     counter(
         o,
         "pollgate_push_admitted_total",
         "Push connections admitted.",
         a.admitted.get(),
     );
-    o.push_str("# HELP pollgate_push_refused_total Push connections refused by reason.\n# TYPE pollgate_push_refused_total counter\n");
-    for (why, name) in admission::REFUSALS {
-        let n = a.refused[why as usize].get();
-        let _ = writeln!(o, "pollgate_push_refused_total{{reason=\"{name}\"}} {n}");
-    }
+    let refused = admission::REFUSALS.map(|(why, name)| (name, a.refused[why as usize].get()));
+    #[rustfmt::skip]
+    family(o, "counter", "pollgate_push_refused_total", "Push connections refused by reason.", "reason", refused);
     let sent = s.notifications.get();
     counter(
         o,
@@ -290,8 +285,8 @@ pub type Watch = (CompactString, u64);
 /// Parses `keys=a:3,b:7` from a query string (`%3A`/`%2C` escapes accepted,
 /// as `URLSearchParams` writes them). Every problem is a 400 naming the item.
 pub fn parse_keys(query: &str, max: usize) -> Result<Vec<Watch>, Error> {
-    let raw =
-        query_param(query, "keys").ok_or(Error::BadRequest("keys is required, as keys=a:3,b:7"))?;
+    let raw = crate::route::query_param(query, "keys")
+        .ok_or(Error::BadRequest("keys is required, as keys=a:3,b:7"))?;
     let value = percent_decode(raw)?;
     let items: Vec<&str> = value.split(',').collect();
     if items.len() > max {
@@ -322,14 +317,6 @@ fn clip(s: &str) -> &str {
     &s[..end]
 }
 
-/// The raw value of query parameter `name` (the first one).
-pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
-}
-
 fn percent_decode(s: &str) -> Result<String, Error> {
     const BAD: Error = Error::BadRequest("keys: malformed percent-escape");
     if !s.contains('%') {
@@ -344,7 +331,11 @@ fn percent_decode(s: &str) -> Result<String, Error> {
             i += 1;
             continue;
         }
-        let hex = b.get(i + 1..i + 3).ok_or(BAD)?;
+        // from_str_radix alone would take a sign: `%+f` is not an escape.
+        let hex = b
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .ok_or(BAD)?;
         let hex = std::str::from_utf8(hex).map_err(|_| BAD)?;
         out.push(u8::from_str_radix(hex, 16).map_err(|_| BAD)?);
         i += 3;
@@ -380,6 +371,8 @@ mod tests {
         let want = vec![("a".to_string(), 3), ("b:x".to_string(), 7)];
         assert_eq!(keys("keys=a:3,b:x:7").unwrap(), want);
         assert_eq!(keys("_=1&keys=a%3A3%2Cb%3ax%3A7").unwrap(), want);
+        let e = keys("keys=a%+f:3").unwrap_err();
+        assert!(e.contains("malformed percent-escape"), "{e}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `timeout` in whole seconds, capped at `max`; absent → 30 s.
 pub fn parse_timeout(query: &str, max: Duration) -> Result<Duration, Error> {
-    let Some(raw) = super::query_param(query, "timeout") else {
+    let Some(raw) = crate::route::query_param(query, "timeout") else {
         return Ok(DEFAULT_TIMEOUT.min(max));
     };
     let secs: u64 = crate::route::parse_version(raw)

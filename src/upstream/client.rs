@@ -154,6 +154,7 @@ impl Client {
         self.metrics.upstream_duration.observe(start.elapsed());
         match res {
             Ok(Ok(resp)) => Ok(self.answered(backend, resp)),
+            Ok(Err(e)) if request_body_failed(&e) => Err(client_body_error(&e)),
             Ok(Err(e)) => Err(self.failed(backend, &e)),
             Err(_) => Err(self.timed_out(backend)),
         }
@@ -259,6 +260,28 @@ impl Backend {
         h.down_until = Some(now + cooldown);
         (h.streak, cooldown)
     }
+}
+
+/// hyper's `User::Body` (the only user-kind error with a cause): the request
+/// body we were streaming failed, i.e. the client broke off its upload.
+fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::error::Error as _;
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            return h.is_user() && h.source().is_some();
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Not the upstream's fault, so no cooldown and nothing for the breaker
+/// (only `Error::Upstream*` count there): one client aborting uploads must
+/// not mark a healthy upstream down for everyone.
+fn client_body_error(e: &hyper_util::client::legacy::Error) -> Error {
+    tracing::debug!(error = %chain(e), "client request body failed while forwarding");
+    Error::BadRequest("request body ended early or was malformed")
 }
 
 /// Points `req` at `backend` and makes its headers fit for the next hop.
@@ -663,6 +686,37 @@ mod tests {
         assert_eq!(resp.status(), 502);
         assert_eq!(error_of(&resp), "Upstream");
         assert_eq!(metrics.upstream_count(UpstreamResult::Error), 1);
+    }
+
+    /// A request body that fails at once, as a client dropping mid-upload does.
+    struct BrokenBody;
+
+    impl http_body::Body for BrokenBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(Some(Err(std::io::ErrorKind::UnexpectedEof.into())))
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_client_body_is_not_an_upstream_failure() {
+        let up = echo(Arc::default()).await;
+        let (client, metrics) = client(&config(&[up]));
+        let req = Request::put("/upload")
+            .header("content-length", "1000")
+            .body(Body::boxed(BrokenBody))
+            .unwrap();
+        let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        match client.send(req, remote).await {
+            Err(e) => assert_eq!(e.status(), 400, "{e}"),
+            Ok(resp) => panic!("forwarded a broken body: {}", resp.status()),
+        }
+        assert_eq!(metrics.upstream_count(UpstreamResult::Error), 0);
+        assert!(client.backends[0].is_up(Instant::now()), "no cooldown");
     }
 
     #[tokio::test]
