@@ -20,6 +20,7 @@ build-demo:
 # Demo upstream (seeds p1..p3 at version 1 and publishes them once pollgate
 # is up), then pollgate on its embedded default config. Ctrl-C stops both.
 run: build-demo
+	@command -v curl >/dev/null || { echo "make run needs curl (apt-get install curl)" >&2; exit 1; }
 	@set -u; \
 	pids=""; \
 	trap 'kill $$pids 2>/dev/null; wait 2>/dev/null; echo; echo stopped.' EXIT; \

@@ -276,11 +276,21 @@ impl Config {
     /// Each route template must parse; one line per bad template.
     pub fn validate_routes(&self) -> Vec<String> {
         let parse = |t: &String| crate::route::Routes::parse(std::slice::from_ref(t)).err();
-        self.route
+        let mut errs: Vec<String> = self
+            .route
             .iter()
             .filter_map(parse)
             .map(|e| e.to_string())
-            .collect()
+            .collect();
+        // The set as a whole too, so `app::run` never meets a route error after binding.
+        if errs.is_empty() {
+            errs.extend(
+                crate::route::Routes::parse(&self.route)
+                    .err()
+                    .map(|e| e.to_string()),
+            );
+        }
+        errs
     }
 
     /// Both listeners on one port of one address (or of the wildcard).

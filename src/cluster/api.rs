@@ -54,18 +54,29 @@ pub async fn put(state: &State, req: Request<Incoming>) -> Result<Response<Body>
     let body = read_body(req, MAX_CONFIG_BODY).await?;
     let fields: Map<String, Value> = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequestOwned(format!("expected a JSON object of tunables: {e}")))?;
-    let values = update(state.tunables.get(), &fields).map_err(Error::BadRequestOwned)?;
-    // Strictly after the current stamp, so a change made here wins even if
-    // this replica's clock is behind the one that made the last change.
-    let at_ms = unix_ms().max(state.tunables.stamp().at_ms.saturating_add(1));
-    let stamp = Stamp {
-        at_ms,
-        node: state.cfg.node_id.clone(),
-    };
-    state.tunables.apply(&values, stamp.clone());
+    let (values, stamp) = apply_admin(state, &fields)?;
     state.cluster.config_changed();
     tracing::info!(?stamp, ?values, "cluster config changed by admin");
     Ok(json(StatusCode::OK, format!("{}\n", document(state))))
+}
+
+/// Applies `fields` on top of the current values with a stamp strictly after
+/// the current one. A gossiped change can land between reading and applying;
+/// then the update is recomputed on the newer values rather than dropped.
+fn apply_admin(state: &State, fields: &Map<String, Value>) -> Result<(Values, Stamp), Error> {
+    loop {
+        let cur = state.tunables.stamp();
+        let values = update(state.tunables.get(), fields).map_err(Error::BadRequestOwned)?;
+        // Strictly after the current stamp, so a change made here wins even if
+        // this replica's clock is behind the one that made the last change.
+        let stamp = Stamp {
+            at_ms: unix_ms().max(cur.at_ms.saturating_add(1)),
+            node: state.cfg.node_id.clone(),
+        };
+        if state.tunables.apply(&values, stamp.clone()) {
+            return Ok((values, stamp));
+        }
+    }
 }
 
 /// Applies `fields` to `cur`; the error names the first bad field.
