@@ -26,6 +26,9 @@ pub enum Error {
     TooLarge { limit: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The body did not arrive in time (a slow sender must not hold a connection).
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
     /// The upstream guard refused: too many requests in flight and queued.
     #[error("upstream busy")]
     Shed { retry_after: Duration },
@@ -68,6 +71,7 @@ impl Error {
             | NotFound
             | TooLarge { .. }
             | MethodNotAllowed
+            | BodyTimeout(_)
             | GossipRefused(_) => Source::Client,
             Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Source::Upstream,
             Internal(_) => Source::Internal,
@@ -84,6 +88,7 @@ impl Error {
             NotFound => StatusCode::NOT_FOUND,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Shed { .. } | BreakerOpen { .. } | PushBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Upstream(_) => StatusCode::BAD_GATEWAY,

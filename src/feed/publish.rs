@@ -77,7 +77,11 @@ fn is_json<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
-/// Reads at most `limit` bytes; a declared or actual larger body → 413.
+/// Longest wait for a whole internal-listener body (publish, config, gossip):
+/// a 1 MiB batch takes milliseconds on any working link; slower is a stuck sender.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads at most `limit` bytes within [`BODY_TIMEOUT`]; a declared or actual larger body → 413.
 pub async fn read_body(req: Request<Incoming>, limit: u64) -> Result<bytes::Bytes, Error> {
     let declared = req
         .headers()
@@ -86,10 +90,11 @@ pub async fn read_body(req: Request<Incoming>, limit: u64) -> Result<bytes::Byte
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::TooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit as usize)
-        .collect()
+    let collect = Limited::new(req.into_body(), limit as usize).collect();
+    let collected = tokio::time::timeout(BODY_TIMEOUT, collect)
         .await
-    {
+        .map_err(|_| Error::BodyTimeout(BODY_TIMEOUT))?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge { limit }),
         Err(e) => Err(Error::BadRequestOwned(format!("could not read body: {e}"))),
