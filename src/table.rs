@@ -360,14 +360,12 @@ impl Table {
         self.reserve_empty_shards(&hashes);
         let hooks = self.hook_count.load(Ordering::Acquire) > 0;
         let mut done = Advanced::default();
-        for (block, base) in items.chunks(BLOCK).zip((0..).step_by(BLOCK)) {
-            let hashes = &hashes[base..base + block.len()];
-            let groups = Groups::new(self, hashes);
-            let got = self.merge_groups(block, hashes, &groups, threads.max(1), hooks);
+        for (round, base) in items.chunks(BLOCK).zip((0..).step_by(BLOCK)) {
+            let hashes = &hashes[base..base + round.len()];
+            let groups = Groups::new(self, round, hashes, base as u32);
+            let got = self.merge_groups(&groups, threads.max(1), hooks);
             done.count += got.count;
-            let offset = base as u32;
-            done.advanced
-                .extend(got.advanced.iter().map(|i| i + offset));
+            done.advanced.extend(got.advanced);
         }
         if hooks {
             self.run_batch_hooks(items, &done.advanced);
@@ -414,14 +412,7 @@ impl Table {
 
     /// Workers claim shards from a shared counter until none is left, so a
     /// worker the OS delays just ends up merging fewer shards.
-    fn merge_groups(
-        &self,
-        items: &[(&str, u64, u64)],
-        hashes: &[u64],
-        groups: &Groups,
-        threads: usize,
-        hooks: bool,
-    ) -> Advanced {
+    fn merge_groups(&self, groups: &Groups<'_>, threads: usize, hooks: bool) -> Advanced {
         let next = AtomicUsize::new(0);
         let work = || {
             let mut done = Advanced::default();
@@ -430,7 +421,7 @@ impl Table {
                 let Some(group) = groups.of(s) else {
                     return done;
                 };
-                self.merge_shard(s, items, group, hashes, hooks, &mut done);
+                self.merge_shard(s, group, hooks, &mut done);
             }
         };
         std::thread::scope(|scope| {
@@ -448,18 +439,9 @@ impl Table {
         })
     }
 
-    /// Merges the items at `group` (indices into `items`, in batch order) into
-    /// shard `s` under one write lock and one hold of its change counter; the
-    /// per-item steps are those of `merge_locked` on its write-lock path.
-    fn merge_shard(
-        &self,
-        s: usize,
-        items: &[(&str, u64, u64)],
-        group: &[u32],
-        hashes: &[u64],
-        hooks: bool,
-        done: &mut Advanced,
-    ) {
+    /// Merges `group` into shard `s` under one write lock and one hold of its
+    /// change counter; per item, the steps of `merge_locked`'s write-lock path.
+    fn merge_shard(&self, s: usize, group: &[Grouped<'_>], hooks: bool, done: &mut Advanced) {
         if group.is_empty() {
             return;
         }
@@ -467,15 +449,15 @@ impl Table {
         let mut inner = shard.inner.write();
         let mut changes = shard.changes.lock();
         let mut inserted = 0;
-        for &i in group {
-            let (key, version, ms) = items[i as usize];
-            let hash = hashes[i as usize].rotate_left(32);
-            let make = || Slot::new(key, version, Some(ms));
+        for item in group {
+            let (key, version, ms) = (item.key, item.version, Some(item.confirmed_ms));
+            let hash = item.hash.rotate_left(32);
+            let make = || Slot::new(key, version, ms);
             let (n, new) = inner.find_or_insert(hash, key, make, |k| self.index_hash(k));
             let slot = inner.slot(n);
-            if new || slot.merge(version, Some(ms)).advanced() {
+            if new || slot.merge(version, ms).advanced() {
                 changes.stamp(n, slot);
-                done.note(i, hooks);
+                done.note(item.index, hooks);
             }
             inserted += usize::from(new);
         }
@@ -592,16 +574,30 @@ impl Table {
 /// (4 MiB of items) measured best of 32k, 128k and 512k on a 2-core EPYC.
 const BLOCK: usize = 1 << 17;
 
-/// A round's items grouped by shard with a counting sort: shard `s`'s item
-/// indices, in batch order, are `order[starts[s]..starts[s + 1]]`.
-struct Groups {
-    order: Vec<u32>,
+/// A round's items copied into shard order with a counting sort, each with
+/// its hash and batch index, so a worker reads its shard's items in sequence:
+/// shard `s`'s are `sorted[starts[s]..starts[s + 1]]`, in batch order.
+struct Groups<'a> {
+    sorted: Vec<Grouped<'a>>,
     starts: Vec<usize>,
 }
 
-impl Groups {
-    /// `hashes` are the items' full key hashes.
-    fn new(table: &Table, hashes: &[u64]) -> Groups {
+/// One item of a round, with what the merge needs beside it.
+#[derive(Clone, Copy)]
+struct Grouped<'a> {
+    key: &'a str,
+    version: u64,
+    confirmed_ms: u64,
+    /// The key's full hash.
+    hash: u64,
+    /// Index in the whole batch, for running hooks in item order.
+    index: u32,
+}
+
+impl<'a> Groups<'a> {
+    /// `hashes` are the items' full key hashes; `base` is the round's first
+    /// index in the batch.
+    fn new(table: &Table, items: &[(&'a str, u64, u64)], hashes: &[u64], base: u32) -> Self {
         let mut starts = vec![0usize; table.shards.len() + 1];
         for &h in hashes {
             starts[table.shard_of(h) + 1] += 1;
@@ -610,19 +606,33 @@ impl Groups {
             starts[s] += starts[s - 1];
         }
         let mut next = starts.clone();
-        let mut order = vec![0u32; hashes.len()];
-        for (i, &h) in hashes.iter().enumerate() {
-            let at = &mut next[table.shard_of(h)];
-            order[*at] = i as u32;
+        let blank = Grouped {
+            key: "",
+            version: 0,
+            confirmed_ms: 0,
+            hash: 0,
+            index: 0,
+        };
+        let mut sorted = vec![blank; items.len()];
+        for ((&(key, version, confirmed_ms), &hash), index) in items.iter().zip(hashes).zip(base..)
+        {
+            let at = &mut next[table.shard_of(hash)];
+            sorted[*at] = Grouped {
+                key,
+                version,
+                confirmed_ms,
+                hash,
+                index,
+            };
             *at += 1;
         }
-        Groups { order, starts }
+        Groups { sorted, starts }
     }
 
-    /// Shard `s`'s item indices; `None` past the last shard.
-    fn of(&self, s: usize) -> Option<&[u32]> {
+    /// Shard `s`'s items; `None` past the last shard.
+    fn of(&self, s: usize) -> Option<&[Grouped<'a>]> {
         let end = *self.starts.get(s + 1)?;
-        Some(&self.order[self.starts[s]..end])
+        Some(&self.sorted[self.starts[s]..end])
     }
 }
 
@@ -977,7 +987,8 @@ mod tests {
     fn batch_reserves_an_empty_shard_like_one_by_one_growth() {
         let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
         let items: Vec<_> = keys.iter().map(|k| (k.as_str(), 1, 0)).collect();
-        let (one, batch) = (Table::with_shards(4), Table::with_shards(4));
+        let (one, mut batch) = (Table::with_shards(4), Table::with_shards(4));
+        batch.hasher = one.hasher;
         for &(k, v, ms) in &items {
             one.merge_at(k, v, ms);
         }
