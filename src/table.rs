@@ -567,11 +567,11 @@ impl Table {
     }
 }
 
-/// Items per round of [`Table::merge_batch_at`]. A round visits its items in
-/// shard order, so it reads them, their hashes and key bytes at random: over a
-/// whole 1M-item batch each read was a cache miss. Too small a round misses
+/// Items per round of [`Table::merge_batch_at`]. A round is copied into shard
+/// order and its keys' bytes are then read in that order, at random: the
+/// round must stay in cache for those reads to hit. Too small a round misses
 /// on the indexes instead (each shard gets few items per visit). 128k items
-/// (4 MiB of items) measured best of 32k, 128k and 512k on a 2-core EPYC.
+/// measured best of 32k, 128k and 512k on a 2-core EPYC.
 const BLOCK: usize = 1 << 17;
 
 /// A round's items copied into shard order with a counting sort, each with
