@@ -66,8 +66,9 @@ pub fn load(table: &Table, path: &Path, max_age_ms: u64) -> Result<Option<Loaded
     }))
 }
 
-/// Below this many records per thread, starting threads costs more than it saves.
-const RECORDS_PER_THREAD: u64 = 64 * 1024;
+/// Below this many records per thread, starting threads costs more than it
+/// saves. Starting one costs tens of µs; 16k records take a few ms to merge.
+const RECORDS_PER_THREAD: u64 = 16 * 1024;
 
 /// Merges every record in one [`Table::merge_batch_at`]: inserting is most of
 /// a load's time, and the batch takes each shard's lock once, on `threads`
@@ -126,7 +127,7 @@ fn fill<'a>(
     Ok(())
 }
 
-/// One thread per 64k records, at most one per core (and 8: more cores than
+/// One thread per 16k records, at most one per core (and 8: more cores than
 /// that only add lock traffic on 64 shards).
 fn threads_for(records: u64) -> u64 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
