@@ -1,6 +1,8 @@
 //! Snapshot write and load at 100k and 1M keys, against a naive baseline in
-//! the same harness: `key version` text lines parsed into a `Mutex<HashMap>`.
-//! Prints the file size per key once per size.
+//! the same harness: `key version` text lines parsed into a `Mutex<HashMap>`,
+//! and against loading the same records one `merge_at` at a time (what
+//! `load` did before `Table::merge_batch_at`). Prints the file size per key
+//! once per size.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -39,6 +41,15 @@ fn naive_load(text: &[u8]) -> Mutex<HashMap<String, u64>> {
     map
 }
 
+/// Validates, then merges record by record on one thread.
+fn per_key_load(t: &Table, bytes: &[u8]) {
+    let snap = Snapshot::parse(bytes).unwrap();
+    let now = t.now_ms();
+    for (key, version) in snap.iter() {
+        t.merge_at(key, version, now);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot");
     g.sample_size(10)
@@ -66,6 +77,17 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        g.bench_with_input(
+            BenchmarkId::new("load_per_key_merge_at", keys),
+            &bytes,
+            |b, bytes| {
+                b.iter_batched_ref(
+                    Table::new,
+                    |fresh| per_key_load(fresh, bytes),
+                    BatchSize::PerIteration,
+                )
+            },
+        );
         g.bench_with_input(
             BenchmarkId::new("validate_only", keys),
             &bytes,

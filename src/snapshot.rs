@@ -59,49 +59,75 @@ pub fn load(table: &Table, path: &Path, max_age_ms: u64) -> Result<Option<Loaded
         return Ok(None);
     };
     let snap = Snapshot::parse(&map)?;
-    merge_all(table, &snap, max_age_ms, threads_for(snap.len()));
+    merge_all(table, &snap, max_age_ms, threads_for(snap.len()))?;
     Ok(Some(Loaded {
         entries: snap.len(),
         created_ms: snap.header.created_ms,
     }))
 }
 
-/// Below this many records per thread, starting threads costs more than it saves.
-const RECORDS_PER_THREAD: u64 = 64 * 1024;
+/// Below this many records per thread, starting threads costs more than it
+/// saves. Starting one costs tens of µs; 16k records take a few ms to merge.
+const RECORDS_PER_THREAD: u64 = 16 * 1024;
 
-/// Merges every record, split over the cores: inserting into the table (one
-/// hash probe and one shard write lock per key) is most of a load's time, and
-/// shards make parallel inserts nearly contention-free. Blocking.
-fn merge_all(table: &Table, snap: &Snapshot<'_>, max_age_ms: u64, threads: u64) {
-    let per = snap.len().div_ceil(threads);
-    let now = table.now_ms();
-    let range = |t: u64| t * per..snap.len().min((t + 1) * per);
-    std::thread::scope(|s| {
-        for t in 1..threads {
-            s.spawn(move || merge_range(table, snap, range(t), now, max_age_ms));
-        }
-        merge_range(table, snap, range(0), now, max_age_ms);
-    });
-}
-
-fn merge_range(
+/// Merges every record in one [`Table::merge_batch_at`]: inserting is most of
+/// a load's time, and the batch takes each shard's lock once, on `threads`
+/// threads that never share a shard. Nothing is merged unless every record
+/// reads (which `Snapshot::parse` already checked). Blocking.
+fn merge_all(
     table: &Table,
     snap: &Snapshot<'_>,
-    r: std::ops::Range<u64>,
-    now: u64,
     max_age_ms: u64,
-) {
-    let mut rng = fastrand::Rng::new();
+    threads: u64,
+) -> Result<(), FormatError> {
+    let items = items(snap, table.now_ms(), max_age_ms, threads)?;
     // Not pushed to peers: they have these versions or will pull them, and a
-    // million keys in the outbox at each restart would be pure waste.
-    crate::cluster::without_push(|| {
-        for (key, version) in r.filter_map(|i| snap.record(i).ok()) {
-            table.merge_at(key, version, spread(now, max_age_ms, &mut rng));
-        }
-    });
+    // million keys in the outbox at each restart would be pure waste. The
+    // batch runs every hook on this thread, so this covers all of them.
+    crate::cluster::without_push(|| table.merge_batch_at(&items, threads as usize));
+    Ok(())
 }
 
-/// One thread per 64k records, at most one per core (and 8: more cores than
+/// Every record as `(key, version, spread confirmation)`, read on `threads`
+/// threads, each filling its own part: reading and re-checking a million
+/// records is the largest cost of a load after the merge itself.
+fn items<'a>(
+    snap: &Snapshot<'a>,
+    now: u64,
+    max_age_ms: u64,
+    threads: u64,
+) -> Result<Vec<(&'a str, u64, u64)>, FormatError> {
+    // `parse` checked the records fit in the mapped file, so the count fits a usize.
+    let mut items = vec![("", 0, 0); snap.len() as usize];
+    let per = items.len().div_ceil(threads.max(1) as usize).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (items.chunks_mut(per).zip((0..).step_by(per)))
+            .map(|(part, start)| s.spawn(move || fill(snap, part, start, now, max_age_ms)))
+            .collect();
+        parts
+            .into_iter()
+            .try_for_each(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+    })?;
+    Ok(items)
+}
+
+/// Fills `part` with the records from index `start` on.
+fn fill<'a>(
+    snap: &Snapshot<'a>,
+    part: &mut [(&'a str, u64, u64)],
+    start: u64,
+    now: u64,
+    max_age_ms: u64,
+) -> Result<(), FormatError> {
+    let mut rng = fastrand::Rng::new();
+    for (item, i) in part.iter_mut().zip(start..) {
+        let (key, version) = snap.record(i)?;
+        *item = (key, version, spread(now, max_age_ms, &mut rng));
+    }
+    Ok(())
+}
+
+/// One thread per 16k records, at most one per core (and 8: more cores than
 /// that only add lock traffic on 64 shards).
 fn threads_for(records: u64) -> u64 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
@@ -442,7 +468,7 @@ mod tests {
         let snap = Snapshot::parse(&bytes).unwrap();
         for threads in [1, 2, 3, 8] {
             let back = Table::new();
-            merge_all(&back, &snap, 1_000, threads);
+            merge_all(&back, &snap, 1_000, threads).unwrap();
             assert_eq!(contents(&back), contents(&t), "{threads} threads");
         }
         assert_eq!(threads_for(0), 1);
