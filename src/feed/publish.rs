@@ -12,11 +12,14 @@ use crate::internal::json;
 use crate::route::{check_key, parse_version};
 use crate::state::{State, VersionSource};
 
-/// One `key version` pair of a batch.
+/// One `key version` pair of a batch. Keys borrow from the body: a 1M-key
+/// publish would otherwise leave 1M freed small strings fragmenting the heap
+/// that the table then grows into (measured: ~9 B/key more RSS).
 #[derive(Debug, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct Item {
-    pub key: String,
+pub struct Item<'a> {
+    #[serde(borrow)]
+    pub key: std::borrow::Cow<'a, str>,
     pub version: u64,
 }
 
@@ -102,7 +105,7 @@ pub async fn read_body(req: Request<Incoming>, limit: u64) -> Result<bytes::Byte
 }
 
 /// `key version` per line; blank lines and `#` comments skipped.
-pub fn parse_text(body: &[u8]) -> Result<Vec<Item>, Error> {
+pub fn parse_text(body: &[u8]) -> Result<Vec<Item<'_>>, Error> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Error::BadRequestOwned(format!("body is not UTF-8: {e}")))?;
     let mut items = Vec::new();
@@ -116,7 +119,7 @@ pub fn parse_text(body: &[u8]) -> Result<Vec<Item>, Error> {
     Ok(items)
 }
 
-fn parse_line(line: &str) -> Result<Item, &'static str> {
+fn parse_line(line: &str) -> Result<Item<'_>, &'static str> {
     let mut parts = line.split_ascii_whitespace();
     let (Some(key), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err("expected `key version`");
@@ -124,7 +127,7 @@ fn parse_line(line: &str) -> Result<Item, &'static str> {
     check_key(key)?;
     let version = parse_version(version)?;
     Ok(Item {
-        key: key.to_string(),
+        key: key.into(),
         version,
     })
 }
@@ -135,8 +138,8 @@ fn bad_line(n: usize, line: &str, why: &str) -> Error {
 }
 
 /// `[{"key":"a","version":5}, ...]`.
-pub fn parse_json(body: &[u8]) -> Result<Vec<Item>, Error> {
-    let items: Vec<Item> = serde_json::from_slice(body).map_err(|e| {
+pub fn parse_json(body: &[u8]) -> Result<Vec<Item<'_>>, Error> {
+    let items: Vec<Item<'_>> = serde_json::from_slice(body).map_err(|e| {
         Error::BadRequestOwned(format!("expected [{{\"key\":..,\"version\":..}}]: {e}"))
     })?;
     for (n, item) in items.iter().enumerate() {
