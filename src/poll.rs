@@ -17,6 +17,26 @@ use crate::state::{State, VersionSource};
 use crate::table::Entry;
 use crate::upstream::{Leader, Role};
 
+/// The hit path alone, synchronous: `Some(304)` when this request is a poll
+/// that memory answers right now, `None` to go down [`handle`]. Answering
+/// here lets the server skip building (and moving) `handle`'s large future.
+pub fn try_hit(state: &State, req: &Request<Body>) -> Option<Response<Body>> {
+    let uri = req.uri();
+    if crate::push::transport(uri.path()).is_some() {
+        return None;
+    }
+    let Match::Poll {
+        key,
+        version: Some(client),
+        ..
+    } = state.routes.matches(uri.path(), uri.query(), req.headers())
+    else {
+        return None;
+    };
+    let entry = state.table.get(key)?;
+    (client >= entry.version && is_fresh(state, entry)).then(|| hit(state, entry.version))
+}
+
 /// Public listener entry point: push, polls, pass-through.
 pub async fn handle(state: &Arc<State>, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
     if let Some(t) = crate::push::transport(req.uri().path()) {

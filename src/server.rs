@@ -4,9 +4,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{ready, Either, Ready};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -141,15 +145,7 @@ async fn serve(
         },
         Side::Internal => stream,
     };
-    let svc = service_fn(move |req| {
-        let state = state.clone();
-        async move {
-            Ok::<_, Infallible>(match side {
-                Side::Public => crate::poll::handle(&state, req.map(Body::Incoming), remote).await,
-                Side::Internal => crate::internal::handle(&state, req).await,
-            })
-        }
-    });
+    let svc = service_fn(move |req| respond(&state, side, remote, req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let res = tokio::select! {
@@ -162,6 +158,35 @@ async fn serve(
     if let Err(e) = res {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
+}
+
+type Answer = Result<Response<Body>, Infallible>;
+
+/// A hit is answered without a boxed future; everything else is boxed, so the
+/// hit path never builds or moves the forwarding path's large state machine.
+fn respond(
+    state: &Arc<State>,
+    side: Side,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer> + Send>>> {
+    let state = match side {
+        Side::Internal => {
+            let state = state.clone();
+            return Either::Right(Box::pin(async move {
+                Ok(crate::internal::handle(&state, req).await)
+            }));
+        }
+        Side::Public => state,
+    };
+    let req = req.map(Body::Incoming);
+    if let Some(resp) = crate::poll::try_hit(state, &req) {
+        return Either::Left(ready(Ok(resp)));
+    }
+    let state = state.clone();
+    Either::Right(Box::pin(async move {
+        Ok(crate::poll::handle(&state, req, remote).await)
+    }))
 }
 
 /// Resolves once shutdown has started (or the sender is gone).
