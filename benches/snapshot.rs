@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
     for keys in [100_000u64, 1_000_000] {
         let t = table(keys);
         let dir = tempfile::tempdir().unwrap();
-        let w = snapshot::write(&t, dir.path()).unwrap();
+        let w = snapshot::write(&t, dir.path(), &snapshot::Positions::default()).unwrap();
         eprintln!(
             "snapshot of {keys} keys: {} bytes, {:.1} bytes/key",
             w.bytes,
@@ -73,7 +73,11 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("load", keys), &path, |b, path| {
             b.iter_batched_ref(
                 Table::new,
-                |fresh| snapshot::load(fresh, path, 60_000).unwrap().unwrap(),
+                |fresh| {
+                    snapshot::load(fresh, path, 60_000, &snapshot::Positions::default())
+                        .unwrap()
+                        .unwrap()
+                },
                 BatchSize::PerIteration,
             )
         });
