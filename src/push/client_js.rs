@@ -17,11 +17,9 @@ const CACHE_CONTROL: &str = "public, max-age=3600";
 fn etag() -> &'static HeaderValue {
     static ETAG: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
     ETAG.get_or_init(|| {
-        let hash = SOURCE
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
+        let hash = SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         HeaderValue::from_str(&format!("\"{hash:016x}\"")).expect("hex is a valid header")
     })
 }
@@ -37,7 +35,10 @@ pub fn response(method: &Method, headers: &HeaderMap) -> Response<Body> {
     let ok = resp.status() == StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(header::ETAG, etag().clone());
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
     if ok {
         let ct = HeaderValue::from_static("text/javascript; charset=utf-8");
         h.insert(header::CONTENT_TYPE, ct);
@@ -74,8 +75,14 @@ mod tests {
         assert!(ct.starts_with("text/javascript"), "{ct}");
         let mut h = HeaderMap::new();
         h.insert(header::IF_NONE_MATCH, tag.clone());
-        assert_eq!(response(&Method::GET, &h).status(), StatusCode::NOT_MODIFIED);
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\", W/\"y\""));
+        assert_eq!(
+            response(&Method::GET, &h).status(),
+            StatusCode::NOT_MODIFIED
+        );
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"y\""),
+        );
         assert_eq!(response(&Method::GET, &h).status(), StatusCode::OK);
         let post = response(&Method::POST, &HeaderMap::new());
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
