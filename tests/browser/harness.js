@@ -157,31 +157,35 @@ export async function startPollgate({ upstream, args = [], listen = "127.0.0.1:0
 }
 
 /**
- * A TCP proxy on 127.0.0.1:0 that logs every connection (time and request
- * line) and forwards it to `target()` (changeable: a restarted pollgate may
- * sit elsewhere). When the target is down the client sees the connection
- * close, as it would with the server gone.
+ * A TCP proxy on 127.0.0.1:0 that logs every connection attempt (time and
+ * request line) and forwards it to `proxy.target` (changeable: a restarted
+ * pollgate may sit elsewhere). It connects onward only once the request
+ * line is in, so an attempt against a dead target is logged with its line
+ * too; the client then sees the connection close, as with the server gone.
  */
 export async function startProxy(target) {
   const log = [];
   const sockets = new Set();
   const server = net.createServer((client) => {
-    const entry = { at: performance.now(), line: null, ok: false };
-    log.push(entry);
     sockets.add(client);
-    const up = net.connect(...hostPort(proxy.target));
-    sockets.add(up);
-    client.once("data", (d) => (entry.line = d.toString("latin1").split("\r\n")[0]));
-    up.on("connect", () => (entry.ok = true));
-    client.pipe(up).pipe(client);
+    let up = null;
     const end = () => {
       client.destroy();
-      up.destroy();
+      up?.destroy();
       sockets.delete(client);
-      sockets.delete(up);
+      if (up) sockets.delete(up);
     };
     client.on("error", end).on("close", end);
-    up.on("error", end).on("close", end);
+    client.once("data", (first) => {
+      const entry = { at: performance.now(), line: first.toString("latin1").split("\r\n")[0], ok: false };
+      log.push(entry);
+      up = net.connect(...hostPort(proxy.target));
+      sockets.add(up);
+      up.on("connect", () => (entry.ok = true));
+      up.on("error", end).on("close", end);
+      up.write(first);
+      client.pipe(up).pipe(client);
+    });
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   const proxy = {
