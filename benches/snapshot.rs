@@ -68,7 +68,7 @@ fn bench(c: &mut Criterion) {
         let text = text_of(&t);
 
         g.bench_with_input(BenchmarkId::new("write_fsync", keys), &t, |b, t| {
-            b.iter(|| snapshot::write(t, dir.path()).unwrap())
+            b.iter(|| snapshot::write(t, dir.path(), &snapshot::Positions::default()).unwrap())
         });
         g.bench_with_input(BenchmarkId::new("load", keys), &path, |b, path| {
             b.iter_batched_ref(

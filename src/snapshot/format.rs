@@ -54,6 +54,9 @@ pub enum FormatError {
     Positions,
 }
 
+/// A feed's name and where it stands: a Redis stream ID as `(ms, seq)`.
+pub type Position = (String, (u64, u64));
+
 /// A validated header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -185,7 +188,7 @@ impl Encoder {
     /// Where each feed (a Redis stream, by name) stood when the table walk
     /// started: every entry up to there is in the records. Names longer than
     /// [`MAX_POSITION_NAME`] are left out (the feed then starts over from 0).
-    pub fn set_positions(&mut self, positions: &[(String, (u64, u64))]) {
+    pub fn set_positions(&mut self, positions: &[Position]) {
         self.tail.clear();
         for (name, (ms, seq)) in positions
             .iter()
@@ -233,7 +236,7 @@ pub struct Snapshot<'a> {
     records: &'a [u8],
     keys: &'a [u8],
     /// Feed positions (version 2), validated by `parse`.
-    pub positions: Vec<(String, (u64, u64))>,
+    pub positions: Vec<Position>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -344,7 +347,7 @@ impl<'a> Snapshot<'a> {
 /// Version 2: `(records + keys, positions)`. The payload ends with the
 /// positions' length (u32) after them; every name must be UTF-8 and the
 /// entries must fill the section exactly.
-fn split_positions(payload: &[u8]) -> Result<(&[u8], Vec<(String, (u64, u64))>), FormatError> {
+fn split_positions(payload: &[u8]) -> Result<(&[u8], Vec<Position>), FormatError> {
     let len_at = payload.len().checked_sub(4).ok_or(FormatError::Positions)?;
     let len = u32_at(payload, len_at) as usize;
     let start = len_at.checked_sub(len).ok_or(FormatError::Positions)?;

@@ -44,9 +44,13 @@ pub struct Settings {
 
 impl Settings {
     /// The `redis_*` config keys.
-    pub fn from_config(_cfg: &crate::config::Config) -> Settings {
-        // Config keys arrive with the config split (src/config/).
-        Settings::default()
+    pub fn from_config(cfg: &crate::config::Config) -> Settings {
+        Settings {
+            url: cfg.redis_url.clone(),
+            channels: cfg.redis_channel.clone(),
+            streams: cfg.redis_stream.clone(),
+            stream_complete: cfg.redis_stream_complete,
+        }
     }
 
     pub fn enabled(&self) -> bool {

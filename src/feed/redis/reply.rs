@@ -102,9 +102,12 @@ pub fn entry(v: &Value) -> Option<Entry<'_>> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Info {
     pub last_generated: StreamId,
-    /// Redis ≥ 7.0: the newest ID ever deleted (trimmed or XDEL'd).
+    /// Redis ≥ 7.0: the newest ID deleted by XDEL (trimming leaves it alone).
     pub max_deleted: Option<StreamId>,
     pub first_entry: Option<StreamId>,
+    pub length: u64,
+    /// Redis ≥ 7.0: entries ever added; more than `length` means some were deleted.
+    pub entries_added: Option<u64>,
 }
 
 /// `None` for an error reply (the stream does not exist) or a reply not shaped like XINFO's.
@@ -119,10 +122,19 @@ pub fn info(v: &Value) -> Option<Info> {
             }
             b"max-deleted-entry-id" => info.max_deleted = StreamId::parse(bytes(v)?),
             b"first-entry" => info.first_entry = entry(v).map(|e| e.id),
+            b"length" => info.length = int(v)?,
+            b"entries-added" => info.entries_added = Some(int(v)?),
             _ => {}
         }
     }
     seen_last.then_some(info)
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ const COUNT: usize = 1000;
 /// stream renews its vouching for the table.
 const BLOCK_MS: u64 = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle reader renews its vouching at least this many times per `max_age`,
+/// so a complete stream never lets an entry expire between two rounds.
+const RENEWALS_PER_MAX_AGE: u64 = 4;
 /// A reply later than this (beyond the block) means the connection is dead.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(BLOCK_MS + 5000);
 
@@ -167,8 +170,13 @@ impl Reader {
 
     /// An idle wait: returns when any stream has something after our position.
     fn wait_cmd(&self) -> redis::Cmd {
+        let max_age = self.state.tunables.max_age_ms();
+        let block = match max_age / RENEWALS_PER_MAX_AGE {
+            0 => BLOCK_MS,
+            quarter => quarter.clamp(10, BLOCK_MS),
+        };
         let mut c = redis::cmd("XREAD");
-        c.arg("COUNT").arg(1).arg("BLOCK").arg(BLOCK_MS);
+        c.arg("COUNT").arg(1).arg("BLOCK").arg(block);
         self.with_streams(c)
     }
 
@@ -207,16 +215,16 @@ impl Reader {
         Ok(round)
     }
 
-    /// Anything deleted after our position was never applied: a gap. On
-    /// Redis < 7 (no max-deleted-entry-id) a first entry past it counts.
+    /// Anything deleted after our position was never applied: a gap. Trimming
+    /// removes the oldest entries, so the stream starting after our position
+    /// (or being empty though IDs past it were generated) means some may be
+    /// gone; XDEL shows in max-deleted-entry-id. Conservative at one edge:
+    /// trimmed exactly through our position reads as a gap, which costs a
+    /// revalidation spread over max_age, never a missed change.
     fn check_gap(&mut self, i: usize, info: Info, now: u64) {
         let last = self.last[i];
         let recreated = info.last_generated < last;
-        let lost = recreated
-            || match info.max_deleted {
-                Some(m) => m > last,
-                None => info.first_entry.is_some_and(|f| f > last),
-            };
+        let lost = recreated || is_gap(last, &info);
         if recreated {
             // A new stream under the old name: its IDs restart below ours.
             self.last[i] = StreamId::ZERO;
@@ -266,6 +274,19 @@ impl Reader {
     }
 }
 
+/// Whether entries after `last` may have been deleted before we read them.
+fn is_gap(last: StreamId, info: &Info) -> bool {
+    if last == StreamId::ZERO {
+        // Reading from the start: lost only if anything was ever deleted.
+        return info.entries_added.is_none_or(|added| added > info.length);
+    }
+    info.max_deleted.is_some_and(|m| m > last)
+        || match info.first_entry {
+            Some(first) => first > last,
+            None => info.last_generated > last,
+        }
+}
+
 /// `key` + `version`, or `body` (a whole publish batch); anything else is bad.
 pub fn apply_entry(state: &State, e: &Entry<'_>) -> Result<usize, Error> {
     match (e.field(b"key"), e.field(b"version"), e.field(b"body")) {
@@ -292,4 +313,41 @@ fn malformed(what: &str) -> redis::RedisError {
         "unexpected stream reply",
         what.to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    fn info(first: Option<u64>, last: u64, length: u64, added: u64) -> Info {
+        Info {
+            last_generated: id(last),
+            max_deleted: Some(StreamId::ZERO),
+            first_entry: first.map(id),
+            length,
+            entries_added: Some(added),
+        }
+    }
+
+    #[test]
+    fn a_gap_is_anything_after_our_position_gone() {
+        // Caught up at 10; the stream was trimmed behind us: no gap.
+        assert!(!is_gap(id(10), &info(Some(5), 12, 8, 20)));
+        // Trimmed past our position: entries 11..first may be gone.
+        assert!(is_gap(id(10), &info(Some(15), 20, 5, 30)));
+        // Emptied though IDs after ours were generated.
+        assert!(is_gap(id(10), &info(None, 12, 0, 12)));
+        assert!(!is_gap(id(12), &info(None, 12, 0, 12)));
+        // XDEL after our position.
+        let mut i = info(Some(5), 20, 10, 11);
+        i.max_deleted = Some(id(11));
+        assert!(is_gap(id(10), &i));
+        // From the start: only a stream that ever lost an entry.
+        assert!(!is_gap(StreamId::ZERO, &info(Some(1), 9, 9, 9)));
+        assert!(is_gap(StreamId::ZERO, &info(Some(3), 9, 7, 9)));
+    }
 }
