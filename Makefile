@@ -44,6 +44,7 @@ run: build-demo
 	echo "pollgate: polls on http://$(DEMO_PUBLIC), publish/admin on http://$(DEMO_INTERNAL)"; \
 	echo "demo upstream: http://$(DEMO_UPSTREAM) (projects p1, p2, p3 at version 1)"; \
 	echo; \
+	echo "# 0. the demo board, live in every tab: open http://$(DEMO_PUBLIC)/ in a browser (several tabs)"; \
 	echo "# 1. a hit, answered from memory: 304 with X-Pollgate: hit"; \
 	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=1'"; \
 	echo "# 2. a stale poll, forwarded: 200 with the events from the demo upstream"; \
