@@ -512,6 +512,9 @@ export class Link {
     const secs = this.o.waitSeconds;
     const url = `${this.base}wait?keys=${keysParam(this.keys)}&timeout=${secs}`;
     const timer = setTimeout(() => ctl.abort(), secs * 1000 + 2 * this.heartbeatMs);
+    // A long-poll says nothing until something changes: held for a second
+    // without a refusal, it counts as connected.
+    const held = setTimeout(() => this.opened("wait"), 1000);
     try {
       const res = await this.env.fetch(url, { headers: this.headers(token), signal: ctl.signal, cache: "no-store" });
       if (res.status === 200) {
@@ -532,6 +535,7 @@ export class Link {
       return Out.down;
     } finally {
       clearTimeout(timer);
+      clearTimeout(held);
       this.abort = null;
     }
   }

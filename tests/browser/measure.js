@@ -18,17 +18,17 @@ function pct(xs, p) {
 }
 const r = (x) => (x === undefined ? "-" : Math.round(x));
 
-async function env({ proxy = false, args = [] } = {}) {
+async function env({ args = [] } = {}) {
   const up = await startUpstream();
   const pg = await startPollgate({ upstream: up.url, args });
-  const px = proxy ? await startProxy(pg.public) : null;
+  const px = await startProxy(pg.public);
   const browser = await launchBrowser();
   return {
     up, pg, proxy: px, browser,
-    origin: px ? px.url : pg.url,
+    origin: px.url,
     async close() {
       await browser.close().catch(() => {});
-      await px?.stop();
+      await px.stop();
       await pg.stop();
       await up.stop();
     },
@@ -86,7 +86,7 @@ async function storm() {
   const ADMISSION = ["--push-admission-per-s", "10", "--push-admission-burst", "10"];
   const rows = [];
   for (const [kind, restartArgs] of [["client", []], ["plain", []], ["client", ADMISSION], ["plain", ADMISSION]]) {
-    const e = await env({ proxy: true });
+    const e = await env();
     await e.pg.publish("p1 1\n");
     const pages = [];
     for (let i = 0; i < N; i++) {
