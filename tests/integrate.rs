@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -146,12 +146,12 @@ fn the_python_snippet_parses() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
+
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(guide[start..start + len].as_bytes())
+        .write_all(&guide.as_bytes()[start..start + len])
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
