@@ -90,7 +90,10 @@ fn poll(versions: &DashMap<u64, u64>, req: &Request<Incoming>) -> Response<Full<
     };
     let h = res.headers_mut();
     let etag = format!("\"{version}\"");
-    h.insert(ETAG, HeaderValue::from_str(&etag).expect("digits and quotes"));
+    h.insert(
+        ETAG,
+        HeaderValue::from_str(&etag).expect("digits and quotes"),
+    );
     h.insert("x-pollgate", HeaderValue::from_static("hit"));
     h.insert("x-poll-interval", HeaderValue::from_static("5"));
     res
