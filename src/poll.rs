@@ -39,6 +39,9 @@ pub fn try_hit(state: &State, req: &Request<Body>) -> Option<Response<Body>> {
 
 /// Public listener entry point: push, polls, pass-through.
 pub async fn handle(state: &Arc<State>, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
+    if req.uri().path() == crate::push::client_js::PATH {
+        return crate::push::client_js::response(req.method(), req.headers());
+    }
     if let Some(t) = crate::push::transport(req.uri().path()) {
         return crate::push::handle(state, req, t).await;
     }

@@ -3,6 +3,7 @@
 //! client then polls — so push never costs the upstream anything.
 //!
 //! - [`registry`]: key → watchers; an advance wakes exactly that key's watchers.
+//! - [`client_js`]: serves the browser client module (`client/pollgate.js`).
 //! - [`admission`]: token bucket and connection cap; 503 + jittered `Retry-After`.
 //! - [`raw`]: HTTP/1.1 SSE watches taken off hyper, so an idle watcher costs
 //!   a few hundred bytes instead of hyper's ~20 KiB of connection buffers.
@@ -18,6 +19,7 @@
 //! an early `304` with `Retry-After`), so clients do not return together.
 
 pub mod admission;
+pub mod client_js;
 pub mod raw;
 pub mod registry;
 pub mod sse;
