@@ -209,6 +209,8 @@ const Out = {
 const FLAKY_LIMIT = 3;
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10000;
+/** The longest heartbeat interval the client learns to wait for. */
+const MAX_HEARTBEAT_MS = 300000;
 
 /**
  * The one push connection (of the leader tab, or of a tab on its own):
@@ -233,6 +235,7 @@ export class Link {
     this.transport = null;
     this.connections = 0;
     this.base = opts.url || defaultUrl(env);
+    this.heartbeatMs = opts.heartbeatMs;
   }
 
   start() {
@@ -367,7 +370,6 @@ export class Link {
   opened(t) {
     this.transport = t;
     this.connections = 1;
-    this.flaky = 0;
     this.state("push");
   }
 
@@ -419,9 +421,10 @@ export class Link {
     const reader = res.body.getReader();
     const dec = new TextDecoder();
     let timer;
+    let missed = false;
     const arm = () => {
       clearTimeout(timer);
-      timer = setTimeout(() => ctl.abort(), 2 * this.o.heartbeatMs);
+      timer = setTimeout(() => ((missed = true), ctl.abort()), 2 * this.heartbeatMs);
     };
     arm();
     try {
@@ -435,7 +438,11 @@ export class Link {
       }
       return Out.ended;
     } catch {
-      // Aborted by a missed heartbeat (or by us), or the connection broke.
+      // A missed heartbeat, an abort by us, or the connection broke. If the
+      // server's heartbeat is slower than we were told (a cluster-wide
+      // tunable raised), wait twice as long next time instead of cutting
+      // healthy streams forever.
+      if (missed && bytes > 0) this.heartbeatMs = Math.min(2 * this.heartbeatMs, MAX_HEARTBEAT_MS);
       return bytes === 0 ? Out.flaky : Out.down;
     } finally {
       clearTimeout(timer);
@@ -504,7 +511,10 @@ export class Link {
     this.abort = ctl;
     const secs = this.o.waitSeconds;
     const url = `${this.base}wait?keys=${keysParam(this.keys)}&timeout=${secs}`;
-    const timer = setTimeout(() => ctl.abort(), secs * 1000 + 2 * this.o.heartbeatMs);
+    const timer = setTimeout(() => ctl.abort(), secs * 1000 + 2 * this.heartbeatMs);
+    // A long-poll says nothing until something changes: held for a second
+    // without a refusal, it counts as connected.
+    const held = setTimeout(() => this.opened("wait"), 1000);
     try {
       const res = await this.env.fetch(url, { headers: this.headers(token), signal: ctl.signal, cache: "no-store" });
       if (res.status === 200) {
@@ -525,6 +535,7 @@ export class Link {
       return Out.down;
     } finally {
       clearTimeout(timer);
+      clearTimeout(held);
       this.abort = null;
     }
   }

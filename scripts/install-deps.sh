@@ -15,6 +15,7 @@ DEB_PACKAGES=(
   nodejs          # node --test: client unit tests, browser tests
   npm             # installs playwright-core for tests/browser
   systemd         # systemd-analyze verify/security of deploy/pollgate.service (tests/deploy.rs)
+  prometheus      # promtool: check and unit-test deploy/prometheus/alerts.yml (tests/observability.rs)
 )
 
 # npm projects whose node_modules the tests need.

@@ -35,6 +35,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
 
 fn metrics(state: &State) -> Response<Body> {
     state.metrics.keys.set(state.table.len() as i64);
+    state.metrics.ready.set(i64::from(state.is_ready()));
     let mut resp = Response::new(Body::full(state.metrics.render()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -96,3 +96,34 @@ test("push off (404): long-poll tried once, then the app's route polled at the h
   assert.deepEqual(got, [2]);
   await until(() => srv.hits.at(-1).url.endsWith("since=2"), "the next poll from the new version", 3000);
 });
+
+test("a missed heartbeat reconnects; a slower server heartbeat is learnt, not fought", async (t) => {
+  const srv = await serve((req, res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write("retry: 0\n\n"); // then silence: no heartbeat
+  });
+  t.after(srv.close);
+  const pg = solo({ url: `${srv.base}/pollgate/v1/`, heartbeatMs: 100, firstRetryMs: 1, maxRetryMs: 1 });
+  t.after(() => pg.close());
+  pg.watch("a", 1, () => {});
+  await until(() => srv.hits.length >= 3, "three streams", 5000);
+  const [a, b, c] = srv.hits.map((h) => h.at);
+  assert.ok(b - a >= 190 && b - a < 400, `first stream cut after ${b - a} ms (2 × 100)`);
+  assert.ok(c - b >= 390, `second after ${c - b} ms: the wait doubled`);
+  assert.ok(srv.hits.every((h) => h.path === "/pollgate/v1/watch"), "same transport: the server answers");
+});
+
+test("an SSE answer that never sends a byte (a buffering proxy) moves to long-poll after 3 tries", async (t) => {
+  const srv = await serve((req, res) => {
+    if (req.url.startsWith("/pollgate/v1/watch")) return res.writeHead(200, { "content-type": "text/event-stream" }).flushHeaders();
+    res.writeHead(200, { "content-type": "application/json" }).end('{"stale":[{"key":"a","version":2}]}');
+  });
+  t.after(srv.close);
+  const got = [];
+  const pg = solo({ url: `${srv.base}/pollgate/v1/`, transports: ["sse", "wait"], heartbeatMs: 50, firstRetryMs: 1, maxRetryMs: 1 });
+  t.after(() => pg.close());
+  pg.watch("a", 1, (n) => got.push(n.version));
+  await until(() => got.length === 1, "a notice over long-poll");
+  const paths = srv.hits.map((h) => h.path);
+  assert.deepEqual(paths.slice(0, 4), ["/pollgate/v1/watch", "/pollgate/v1/watch", "/pollgate/v1/watch", "/pollgate/v1/wait"]);
+});

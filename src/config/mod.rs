@@ -89,7 +89,9 @@ pub struct Config {
     pub breaker_failures: u32,
     /// `5s`. How long the breaker stays open before one half-open probe.
     pub breaker_open: Duration,
-    /// `5s`. `X-Poll-Interval` hint on fresh answers.
+    /// `5s`. `X-Poll-Interval` hint on fresh answers while push is off or
+    /// refusing (clients must poll soon); while push is healthy the hint is
+    /// the cluster-wide `poll_interval_hint_s` (60 s) instead.
     pub poll_interval: Duration,
     /// `10s`. A client must send its request head within this (slowloris).
     pub header_read_timeout: Duration,

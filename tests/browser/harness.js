@@ -178,6 +178,8 @@ export async function startProxy(target) {
     client.on("error", end).on("close", end);
     client.once("data", (first) => {
       const entry = { at: performance.now(), line: first.toString("latin1").split("\r\n")[0], ok: false };
+      const page = proxy.pages.get(entry.line.split(" ")[1]);
+      if (page !== undefined) return servePage(client, page);
       log.push(entry);
       up = net.connect(...hostPort(proxy.target));
       sockets.add(up);
@@ -191,10 +193,27 @@ export async function startProxy(target) {
   const proxy = {
     target,
     log,
+    /** path → HTML the proxy answers itself (see `openPage`). */
+    pages: new Map(),
     url: `http://127.0.0.1:${server.address().port}`,
-    stop: () => new Promise((r) => (sockets.forEach((s) => s.destroy()), server.close(r))),
+    stop: () => new Promise((r) => (PROXIES.delete(proxy.url), sockets.forEach((s) => s.destroy()), server.close(r))),
   };
+  PROXIES.set(proxy.url, proxy);
   return proxy;
+}
+
+/** Proxies by origin, so `openPage` can have one serve a test page. */
+const PROXIES = new Map();
+let pageSeq = 0;
+
+function servePage(socket, html) {
+  const body = Buffer.from(html);
+  socket.end(
+    Buffer.concat([
+      Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n`),
+      body,
+    ]),
+  );
 }
 
 function hostPort(addr) {
@@ -216,10 +235,17 @@ export async function launchBrowser(extraArgs = []) {
  * A page at `origin + path` whose HTML is `html` (served by the test, not by
  * pollgate), so every other request — /pollgate/v1/client.js, the push
  * endpoints, polls — goes to the real server at `origin`.
+ *
+ * When `origin` is a `startProxy` proxy (as `start()` gives), the proxy
+ * serves the page over the network. Otherwise it is fulfilled by Playwright,
+ * which Chromium treats as a page of unknown address: its WebSockets to
+ * 127.0.0.1 are then blocked (net::ERR_BLOCKED_BY_LOCAL_NETWORK_ACCESS_CHECKS).
  */
-export async function openPage(context, origin, html, pagePath = "/__test__.html") {
+export async function openPage(context, origin, html, pagePath = `/__test__${++pageSeq}.html`) {
   const url = origin + pagePath;
-  await context.route(url, (r) => r.fulfill({ status: 200, contentType: "text/html", body: html }));
+  const proxy = PROXIES.get(origin);
+  if (proxy) proxy.pages.set(pagePath, html);
+  else await context.route(url, (r) => r.fulfill({ status: 200, contentType: "text/html", body: html }));
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[page error] ${e.message}`));
   await page.goto(url);
@@ -268,20 +294,22 @@ export function tempDir(prefix = "pollgate-browser-") {
 }
 
 /**
- * The common setup: demo upstream + pollgate + Chromium. Returns handles and
- * a `close()` that stops everything (use `t.after(env.close)`).
+ * The common setup: demo upstream + pollgate + a logging proxy in front of
+ * it (the pages' origin: it serves the test pages and logs each connection)
+ * + Chromium. Returns handles and a `close()` that stops everything (use
+ * `t.after(env.close)`).
  */
-export async function start({ pollgateArgs = [], seed = 0, proxy = false } = {}) {
+export async function start({ pollgateArgs = [], seed = 0 } = {}) {
   const up = await startUpstream({ seed });
   const pg = await startPollgate({ upstream: up.url, args: pollgateArgs });
-  const px = proxy ? await startProxy(pg.public) : null;
+  const px = await startProxy(pg.public);
   const browser = await launchBrowser();
   return {
     up,
     pg,
     proxy: px,
     browser,
-    origin: px ? px.url : pg.url,
+    origin: px.url,
     async close() {
       await browser.close().catch(() => {});
       await px?.stop();

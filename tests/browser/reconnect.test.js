@@ -11,7 +11,7 @@ const ctxOf = (line) => /[=,]c(\d+):/.exec(line || "")?.[1];
 
 test("pollgate SIGKILLed and restarted under 12 contexts: spread reconnects, one transport, every context notified", opts, async (t) => {
   const N = 12;
-  const env = await start({ proxy: true });
+  const env = await start();
   t.after(env.close);
   await env.pg.publish("p1 1\n");
   const pages = [];
@@ -145,4 +145,21 @@ test("push off (--push false): the client polls the app's route at the X-Poll-In
   const tried = await page.evaluate(() => performance.getEntriesByType("resource").map((e) => new URL(e.name).pathname));
   assert.ok(tried.includes("/pollgate/v1/watch") && tried.includes("/pollgate/v1/wait"), "push was tried first");
   await screenshot(page, "push-off-polling");
+});
+
+test("SSE not served (404): the client uses the WebSocket and notices arrive", opts, async (t) => {
+  const env = await start();
+  t.after(env.close);
+  await env.pg.publish("p1 1\n");
+  const context = await env.browser.newContext();
+  await context.route(/\/pollgate\/v1\/watch\?/, (route) => route.fulfill({ status: 404, body: "not here" }));
+  const page = await openPage(context, env.origin, clientPage());
+  await page.waitForFunction(() => window.ready);
+  await page.evaluate(() => watch("p1", 1));
+  await until(() => page.evaluate(() => pg.info.transport === "ws" && pg.info.state === "push"), "on the WebSocket", 5000);
+  await until(async () => (await env.pg.metric("pollgate_push_connections")) === 1, "one connection");
+  await env.pg.publish("p1 2\n");
+  await until(() => page.evaluate(() => (got.p1 || []).some((n) => n[0] === 2)), "a notice over the WebSocket", 2000);
+  const text = await (await fetch(`${env.pg.internalUrl}/metrics`)).text();
+  assert.match(text, /pollgate_push_connections\{transport="ws"\} 1/);
 });
