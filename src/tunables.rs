@@ -162,7 +162,7 @@ impl Values {
         Ok(())
     }
 
-    /// What gossip must never apply, whatever the sender (see [`TIMER`]).
+    /// What gossip must never apply, whatever the sender (see `TIMER`).
     pub fn sane(&self) -> Result<(), String> {
         for (f, n) in FIELDS.iter().zip(self.to_array()) {
             if !f.gossip.contains(&n) {
