@@ -19,12 +19,16 @@ build-demo:
 
 # Demo upstream (seeds p1..p3 at version 1 and publishes them once pollgate
 # is up), then pollgate on its embedded default config. Ctrl-C stops both.
+# Run the recipe with SIGINT at its default: a shell without job control
+# starts background jobs (`make run &` in a script) with SIGINT ignored, and
+# then a Ctrl-C/SIGINT sent to the group would be ignored too.
+run: SHELL := env --default-signal=INT /bin/sh
 run: build-demo
 	@command -v curl >/dev/null || { echo "make run needs curl (apt-get install curl)" >&2; exit 1; }
 	@set -u; \
 	pids=""; \
 	trap 'kill $$pids 2>/dev/null; wait 2>/dev/null; echo; echo stopped.' EXIT; \
-	trap 'exit 130' INT TERM; \
+	trap 'exit 0' INT TERM HUP; \
 	$(RELEASE)/examples/demo_upstream --listen $(DEMO_UPSTREAM) \
 	  --publish-url http://$(DEMO_INTERNAL) --publish-token $(DEMO_TOKEN) --seed 3 & \
 	pids="$$!"; \
@@ -53,7 +57,7 @@ run: build-demo
 	echo "curl -X POST -d 'hello' http://$(DEMO_UPSTREAM)/projects/p1/events"; \
 	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=1'"; \
 	echo; \
-	echo "Ctrl-C stops both."; \
+	echo "Ctrl-C stops both (in the background: kill the make process)."; \
 	wait $$pg
 
 # Exactly what CI runs; `cargo test` also builds the examples. The install

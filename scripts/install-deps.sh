@@ -19,7 +19,7 @@ DEB_PACKAGES=(
 )
 
 # npm projects whose node_modules the tests need.
-NPM_DIRS=(tests/browser)
+NPM_DIRS=(tests/browser docs/examples/express)
 
 check_only=false
 [ "${1:-}" = "--check" ] && check_only=true

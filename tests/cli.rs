@@ -149,3 +149,34 @@ fn a_taken_port_fails_cleanly() {
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&addr));
 }
+
+#[test]
+fn version_names_the_commit() {
+    let out = pollgate(&["--version"]);
+    assert!(out.status.success());
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    let want = format!("pollgate {} (commit {commit})\n", env!("CARGO_PKG_VERSION"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+}
+
+#[test]
+fn poll_interval_help_says_when_it_applies() {
+    let help = String::from_utf8_lossy(&pollgate(&["--help"]).stdout).into_owned();
+    let line = help
+        .lines()
+        .skip_while(|l| !l.contains("--poll-interval"))
+        .take(3)
+        .collect::<String>();
+    assert!(
+        line.contains("push is off or refusing") && line.contains("poll_interval_hint_s"),
+        "{line}"
+    );
+}

@@ -90,7 +90,7 @@ pub(super) fn command() -> Command {
         .zip(default_texts())
         .map(|((k, flag), default)| key_arg(k, flag, default));
     Command::new("pollgate")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PG_GIT_COMMIT"), ")"))
         .about("Answers \"anything new since version V?\" polls from memory; forwards only the stale ones")
         .color(ColorChoice::Never)
         .after_help(AFTER_HELP)

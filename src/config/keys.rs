@@ -124,7 +124,7 @@ pub(super) static KEYS: &[Key] = &[
         |c, v| one(v, duration).map(|x| c.max_age = x), |c| dur(c.max_age)),
     key("coalesce_wait", POLL, "DURATION", "How long a poll waits for a coalesced upstream request of its key",
         |c, v| one(v, duration).map(|x| c.coalesce_wait = x), |c| dur(c.coalesce_wait)),
-    key("poll_interval", POLL, "DURATION", "X-Poll-Interval hint sent with fresh answers",
+    key("poll_interval", POLL, "DURATION", "X-Poll-Interval hint on fresh answers while push is off or refusing; while push is healthy the hint is the cluster-wide poll_interval_hint_s (60s by default, GET/PUT /v1/config)",
         |c, v| one(v, positive_duration).map(|x| c.poll_interval = x), |c| dur(c.poll_interval)),
     key("publish_token", AUTH, "TOKEN", "Bearer token for POST /v1/versions",
         |c, v| one(v, secret).map(|x| c.publish_token = Some(x)), |c| redacted(&c.publish_token)).note("unset: publishing refused"),
