@@ -14,6 +14,7 @@ use crate::state::State;
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let res = match (req.method(), path) {
+        (&Method::GET, "/") => Ok(crate::status::page()),
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, "/readyz") => Ok(readyz(state)),

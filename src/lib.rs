@@ -25,6 +25,7 @@
 //!   notices for `/pollgate/v1/{watch,wait,ws}`, with admission control.
 //! - [`feed`]: trusted sources of versions besides the upstream (publish API).
 //! - [`internal`]: the internal listener (publish, lookup, metrics, health).
+//! - [`status`]: the operator's status page at `GET /` on the internal listener.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`tunables`]: cluster-wide values (max_age, heartbeats, hints), last writer wins.
 //! - [`config`]: default < file < env < flags layering and validation.
@@ -48,6 +49,7 @@ pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod status;
 pub mod table;
 pub mod tunables;
 pub mod upstream;
