@@ -26,7 +26,9 @@ pub async fn run(
     let push = crate::push::start(&state);
     // Gossip starts after the load, so the first pulls already see it.
     let cluster = ClusterHandle::start(state.clone(), Arc::new(transport::Http::default()));
+    let sighup = crate::reload::SighupHandle::start(state.clone());
     server::run(listeners, state.clone(), shutdown).await;
+    sighup.shutdown().await;
     cluster.shutdown().await;
     push.shutdown().await;
     // Last, so the final snapshot includes what gossip brought in.

@@ -20,6 +20,8 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/readyz") => Ok(readyz(state)),
         (&Method::POST, "/v1/versions") => publish::post(state, req).await,
         (_, "/v1/versions") => Err(Error::MethodNotAllowed),
+        (&Method::POST, "/v1/reload") => reload(state, &req),
+        (_, "/v1/reload") => Err(Error::MethodNotAllowed),
         (&Method::GET, "/v1/config") => Ok(cluster_api::get(state)),
         (&Method::PUT, "/v1/config") => cluster_api::put(state, req).await,
         (_, "/v1/config") => Err(Error::MethodNotAllowed),
@@ -43,6 +45,26 @@ fn metrics(state: &State) -> Response<Body> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// `POST /v1/reload` (admin token): what SIGHUP does, with the outcome as
+/// JSON — 200 `{"changed":[..],"restart_needed":[..]}`, or 400 with every
+/// error of a refused config (nothing changed).
+fn reload(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    publish::authorize(state.live.secrets().admin.as_slice(), req, "admin_token")?;
+    let result = state.live.reload();
+    crate::reload::log(&result);
+    Ok(match result {
+        Ok(a) => json(
+            StatusCode::OK,
+            serde_json::json!({"changed": a.changed, "restart_needed": a.restart_needed})
+                .to_string(),
+        ),
+        Err(e) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": e.to_string()}).to_string(),
+        ),
+    })
 }
 
 fn readyz(state: &State) -> Response<Body> {

@@ -29,6 +29,7 @@
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`tunables`]: cluster-wide values (max_age, heartbeats, hints), last writer wins.
 //! - [`config`]: default < file < env < flags layering and validation.
+//! - [`reload`]: SIGHUP / `POST /v1/reload`: re-read the config, apply the tokens.
 //! - [`error`]: where an error came from (client, upstream, internal) and the
 //!   one place that maps it to a status.
 //! - [`state`]: the state every handler shares, and `learn`, the one door
@@ -45,6 +46,7 @@ pub mod internal;
 pub mod metrics;
 pub mod poll;
 pub mod push;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;

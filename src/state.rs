@@ -39,6 +39,8 @@ pub struct State {
     pub cluster: Cluster,
     /// Flips to true when shutdown starts: connections finish, streams close.
     pub shutdown: watch::Sender<bool>,
+    /// What a reload can change (tokens); read per request, swapped whole.
+    pub live: crate::reload::Live,
 }
 
 impl State {
@@ -50,6 +52,7 @@ impl State {
         let cluster = Cluster::new(&cfg);
         cluster.hook_into(&table);
         Ok(Arc::new(State {
+            live: crate::reload::Live::new(&cfg),
             table,
             cluster,
             routes,

@@ -249,6 +249,13 @@ pub(super) fn redacted(secret: &Option<String>) -> Option<Value> {
     secret.as_ref().and_then(|_| text(REDACTED))
 }
 
+/// A repeatable secret: one placeholder per value; unset when there is none.
+pub(super) fn redacted_all(secrets: &[String]) -> Option<Value> {
+    (!secrets.is_empty())
+        .then(|| texts(secrets.iter().map(|_| REDACTED)))
+        .flatten()
+}
+
 // ---------------------------------------------------------------------------
 // "Did you mean": an unknown name is answered with the nearest key.
 
