@@ -96,7 +96,12 @@ async fn poll(
 
 fn is_fresh(state: &State, e: Entry) -> bool {
     let max_age = state.tunables.max_age_ms();
-    max_age == 0 || state.table.now_ms().saturating_sub(e.confirmed_ms) < max_age
+    max_age == 0
+        || state
+            .table
+            .now_ms()
+            .saturating_sub(state.table.confirmed_as_of(e))
+            < max_age
 }
 
 /// The client is behind: it needs the upstream's answer. Fails fast while the
@@ -148,7 +153,7 @@ const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
 /// long while push is on and admitting (push says when to poll), short otherwise.
 pub fn hit_response(state: &State, version: u64) -> Response<Body> {
     let interval = match state.push.healthy(&state.cfg) {
-        true => state.tunables.get().poll_interval_hint_s,
+        true => state.tunables.poll_interval_hint_s(),
         false => state.cfg.poll_interval.as_secs(),
     };
     let mut resp = Response::new(Body::empty());

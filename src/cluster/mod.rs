@@ -205,7 +205,7 @@ fn current_config(t: &Tunables) -> codec::Config {
 }
 
 fn apply_config(t: &Tunables, c: &codec::Config) {
-    if c.stamp > t.stamp() && api::sane(&c.values).is_ok() && t.apply(&c.values, c.stamp.clone()) {
+    if c.stamp > t.stamp() && c.values.sane().is_ok() && t.apply(&c.values, c.stamp.clone()) {
         tracing::info!(stamp = ?c.stamp, values = ?c.values, "cluster config applied from a peer");
     }
 }

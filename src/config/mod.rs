@@ -13,8 +13,19 @@
 //! - `cli`: the clap command and `--help`;
 //! - `parse`: the value parsers and printers, and "did you mean".
 //!
-//! Adding a key: a field here (doc: `` `default` ``, then why), its value in
-//! `Default`, a row in `keys::KEYS`; the tests check the three agree.
+//! Adding a key (the tests check that the steps agree):
+//! 1. a field of [`Config`] whose doc opens with its default as `--help`
+//!    prints it (`` `30s`. ``, `` `1MiB`. ``; "Unset: …" when it is an
+//!    `Option`), then why the field exists and why that default;
+//! 2. its value in `impl Default for Config`, the only place it is written;
+//! 3. a row in `keys::KEYS` under its heading: name (= the field), value
+//!    name, one-line help, the parser from `parse` (or a new one there,
+//!    with a test) and the printer (`dur`, `bytes`, `int`, `text`,
+//!    `redacted` for a secret); `.list()` if repeatable, `.note("…")` when
+//!    the default is unset or machine-dependent (what `--help` says instead);
+//! 4. a rule spanning several keys goes in `validate_fields`;
+//! 5. outside this folder: the README table and `deploy/pollgate.toml`
+//!    (`tests/deploy.rs` requires every key there).
 
 mod cli;
 mod keys;
@@ -124,6 +135,19 @@ pub struct Config {
     pub max_keys_per_watch: usize,
     /// `60s`. Longest long-poll `timeout` honoured; larger ones are capped.
     pub wait_max_timeout: Duration,
+
+    /// Unset: no Redis feed. `redis://[:password@]host:port/db`, `rediss://`
+    /// for TLS: where the app (or anything) writes version changes once for
+    /// every pollgate to read.
+    pub redis_url: Option<String>,
+    /// None. PUB/SUB channels; a message is a publish body. Lossy.
+    pub redis_channel: Vec<String>,
+    /// None. Streams read from the last applied ID (kept in the snapshot).
+    pub redis_stream: Vec<String>,
+    /// `false`. The app writes every change to `redis_stream`: a caught-up,
+    /// gap-free reader keeps entries confirmed, and a gap-free restart needs
+    /// no revalidation wave. Only the app can promise it, so it says so here.
+    pub redis_stream_complete: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +196,10 @@ impl Default for Config {
             push_max_connections: 100_000,
             max_keys_per_watch: 100,
             wait_max_timeout: Duration::from_secs(60),
+            redis_url: None,
+            redis_channel: Vec::new(),
+            redis_stream: Vec::new(),
+            redis_stream_complete: false,
         }
     }
 }
@@ -253,6 +281,7 @@ impl Config {
             (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
                 .then(|| PEER_WITHOUT_KEY.into()),
             (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
+            self.redis_feed_mismatch(),
         ];
         failed.into_iter().flatten().collect()
     }
@@ -275,6 +304,19 @@ impl Config {
             );
         }
         errs
+    }
+
+    /// `redis_url` and something to read come together.
+    fn redis_feed_mismatch(&self) -> Option<String> {
+        let reads = !(self.redis_channel.is_empty() && self.redis_stream.is_empty());
+        match (self.redis_url.is_some(), reads) {
+            (true, false) => {
+                Some("redis_url set but no redis_channel or redis_stream: nothing to read".into())
+            }
+            (false, true) => Some("redis_channel/redis_stream given but redis_url unset".into()),
+            _ => (self.redis_stream_complete && self.redis_stream.is_empty())
+                .then(|| "redis_stream_complete needs at least one redis_stream".into()),
+        }
     }
 
     /// Both listeners on one port of one address (or of the wildcard).

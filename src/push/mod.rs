@@ -277,7 +277,7 @@ async fn serve(
 }
 
 pub(crate) fn admit(state: &State, t: Transport) -> Result<Permit, Error> {
-    let per_s = state.tunables.get().push_admission_per_s;
+    let per_s = state.tunables.push_admission_per_s();
     state.push.admission.admit(t, per_s)
 }
 
