@@ -13,6 +13,7 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_BIND: u8 = 69;
 
 fn main() -> ExitCode {
+    pollgate::alloc::tune();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     pollgate::reload::set_source(pollgate::reload::Source {
