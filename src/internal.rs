@@ -2,10 +2,10 @@
 //! cluster config and gossip.
 //! Kept off the public port so operators can firewall it.
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{text, typed, Body};
 use crate::cluster::api as cluster_api;
 use crate::error::Error;
 use crate::feed::publish;
@@ -35,12 +35,11 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
 
 fn metrics(state: &State) -> Response<Body> {
     state.metrics.keys.set(state.table.len() as i64);
-    let mut resp = Response::new(Body::full(state.metrics.render()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
+    typed(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        state.metrics.render(),
+    )
 }
 
 fn readyz(state: &State) -> Response<Body> {
@@ -52,24 +51,4 @@ fn readyz(state: &State) -> Response<Body> {
             "not ready: loading snapshot or catching up with peers\n",
         )
     }
-}
-
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Body::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-pub fn json(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Body::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }

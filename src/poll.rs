@@ -144,7 +144,7 @@ const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
 /// `304` with `ETag: "<version>"`, `X-Pollgate: hit` and the poll-interval hint:
 /// long while push is on and admitting (push says when to poll), short otherwise.
 pub fn hit_response(state: &State, version: u64) -> Response<Body> {
-    let interval = match state.push.healthy(&state.cfg) {
+    let interval = match state.hub.healthy(&state.cfg) {
         true => state.tunables.get().poll_interval_hint_s,
         false => state.cfg.poll_interval.as_secs(),
     };
@@ -226,7 +226,6 @@ fn respond(state: &State, res: Result<Response<Incoming>, Error>) -> Response<Bo
             if matches!(e, Error::Shed { .. } | Error::BreakerOpen { .. }) {
                 state.metrics.request(Outcome::Shed);
             }
-            tracing::debug!(error = %e, "forward failed");
             e.into_response()
         }
     }

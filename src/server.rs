@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::body::Body;
 use crate::config::Config;
+use crate::shutdown::stopping;
 use crate::state::State;
 
 /// The two bound sockets. Bound before `run` so tests can bind port 0 and
@@ -187,9 +188,4 @@ fn respond(
     Either::Right(Box::pin(async move {
         Ok(crate::poll::handle(&state, req, remote).await)
     }))
-}
-
-/// Resolves once shutdown has started (or the sender is gone).
-pub async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

@@ -8,8 +8,8 @@ use tokio::sync::watch;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::push::Push;
 use crate::route::{RouteError, Routes};
 use crate::table::{Merge, Table};
 use crate::tunables::Tunables;
@@ -31,7 +31,7 @@ pub struct State {
     pub coalescer: Coalescer,
     pub tunables: Tunables,
     /// Watch registry, admission and push stats.
-    pub push: Push,
+    pub hub: Hub,
     /// False until the snapshot is loaded. `/readyz` also needs
     /// `cluster.caught_up()` (peers caught up with): two separate gates, ANDed.
     pub ready: AtomicBool,
@@ -56,7 +56,7 @@ impl State {
             upstream,
             coalescer: Coalescer::new(),
             tunables: Tunables::from_config(&cfg),
-            push: Push::new(&cfg),
+            hub: Hub::new(&cfg),
             ready: AtomicBool::new(true),
             shutdown: watch::Sender::new(false),
             metrics,

@@ -2,14 +2,14 @@
 //! internal listener. A PUT is validated whole, stamped (unix ms, node_id)
 //! and applied locally; gossip carries it to every replica (LWW).
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::body::Body;
+use crate::body::{json, typed};
 use crate::error::Error;
-use crate::feed::publish::{authorize, read_body};
-use crate::internal::json;
+use crate::inbound::{authorize, read_body};
 use crate::state::State;
 use crate::tunables::{Stamp, Values};
 
@@ -157,15 +157,8 @@ fn known() -> String {
 pub async fn gossip(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let frame = read_body(req, MAX_GOSSIP_BODY).await?;
     match super::blocking(|| state.cluster.handle(state, frame)) {
-        Ok(reply) => {
-            let mut resp = Response::new(Body::full(reply));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            Ok(resp)
-        }
-        Err(r) => Err(Error::GossipRefused(r)),
+        Ok(reply) => Ok(typed(StatusCode::OK, "application/octet-stream", reply)),
+        Err(r) => Err(Error::GossipRefused(r.to_string())),
     }
 }
 

@@ -274,7 +274,7 @@ impl<T: Transport> Ctx<T> {
     async fn sleep(&mut self, d: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(d) => !*self.stop.borrow(),
-            _ = crate::server::stopping(&mut self.stop) => false,
+            _ = crate::shutdown::stopping(&mut self.stop) => false,
         }
     }
 
