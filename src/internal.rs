@@ -6,9 +6,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{text, typed, Body};
-use crate::cluster::api as cluster_api;
 use crate::error::Error;
 use crate::feed::publish;
+use crate::gossip::api as cluster_api;
 use crate::state::State;
 
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
@@ -22,7 +22,8 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/v1/config") => Ok(cluster_api::get(state)),
         (&Method::PUT, "/v1/config") => cluster_api::put(state, req).await,
         (_, "/v1/config") => Err(Error::MethodNotAllowed),
-        (&Method::POST, "/v1/cluster/push" | "/v1/cluster/pull") => {
+        // `/v1/cluster/push` is the pre-0.2 name of `deltas`, kept for rolling upgrades.
+        (&Method::POST, "/v1/cluster/deltas" | "/v1/cluster/pull" | "/v1/cluster/push") => {
             cluster_api::gossip(state, req).await
         }
         (&Method::GET, p) if p.starts_with("/v1/versions/") => {
@@ -48,7 +49,7 @@ fn readyz(state: &State) -> Response<Body> {
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: loading snapshot or catching up with peers\n",
+            "not ready: catching up with peers\n",
         )
     }
 }

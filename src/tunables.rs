@@ -161,3 +161,171 @@ mod tests {
         assert_eq!(t.max_age_ms(), 2);
     }
 }
+
+// ---- validation: the one place that says which values are acceptable ----
+
+/// The accepted fields and their ranges (inclusive).
+const FIELDS: [(&str, u64, u64); 6] = [
+    ("heartbeat_interval_ms", 1_000, 300_000),
+    ("ghost_timeout_ms", 1_000, 3_600_000),
+    ("poll_interval_hint_s", 1, 3_600),
+    ("push_admission_per_s", 1, 1_000_000),
+    ("max_age_ms", 0, 86_400_000),
+    ("max_age_s", 0, 86_400),
+];
+
+/// Applies `fields` to `cur`; the error names the first bad field.
+pub fn update(
+    mut cur: Values,
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Values, String> {
+    let mut max_age: Option<(u64, &str)> = None;
+    for (name, value) in fields {
+        let (_, lo, hi) = FIELDS
+            .iter()
+            .find(|(n, ..)| n == name)
+            .ok_or_else(|| format!("{name}: unknown field (known: {})", known()))?;
+        let n = value
+            .as_u64()
+            .ok_or_else(|| format!("{name}: must be a whole number, got {value}"))?;
+        if n < *lo || n > *hi {
+            return Err(format!("{name}: {n} is out of range {lo}..={hi}"));
+        }
+        let ms = if name == "max_age_s" { n * 1000 } else { n };
+        match name.as_str() {
+            "heartbeat_interval_ms" => cur.heartbeat_interval_ms = n,
+            "ghost_timeout_ms" => cur.ghost_timeout_ms = n,
+            "poll_interval_hint_s" => cur.poll_interval_hint_s = n,
+            "push_admission_per_s" => cur.push_admission_per_s = n,
+            _ => match max_age {
+                Some((prev, other)) if prev != ms => {
+                    return Err(format!("{name}: disagrees with {other}"))
+                }
+                _ => max_age = Some((ms, name)),
+            },
+        }
+    }
+    if let Some((ms, _)) = max_age {
+        cur.max_age_ms = ms;
+    }
+    check(&cur)?;
+    Ok(cur)
+}
+
+/// Cross-field rules, also applied to values arriving by gossip.
+pub fn check(v: &Values) -> Result<(), String> {
+    // Strictly longer, as the `ghost_timeout` config key requires: a pong
+    // can only follow a ping.
+    if v.ghost_timeout_ms <= v.heartbeat_interval_ms {
+        return Err(format!(
+            "ghost_timeout_ms: {} must be longer than heartbeat_interval_ms ({})",
+            v.ghost_timeout_ms, v.heartbeat_interval_ms
+        ));
+    }
+    Ok(())
+}
+
+/// Longest timer gossip may set: far beyond any real setting, far below
+/// where `Instant + Duration` overflows.
+const MAX_TIMER_MS: u64 = 365 * 86_400_000;
+
+/// What gossip must never apply, whatever the sender: a timer of 0 spins
+/// every socket's ping loop, one near u64::MAX panics in `Instant + Duration`.
+/// Deliberately looser than the PUT ranges: a PUT carries the replica's
+/// local seeds for the fields it does not name (e.g. a 100 ms heartbeat from
+/// config), and refusing those here would split the cluster's values.
+pub fn sane(v: &Values) -> Result<(), String> {
+    for (name, ms) in [
+        ("heartbeat_interval_ms", v.heartbeat_interval_ms),
+        ("ghost_timeout_ms", v.ghost_timeout_ms),
+    ] {
+        if !(1..=MAX_TIMER_MS).contains(&ms) {
+            return Err(format!("{name}: {ms} is out of range 1..={MAX_TIMER_MS}"));
+        }
+    }
+    check(v)
+}
+
+fn known() -> String {
+    FIELDS.map(|(n, ..)| n).join(", ")
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    fn values() -> Values {
+        Values {
+            heartbeat_interval_ms: 25_000,
+            ghost_timeout_ms: 50_000,
+            poll_interval_hint_s: 60,
+            push_admission_per_s: 2000,
+            max_age_ms: 60_000,
+        }
+    }
+
+    fn up(json: &str) -> Result<Values, String> {
+        update(values(), &serde_json::from_str(json).unwrap())
+    }
+
+    #[test]
+    fn partial_updates_keep_the_rest() {
+        let v = up(r#"{"heartbeat_interval_ms": 5000}"#).unwrap();
+        assert_eq!(v.heartbeat_interval_ms, 5000);
+        assert_eq!(v.ghost_timeout_ms, 50_000);
+        assert_eq!(up(r#"{"max_age_s": 30}"#).unwrap().max_age_ms, 30_000);
+        assert_eq!(
+            up(r#"{"max_age_s": 30, "max_age_ms": 30000}"#)
+                .unwrap()
+                .max_age_ms,
+            30_000
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (json, field) in [
+            (r#"{"nope": 1}"#, "nope: unknown field"),
+            (
+                r#"{"heartbeat_interval_ms": 10}"#,
+                "heartbeat_interval_ms: 10 is out of range",
+            ),
+            (
+                r#"{"poll_interval_hint_s": "5"}"#,
+                "poll_interval_hint_s: must be a whole number",
+            ),
+            (
+                r#"{"ghost_timeout_ms": 25000}"#,
+                "ghost_timeout_ms: 25000 must be longer",
+            ),
+            (r#"{"max_age_s": 1, "max_age_ms": 5}"#, "disagrees"),
+        ] {
+            let e = up(json).unwrap_err();
+            assert!(e.contains(field), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn gossiped_timers_are_sane() {
+        let zero_heartbeat = Values {
+            heartbeat_interval_ms: 0,
+            ..values()
+        };
+        let e = sane(&zero_heartbeat).unwrap_err();
+        assert!(e.contains("heartbeat_interval_ms"), "{e}");
+        let huge_ghost = Values {
+            ghost_timeout_ms: u64::MAX,
+            ..values()
+        };
+        assert!(sane(&huge_ghost).unwrap_err().contains("ghost_timeout_ms"));
+        // A local seed outside the PUT ranges still travels.
+        let fast = Values {
+            heartbeat_interval_ms: 100,
+            ghost_timeout_ms: 300,
+            push_admission_per_s: 0,
+            ..values()
+        };
+        assert!(sane(&fast).is_ok());
+        assert!(sane(&values()).is_ok());
+    }
+}

@@ -16,7 +16,7 @@ use crate::state::{State, VersionSource};
 /// that the table then grows into (measured: ~9 B/key more RSS).
 #[derive(Debug, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct Item<'a> {
+pub struct Update<'a> {
     #[serde(borrow)]
     pub key: std::borrow::Cow<'a, str>,
     pub version: u64,
@@ -60,7 +60,7 @@ fn is_json<B>(req: &Request<B>) -> bool {
 }
 
 /// `key version` per line; blank lines and `#` comments skipped.
-pub fn parse_text(body: &[u8]) -> Result<Vec<Item<'_>>, Error> {
+pub fn parse_text(body: &[u8]) -> Result<Vec<Update<'_>>, Error> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Error::BadRequestOwned(format!("body is not UTF-8: {e}")))?;
     let mut items = Vec::new();
@@ -74,14 +74,14 @@ pub fn parse_text(body: &[u8]) -> Result<Vec<Item<'_>>, Error> {
     Ok(items)
 }
 
-fn parse_line(line: &str) -> Result<Item<'_>, &'static str> {
+fn parse_line(line: &str) -> Result<Update<'_>, &'static str> {
     let mut parts = line.split_ascii_whitespace();
     let (Some(key), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err("expected `key version`");
     };
     check_key(key)?;
     let version = parse_version(version)?;
-    Ok(Item {
+    Ok(Update {
         key: key.into(),
         version,
     })
@@ -93,8 +93,8 @@ fn bad_line(n: usize, line: &str, why: &str) -> Error {
 }
 
 /// `[{"key":"a","version":5}, ...]`.
-pub fn parse_json(body: &[u8]) -> Result<Vec<Item<'_>>, Error> {
-    let items: Vec<Item<'_>> = serde_json::from_slice(body).map_err(|e| {
+pub fn parse_json(body: &[u8]) -> Result<Vec<Update<'_>>, Error> {
+    let items: Vec<Update<'_>> = serde_json::from_slice(body).map_err(|e| {
         Error::BadRequestOwned(format!("expected [{{\"key\":..,\"version\":..}}]: {e}"))
     })?;
     for (n, item) in items.iter().enumerate() {
@@ -124,11 +124,11 @@ mod tests {
         assert_eq!(
             items,
             vec![
-                Item {
+                Update {
                     key: "a".into(),
                     version: 1
                 },
-                Item {
+                Update {
                     key: "b:c".into(),
                     version: 22
                 },

@@ -68,7 +68,7 @@ fn stream_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Wires push into the state: the table's advance hook, the metrics and the
+/// Starts push's metrics and the
 /// stream runtime (without one, streams run on the caller's runtime).
 pub fn start(state: &Arc<State>) -> PushHandle {
     let runtime = stream_runtime()
@@ -79,10 +79,6 @@ pub fn start(state: &Arc<State>) -> PushHandle {
     if let Some(rt) = &runtime {
         state.hub.set_runtime(rt.handle().clone());
     }
-    let registry = state.hub.registry.clone();
-    state
-        .table
-        .on_advance(Box::new(move |key, v| registry.notify(key, v)));
     let (a, s, r) = (
         state.hub.admission.clone(),
         state.hub.stats.clone(),

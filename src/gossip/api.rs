@@ -1,0 +1,80 @@
+//! `GET /v1/config`, `PUT /v1/config` and the gossip endpoints on the
+//! internal listener. A PUT is validated whole, stamped (unix ms, node_id)
+//! and applied locally; gossip carries it to every replica (LWW).
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use crate::body::Body;
+use crate::body::{json, typed};
+use crate::error::Error;
+use crate::inbound::{authorize, read_body};
+use crate::state::State;
+use crate::tunables::{update, Stamp, Values};
+
+use crate::cluster::auth::unix_ms;
+
+/// Largest config PUT body; the document is a handful of numbers.
+const MAX_CONFIG_BODY: u64 = 16 << 10;
+/// Largest gossip request: push batches and pull requests are far smaller.
+const MAX_GOSSIP_BODY: u64 = 16 << 20;
+
+pub fn get(state: &State) -> Response<Body> {
+    json(StatusCode::OK, format!("{}\n", document(state)))
+}
+
+fn document(state: &State) -> Value {
+    let v = state.tunables.get();
+    let stamp = state.tunables.stamp();
+    serde_json::json!({
+        "heartbeat_interval_ms": v.heartbeat_interval_ms,
+        "ghost_timeout_ms": v.ghost_timeout_ms,
+        "poll_interval_hint_s": v.poll_interval_hint_s,
+        "push_admission_per_s": v.push_admission_per_s,
+        "max_age_ms": v.max_age_ms,
+        "max_age_s": v.max_age_ms / 1000,
+        "stamp": {"at_ms": stamp.at_ms, "node": stamp.node},
+    })
+}
+
+/// Partial update: fields not given keep their current values.
+pub async fn put(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    authorize(state.cfg.admin_token.as_deref(), &req, "admin_token")?;
+    let body = read_body(req, MAX_CONFIG_BODY).await?;
+    let fields: Map<String, Value> = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequestOwned(format!("expected a JSON object of tunables: {e}")))?;
+    let (values, stamp) = apply_admin(state, &fields)?;
+    state.cluster.config_changed();
+    tracing::info!(?stamp, ?values, "cluster config changed by admin");
+    Ok(json(StatusCode::OK, format!("{}\n", document(state))))
+}
+
+/// Applies `fields` on top of the current values with a stamp strictly after
+/// the current one. A gossiped change can land between reading and applying;
+/// then the update is recomputed on the newer values rather than dropped.
+fn apply_admin(state: &State, fields: &Map<String, Value>) -> Result<(Values, Stamp), Error> {
+    loop {
+        let cur = state.tunables.stamp();
+        let values = update(state.tunables.get(), fields).map_err(Error::BadRequestOwned)?;
+        // Strictly after the current stamp, so a change made here wins even if
+        // this replica's clock is behind the one that made the last change.
+        let stamp = Stamp {
+            at_ms: unix_ms().max(cur.at_ms.saturating_add(1)),
+            node: state.cfg.node_id.clone(),
+        };
+        if state.tunables.apply(&values, stamp.clone()) {
+            return Ok((values, stamp));
+        }
+    }
+}
+
+/// `POST /v1/cluster/{deltas,pull}`: a sealed frame in, a sealed frame out.
+/// Refusals are 401 with the reason (the sender logs it; no secret is in it).
+pub async fn gossip(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let frame = read_body(req, MAX_GOSSIP_BODY).await?;
+    match crate::cluster::blocking(|| state.cluster.handle(&state.table, &state.tunables, frame)) {
+        Ok(reply) => Ok(typed(StatusCode::OK, "application/octet-stream", reply)),
+        Err(r) => Err(Error::GossipRefused(r.to_string())),
+    }
+}
