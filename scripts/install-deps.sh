@@ -14,6 +14,7 @@ DEB_PACKAGES=(
   fonts-liberation # readable text in the browser tests' screenshots
   nodejs          # node --test: client unit tests, browser tests
   npm             # installs playwright-core for tests/browser
+  redis-server    # tests/redis.rs: a real Redis per test (the Redis feed)
   systemd         # systemd-analyze verify/security of deploy/pollgate.service (tests/deploy.rs)
   prometheus      # promtool: check and unit-test deploy/prometheus/alerts.yml (tests/observability.rs)
 )

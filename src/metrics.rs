@@ -151,6 +151,7 @@ pub struct Metrics {
     pub publish_rejected: Counter,
     pub versions_learned_publish: Counter,
     pub versions_learned_upstream: Counter,
+    pub versions_learned_redis: Counter,
     pub versions_advanced: Counter,
     collectors: RwLock<Vec<Collector>>,
 }
@@ -235,6 +236,7 @@ impl Metrics {
         let rows = [
             ("publish", self.versions_learned_publish.get()),
             ("upstream", self.versions_learned_upstream.get()),
+            ("redis", self.versions_learned_redis.get()),
         ];
         #[rustfmt::skip]
         family(o, "counter", "pollgate_versions_learned_total", "Versions received from trusted sources.", "source", rows);

@@ -44,7 +44,10 @@ pub fn respond(state: &Arc<State>, remote: SocketAddr, req: Request<Incoming>) -
 pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Reply {
     let uri = req.uri();
     if uri.path() == crate::push::client_js::PATH {
-        return now(crate::push::client_js::response(req.method(), req.headers()));
+        return now(crate::push::client_js::response(
+            req.method(),
+            req.headers(),
+        ));
     }
     if let Some(t) = crate::push::transport(uri.path()) {
         let state = state.clone();
