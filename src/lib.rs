@@ -33,7 +33,9 @@
 //! - [`state`]: the state every handler shares, and `learn`, the one door
 //!   through which a trusted version enters the table.
 //! - [`body`]: the response body type shared by every path.
+//! - [`alloc`]: allocator settings applied at start-up (why: memory per key).
 
+pub mod alloc;
 pub mod app;
 pub mod body;
 pub mod cluster;

@@ -23,21 +23,36 @@ struct RedisServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// Set: TLS only, with the certificates in this directory (see [`make_certs`]).
+    tls: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
     fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    fn start_with(tls: Option<&Path>) -> RedisServer {
         for _ in 0..20 {
             let (port, dir) = (free_port(), tempfile::tempdir().unwrap());
-            if let Some(child) = spawn_redis(port, dir.path()) {
-                return RedisServer { child, port, dir };
+            if let Some(child) = spawn_redis(port, dir.path(), tls) {
+                let tls = tls.map(Path::to_path_buf);
+                return RedisServer {
+                    child,
+                    port,
+                    dir,
+                    tls,
+                };
             }
         }
         panic!("no redis-server could start on a free port");
     }
 
     fn url(&self) -> String {
-        url_of(self.port)
+        match self.tls {
+            None => url_of(self.port),
+            Some(_) => format!("rediss://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// SIGKILL: gone at once, like a crashed Redis.
@@ -51,7 +66,7 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(child) = spawn_redis(self.port, self.dir.path()) {
+            if let Some(child) = spawn_redis(self.port, self.dir.path(), self.tls.as_deref()) {
                 self.child = child;
                 return;
             }
@@ -61,27 +76,50 @@ impl RedisServer {
     }
 
     async fn conn(&self) -> MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
+        client(self.port, self.tls.as_deref())
             .get_multiplexed_async_connection()
             .await
             .unwrap()
     }
 }
 
-/// Starts redis-server on `port` and waits for a PING; `None` if it exits
-/// (the port was taken) or never answers.
-fn spawn_redis(port: u16, dir: &Path) -> Option<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
+/// A client for our server on `port`; over TLS trusting `tls`'s CA.
+fn client(port: u16, tls: Option<&Path>) -> redis::Client {
+    let Some(dir) = tls else {
+        return redis::Client::open(url_of(port)).unwrap();
+    };
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(std::fs::read(dir.join("ca.pem")).unwrap()),
+    };
+    redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/0"), certs).unwrap()
+}
+
+/// Starts redis-server on `port` (TLS only with `tls`) and waits until it
+/// answers; `None` if it exits (the port was taken) or never answers.
+fn spawn_redis(port: u16, dir: &Path, tls: Option<&Path>) -> Option<Child> {
+    let mut cmd = Command::new("redis-server");
+    match tls {
+        None => cmd.args(["--port", &port.to_string()]),
+        Some(certs) => cmd
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(certs.join("server.pem"))
+            .arg("--tls-key-file")
+            .arg(certs.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(certs.join("ca.pem"))
+            .args(["--tls-auth-clients", "no"]),
+    };
+    let mut child = cmd
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (apt-get install redis-server)");
-    let client = redis::Client::open(url_of(port)).unwrap();
+    let client = client(port, tls);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if child.try_wait().unwrap().is_some() {
@@ -108,6 +146,66 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// With openssl: a CA (`ca.pem`), a server certificate for 127.0.0.1 it
+/// signed (`server.pem`, `server.key`), and a CA that signed nothing (`other.pem`).
+fn make_certs(dir: &Path) {
+    let ssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    for (key, pem) in [("ca.key", "ca.pem"), ("other.key", "other.pem")] {
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            key,
+            "-out",
+            pem,
+            "-subj",
+            "/CN=pollgate test CA",
+        ]);
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
 }
 
 fn free_port() -> u16 {
@@ -309,12 +407,14 @@ async fn a_stream_trimmed_past_the_position_is_a_counted_gap() {
         None,
         "trimmed before it was read"
     );
-    let logged = pg
-        .log
-        .lock()
-        .iter()
-        .any(|l| l.contains("stream trimmed past"));
-    assert!(logged);
+    let logged = eventually(WAIT, || async {
+        pg.log
+            .lock()
+            .iter()
+            .any(|l| l.contains("stream trimmed past"))
+    })
+    .await;
+    assert!(logged, "{:?}", pg.log.lock());
 }
 
 #[tokio::test]
@@ -386,4 +486,45 @@ async fn a_gap_free_complete_stream_spares_the_app_revalidations_after_a_restart
     );
     assert!(plain >= 100, "every loaded key revalidated: {plain}");
     assert_eq!(complete, 0, "the stream vouched for every key");
+}
+
+#[tokio::test]
+async fn a_stream_over_tls_is_read_and_a_server_from_another_ca_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let redis = RedisServer::start_with(Some(certs.path()));
+    let up = Upstream::start().await;
+    let ca = |name: &str| dir_str(&certs.path().join(name));
+    let (good_ca, other_ca) = (ca("ca.pem"), ca("other.pem"));
+    let flags = |ca: &str| -> Vec<String> {
+        ["--redis-tls-ca", ca, "--redis-stream", "versions"]
+            .map(String::from)
+            .to_vec()
+    };
+    let good_flags = flags(&good_ca);
+    let good = start_pg(
+        &up,
+        &redis,
+        &good_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let other_flags = flags(&other_ca);
+    let other = start_pg(
+        &up,
+        &redis,
+        &other_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut c = redis.conn().await;
+    xadd(&mut c, "versions", &[("key", "tls"), ("version", "1")]).await;
+    assert!(has(&good, "tls", 1).await, "{:?}", good.log.lock());
+    let refused = eventually(WAIT, || async {
+        other
+            .log
+            .lock()
+            .iter()
+            .any(|l| l.contains("Redis stream connect failed"))
+    })
+    .await;
+    assert!(refused, "{:?}", other.log.lock());
+    assert_eq!(other.metric(CONNECTED).await, 0.0);
+    assert_eq!(version_of(&other, "tls").await, None);
 }

@@ -171,6 +171,8 @@ pub(super) static KEYS: &[Key] = &[
         |c, v| all(v, stream_name).map(|x| c.redis_stream = x), |c| texts(c.redis_stream.iter())).list().note("none"),
     key("redis_stream_complete", REDIS, "BOOL", "The app writes every change to redis_stream: a caught-up gap-free reader keeps entries confirmed",
         |c, v| one(v, boolean).map(|x| c.redis_stream_complete = x), |c| Some(Value::Boolean(c.redis_stream_complete))),
+    key("redis_tls_ca", REDIS, "FILE", "PEM CA certificate(s) to verify a rediss:// server with instead of the system roots",
+        |c, v| one(v, non_empty).map(|x| c.redis_tls_ca = Some(x.into())), |c| c.redis_tls_ca.as_ref().and_then(|d| text(d.display()))).note("unset: system roots"),
 ];
 
 pub(super) fn key_index(name: &str) -> Option<usize> {

@@ -146,6 +146,8 @@ pub struct Config {
     /// gap-free reader keeps entries confirmed, and a gap-free restart needs
     /// no revalidation wave. Only the app can promise it, so it says so here.
     pub redis_stream_complete: bool,
+    /// Unset: the system roots. PEM CA a `rediss://` server is verified with.
+    pub redis_tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +200,7 @@ impl Default for Config {
             redis_channel: Vec::new(),
             redis_stream: Vec::new(),
             redis_stream_complete: false,
+            redis_tls_ca: None,
         }
     }
 }
@@ -312,8 +315,15 @@ impl Config {
                 Some("redis_url set but no redis_channel or redis_stream: nothing to read".into())
             }
             (false, true) => Some("redis_channel/redis_stream given but redis_url unset".into()),
-            _ => (self.redis_stream_complete && self.redis_stream.is_empty())
-                .then(|| "redis_stream_complete needs at least one redis_stream".into()),
+            _ if self.redis_stream_complete && self.redis_stream.is_empty() => {
+                Some("redis_stream_complete needs at least one redis_stream".into())
+            }
+            _ => (self.redis_tls_ca.is_some()
+                && !self
+                    .redis_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("rediss://")))
+            .then(|| "redis_tls_ca needs a rediss:// redis_url".into()),
         }
     }
 

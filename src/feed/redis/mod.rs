@@ -40,6 +40,9 @@ pub struct Settings {
     /// caught up and has seen no gap, every entry counts as confirmed (see
     /// `stream::Coverage`). Off by default: only the app can promise it.
     pub stream_complete: bool,
+    /// PEM CA certificate(s) a `rediss://` server is verified against instead
+    /// of the system roots (a private CA, as managed Redis often uses).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -50,6 +53,7 @@ impl Settings {
             channels: cfg.redis_channel.clone(),
             streams: cfg.redis_stream.clone(),
             stream_complete: cfg.redis_stream_complete,
+            tls_ca: cfg.redis_tls_ca.clone(),
         }
     }
 
@@ -64,6 +68,19 @@ pub fn check_url(url: &str) -> Result<(), String> {
     redis::Client::open(url)
         .map(drop)
         .map_err(|e| format!("not a redis:// or rediss:// URL: {e}"))
+}
+
+/// A client for `url`, trusting `tls_ca` (PEM) instead of the system roots.
+fn client(url: &str, tls_ca: Option<&std::path::Path>) -> Result<redis::Client, String> {
+    let Some(path) = tls_ca else {
+        return redis::Client::open(url).map_err(|e| e.to_string());
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("redis_tls_ca {}: {e}", path.display()))?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(url, certs).map_err(|e| e.to_string())
 }
 
 /// Owns the channel and stream readers; `shutdown` stops and awaits them.
@@ -83,7 +100,7 @@ impl RedisHandle {
         let mut tasks = Vec::new();
         if let (true, Some(url)) = (settings.enabled(), settings.url.as_deref()) {
             stats.register(state);
-            match redis::Client::open(url) {
+            match client(url, settings.tls_ca.as_deref()) {
                 Ok(client) => {
                     tasks = start_readers(state, settings, client, &stats, positions, &stop)
                 }
