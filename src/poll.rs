@@ -73,7 +73,7 @@ fn is_fresh(state: &State, e: Entry) -> bool {
         || state
             .table
             .now_ms()
-            .saturating_sub(state.table.confirmed_as_of(e))
+            .saturating_sub(state.table.confirmed_as_of(e, max_age))
             < max_age
 }
 
