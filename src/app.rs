@@ -38,7 +38,10 @@ pub async fn run(
         &redis_feed::Settings::from_config(&state.cfg),
         positions,
     );
-    let sighup = crate::reload::SighupHandle::start(state.clone());
+    let reloading = state.clone();
+    let sighup = crate::reload::SighupHandle::start(move || {
+        crate::reload::log(&reloading.live.reload());
+    });
     server::run(listeners, state.clone(), shutdown).await;
     sighup.shutdown().await;
     // Before the last snapshot, so it holds the last position applied.

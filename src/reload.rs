@@ -145,11 +145,12 @@ pub fn log(result: &Result<Applied, ReloadError>) {
     }
 }
 
-/// Reloads on every SIGHUP until shut down.
+/// Runs `reload` on every SIGHUP until shut down. Takes the action rather
+/// than the state, so this module stays below `state` (which holds [`Live`]).
 pub struct SighupHandle(tokio::task::JoinHandle<()>);
 
 impl SighupHandle {
-    pub fn start(state: Arc<crate::state::State>) -> SighupHandle {
+    pub fn start(reload: impl Fn() + Send + 'static) -> SighupHandle {
         SighupHandle(tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -157,7 +158,7 @@ impl SighupHandle {
             };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the config");
-                log(&state.live.reload());
+                reload();
             }
         }))
     }
