@@ -465,13 +465,21 @@ impl Table {
 
     /// When `e` was last known current: its own confirmation, or the
     /// vouching feed's if that covers it. Never-confirmed entries (0) stay 0.
-    pub fn confirmed_as_of(&self, e: Entry) -> u64 {
+    /// The feed's time is moved back by a per-entry amount in `[0, max_age/2)`:
+    /// when the feed stops (Redis down), the entries it vouched for expire
+    /// spread over the second half of `max_age` instead of all at one moment.
+    /// The feed renews at least every `max_age/4`, so none expires meanwhile.
+    pub fn confirmed_as_of(&self, e: Entry, max_age_ms: u64) -> u64 {
         let from = self.vouched_from.load(Ordering::Acquire);
         if e.confirmed_ms == 0 || e.confirmed_ms < from {
             return e.confirmed_ms;
         }
-        e.confirmed_ms
-            .max(self.vouched_upto.load(Ordering::Acquire))
+        // Own confirmations are spread (publishes, snapshot load): a cheap,
+        // stable per-entry jitter without hashing the key.
+        let jitter = e.confirmed_ms.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let back = jitter % (max_age_ms / 2).max(1);
+        let upto = self.vouched_upto.load(Ordering::Acquire);
+        e.confirmed_ms.max(upto.saturating_sub(back))
     }
 
     /// Lowers every entry's confirmation to at most `cap()` (drawn per entry):
@@ -513,7 +521,7 @@ impl Table {
     /// `threads` workers (at least one, the caller) take whole shards, so
     /// they never meet on a lock. Hooks run when every shard is done, on the
     /// calling thread and in item order, so thread-local context such as
-    /// `cluster::without_push` applies to them as it would to `merge_at`.
+    /// `cluster::Origin` applies to them as it would to `merge_at`.
     /// Returns how many items inserted or advanced a key.
     pub fn merge_batch_at(&self, items: &[(&str, u64, u64)], threads: usize) -> usize {
         assert!(
@@ -853,7 +861,8 @@ mod tests {
         t.merge_at("old", 1, 100);
         t.merge_at("new", 1, 500);
         t.merge("never", 1, false);
-        let as_of = |k| t.confirmed_as_of(t.get(k).unwrap());
+        // max_age 1: no jitter, so the rule shows plainly.
+        let as_of = |k| t.confirmed_as_of(t.get(k).unwrap(), 1);
         assert_eq!(
             (as_of("old"), as_of("new")),
             (100, 500),
@@ -867,6 +876,27 @@ mod tests {
         assert_eq!(t.get("new").unwrap().confirmed_ms, 50);
         t.vouch(1_000, 1_000);
         assert_eq!(as_of("new"), 50, "a gap after it: not covered");
+    }
+
+    #[test]
+    fn vouched_entries_expire_spread_over_the_second_half_of_max_age() {
+        let t = Table::new();
+        for i in 0..1000 {
+            t.merge_at(&format!("k{i}"), 1, 1_000 + i * 7);
+        }
+        t.vouch(0, 100_000);
+        let max_age = 10_000;
+        let mut backs = Vec::new();
+        t.for_each(|_, e| backs.push(100_000 - t.confirmed_as_of(e, max_age)));
+        assert!(
+            backs.iter().all(|&b| b < max_age / 2),
+            "never more than half"
+        );
+        let spread = backs.iter().filter(|&&b| b < max_age / 4).count();
+        assert!(
+            (350..650).contains(&spread),
+            "about half in each quarter: {spread}"
+        );
     }
 
     #[test]

@@ -407,12 +407,14 @@ async fn a_stream_trimmed_past_the_position_is_a_counted_gap() {
         None,
         "trimmed before it was read"
     );
-    let logged = pg
-        .log
-        .lock()
-        .iter()
-        .any(|l| l.contains("stream trimmed past"));
-    assert!(logged);
+    let logged = eventually(WAIT, || async {
+        pg.log
+            .lock()
+            .iter()
+            .any(|l| l.contains("stream trimmed past"))
+    })
+    .await;
+    assert!(logged, "{:?}", pg.log.lock());
 }
 
 #[tokio::test]

@@ -40,6 +40,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use keys::{to_toml, REDACTED};
+pub use parse::{check_redis_url, MAX_STREAM_NAME};
 
 /// The effective configuration. Field docs give the default and why.
 #[derive(Debug, Clone, PartialEq)]
