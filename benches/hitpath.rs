@@ -39,7 +39,9 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 || request(fastrand::u64(0..keys)),
                 |req| {
-                    let resp = pollgate::poll::handle(&state, req, remote).now_or_never();
+                    let resp = pollgate::public::route(&state, remote, req)
+                        .now_or_never()
+                        .map(|r| r.unwrap_or_else(|e| match e {}));
                     assert_eq!(resp.unwrap().status(), StatusCode::NOT_MODIFIED);
                 },
                 BatchSize::SmallInput,

@@ -60,7 +60,10 @@ fn spawn(ports: &[u16], i: usize) -> Child {
     ])
     .args(["--internal-listen", &format!("127.0.0.1:{}", ports[i])])
     .args(["--cluster-key", KEY, "--publish-token", TOKEN])
-    .env("RUST_LOG", "warn,pollgate::cluster=debug")
+    .env(
+        "RUST_LOG",
+        "warn,pollgate::gossip=debug,pollgate::cluster=debug",
+    )
     .stdout(Stdio::null())
     .stderr(match std::env::var_os("LOADTEST_LOG") {
         Some(_) if i == 2 => Stdio::inherit(),
@@ -113,19 +116,13 @@ async fn metric(c: &HttpClient, port: u16, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn wait_for<F, Fut>(max: Duration, mut cond: F) -> bool
+/// Convergence is timed by this wait, so it looks every 2 ms.
+async fn wait_for<F, Fut>(max: Duration, cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + max;
-    while Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    false
+    pollgate::testkit::eventually(max, Duration::from_millis(2), cond).await
 }
 
 async fn formed(c: &HttpClient, ports: &[u16]) -> bool {

@@ -4,11 +4,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::cluster::{transport, ClusterHandle};
+use crate::cluster::transport;
 use crate::config::Config;
 use crate::feed::redis::{self as redis_feed, RedisHandle};
+use crate::gossip::GossipHandle;
 use crate::route::RouteError;
 use crate::server::{self, Listeners};
+use crate::snapshot::SnapshotHandle;
 use crate::state::State;
 
 /// Runs pollgate on bound `listeners` until `shutdown` resolves and every
@@ -22,21 +24,26 @@ pub async fn run(
     let state = State::new(cfg)?;
     // Loaded before serving: a poll meeting a half-loaded table would go
     // upstream as "unknown", the stampede a warm start exists to prevent.
-    // Push hooks register after the load so 1M loaded keys wake nobody.
     // Stream positions: loaded with the snapshot, advanced by the Redis
     // reader, written with every snapshot.
     let positions = Arc::new(crate::snapshot::Positions::default());
     let snapshots = crate::snapshot::start(&state, positions.clone()).await;
+    register_advance_hooks(&state, &snapshots);
     let push = crate::push::start(&state);
     // Gossip starts after the load, so the first pulls already see it.
-    let cluster = ClusterHandle::start(state.clone(), Arc::new(transport::Http::default()));
+    let cluster = GossipHandle::start(state.clone(), Arc::new(transport::Http::default()));
     // After the load, so a stream resumes where the loaded table ends.
     let redis = RedisHandle::start(
         &state,
         &redis_feed::Settings::from_config(&state.cfg),
         positions,
     );
+    let reloading = state.clone();
+    let sighup = crate::reload::SighupHandle::start(move || {
+        crate::reload::log(&reloading.live.reload());
+    });
     server::run(listeners, state.clone(), shutdown).await;
+    sighup.shutdown().await;
     // Before the last snapshot, so it holds the last position applied.
     redis.shutdown().await;
     cluster.shutdown().await;
@@ -44,4 +51,19 @@ pub async fn run(
     // Last, so the final snapshot includes what gossip brought in.
     snapshots.shutdown().await;
     Ok(())
+}
+
+/// Every reaction to a version advancing, registered in one place and only
+/// after the snapshot load: 1M loaded keys wake no watcher, are not sent to
+/// peers, and do not count as changes to snapshot again.
+fn register_advance_hooks(state: &State, snapshots: &SnapshotHandle) {
+    let registry = state.hub.registry.clone();
+    state
+        .table
+        .on_advance(Box::new(move |key, v| registry.notify(key, v)));
+    let others = [snapshots.advance_hook(), state.cluster.advance_hook()];
+    others
+        .into_iter()
+        .flatten()
+        .for_each(|hook| state.table.on_advance(hook));
 }

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 
@@ -76,4 +77,27 @@ impl From<hyper::body::Incoming> for Body {
     fn from(b: hyper::body::Incoming) -> Self {
         Body::Incoming(b)
     }
+}
+
+/// A complete answer with a fixed body and its content type.
+pub fn typed(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// A short fixed text answer (health, errors).
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    typed(status, "text/plain; charset=utf-8", body)
+}
+
+/// A JSON answer; `body` is already serialised.
+pub fn json(status: StatusCode, body: String) -> Response<Body> {
+    typed(status, "application/json", body)
 }

@@ -47,12 +47,12 @@ pub enum Error {
     /// A gossip frame failed authentication; the reason names no secret,
     /// and the sending replica logs it.
     #[error("gossip refused: {0}")]
-    GossipRefused(crate::cluster::auth::Reject),
+    GossipRefused(String),
 }
 
-/// Who is to blame, for logs and metrics.
+/// Who is to blame: decides what the client may see and how loudly it is logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum Blame {
     Client,
     Upstream,
     Internal,
@@ -61,7 +61,7 @@ pub enum Source {
 }
 
 impl Error {
-    pub fn source(&self) -> Source {
+    pub fn blame(&self) -> Blame {
         use Error::*;
         match self {
             BadRequest(_)
@@ -72,10 +72,10 @@ impl Error {
             | TooLarge { .. }
             | MethodNotAllowed
             | BodyTimeout(_)
-            | GossipRefused(_) => Source::Client,
-            Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Source::Upstream,
-            Internal(_) => Source::Internal,
-            PushBusy { .. } => Source::Overload,
+            | GossipRefused(_) => Blame::Client,
+            Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Blame::Upstream,
+            Internal(_) => Blame::Internal,
+            PushBusy { .. } => Blame::Overload,
         }
     }
 
@@ -99,10 +99,16 @@ impl Error {
     /// The response a client sees. Upstream and internal details stay in the log.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let msg = match (&self, self.source()) {
+        let blame = self.blame();
+        match blame {
+            Blame::Internal => tracing::warn!(error = %self, "internal error"),
+            Blame::Upstream => tracing::debug!(error = %self, "upstream error"),
+            Blame::Client | Blame::Overload => tracing::trace!(error = %self, "refused"),
+        }
+        let msg = match (&self, blame) {
             // The detail names the backend and the error chain: log only.
             (Error::Upstream(_), _) => "upstream failed".to_string(),
-            (_, Source::Internal) => "internal error".to_string(),
+            (_, Blame::Internal) => "internal error".to_string(),
             _ => self.to_string(),
         };
         let mut resp = Response::new(Body::full(format!("{msg}\n")));

@@ -2,27 +2,31 @@
 //! cluster config and gossip.
 //! Kept off the public port so operators can firewall it.
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::Body;
-use crate::cluster::api as cluster_api;
+use crate::body::{json, text, typed, Body};
 use crate::error::Error;
 use crate::feed::publish;
+use crate::gossip::api as cluster_api;
 use crate::state::State;
 
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let res = match (req.method(), path) {
+        (&Method::GET, "/") => Ok(crate::status::page()),
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, "/readyz") => Ok(readyz(state)),
         (&Method::POST, "/v1/versions") => publish::post(state, req).await,
         (_, "/v1/versions") => Err(Error::MethodNotAllowed),
+        (&Method::POST, "/v1/reload") => reload(state, &req),
+        (_, "/v1/reload") => Err(Error::MethodNotAllowed),
         (&Method::GET, "/v1/config") => Ok(cluster_api::get(state)),
         (&Method::PUT, "/v1/config") => cluster_api::put(state, req).await,
         (_, "/v1/config") => Err(Error::MethodNotAllowed),
-        (&Method::POST, "/v1/cluster/push" | "/v1/cluster/pull") => {
+        // `/v1/cluster/push` is the pre-0.2 name of `deltas`, kept for rolling upgrades.
+        (&Method::POST, "/v1/cluster/deltas" | "/v1/cluster/pull" | "/v1/cluster/push") => {
             cluster_api::gossip(state, req).await
         }
         (&Method::GET, p) if p.starts_with("/v1/versions/") => {
@@ -36,12 +40,31 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
 fn metrics(state: &State) -> Response<Body> {
     state.metrics.keys.set(state.table.len() as i64);
     state.metrics.ready.set(i64::from(state.is_ready()));
-    let mut resp = Response::new(Body::full(state.metrics.render()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
+    typed(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        state.metrics.render(),
+    )
+}
+
+/// `POST /v1/reload` (admin token): what SIGHUP does, with the outcome as
+/// JSON — 200 `{"changed":[..],"restart_needed":[..]}`, or 400 with every
+/// error of a refused config (nothing changed).
+fn reload(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    crate::inbound::authorize(state.live.secrets().admin.as_slice(), req, "admin_token")?;
+    let result = state.live.reload();
+    crate::reload::log(&result);
+    Ok(match result {
+        Ok(a) => json(
+            StatusCode::OK,
+            serde_json::json!({"changed": a.changed, "restart_needed": a.restart_needed})
+                .to_string(),
+        ),
+        Err(e) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": e.to_string()}).to_string(),
+        ),
+    })
 }
 
 fn readyz(state: &State) -> Response<Body> {
@@ -50,27 +73,7 @@ fn readyz(state: &State) -> Response<Body> {
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: loading snapshot or catching up with peers\n",
+            "not ready: catching up with peers\n",
         )
     }
-}
-
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Body::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-pub fn json(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Body::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }

@@ -3,37 +3,44 @@
 //!
 //! # Layout
 //!
-//! The modules follow a request through the sidecar:
+//! A poll goes [`server`] → [`public`] → [`route`] → [`poll`] → [`table`],
+//! each module once:
 //!
-//! - [`app`]: wires state, background tasks and the server; stops them in order.
 //! - [`server`]: binds the public and internal listeners, runs the
 //!   connection loop (HTTP/1.1 + h2c) and graceful shutdown.
+//! - [`public`]: the public router. Decides once whether a request is a push
+//!   transport, a poll, or pass-through.
 //! - [`route`]: turns a request into `(key, client_version)` without
 //!   allocating, or says it is not a poll.
 //! - [`poll`]: the hit path. Known, fresh and not behind → `304` from memory;
-//!   otherwise hand the request to [`upstream`].
+//!   otherwise the forward decision (stale, cold and coalesced, expired).
+//! - [`table`]: the sharded version table; merge is `max`, so a version never
+//!   goes backwards. Advance hooks tell push, gossip and snapshots.
 //! - [`upstream`]: the pooled forwarding client, the guard in front of it
 //!   (in-flight cap, wait queue, shedding, circuit breaker) and per-key
 //!   coalescing of cold or expired keys.
-//! - [`table`]: the sharded version table; merge is `max`, so a version never
-//!   goes backwards.
-//! - [`cluster`]: replicas gossip versions (delta push, pull anti-entropy),
-//!   readiness after catching up, and the cluster-wide config (LWW).
+//!
+//! Beside the poll path:
+//!
+//! - [`push`]: SSE, long-poll and WebSocket "you are stale, poll now"
+//!   notices for `/pollgate/v1/{watch,wait,ws}`, over the [`hub`] (watcher
+//!   registry and admission control, held by the state).
+//! - [`internal`]: the internal router (publish, lookup, config, gossip,
+//!   metrics, health); [`feed`]: the publish API and the Redis feed.
+//! - [`gossip`]: replicas exchange deltas and pull anti-entropy over the
+//!   [`cluster`] core (auth, codec, outbox, peers, held by the state).
 //! - [`snapshot`]: warm restarts: the table written to `data_dir` and loaded
 //!   at start, loaded entries revalidated spread over `max_age`.
-//! - [`push`]: SSE, long-poll and WebSocket "you are stale, poll now"
-//!   notices for `/pollgate/v1/{watch,wait,ws}`, with admission control.
-//! - [`feed`]: trusted sources of versions besides the upstream (publish API).
-//! - [`internal`]: the internal listener (publish, lookup, metrics, health).
-//! - [`metrics`]: Prometheus counters and histograms.
-//! - [`tunables`]: cluster-wide values (max_age, heartbeats, hints), last writer wins.
-//! - [`config`]: default < file < env < flags layering and validation.
-//! - [`error`]: where an error came from (client, upstream, internal) and the
-//!   one place that maps it to a status.
-//! - [`state`]: the state every handler shares, and `learn`, the one door
-//!   through which a trusted version enters the table.
-//! - [`body`]: the response body type shared by every path.
-//! - [`alloc`]: allocator settings applied at start-up (why: memory per key).
+//! - [`app`]: wires state, advance hooks, background tasks and the server;
+//!   stops them in order. [`state`]: what every handler shares, and `learn`,
+//!   the one door through which a trusted version enters the table.
+//!
+//! Ground floor, importing nothing above it: [`config`] (default < file <
+//! env < flags), [`tunables`] (cluster-wide values, their ranges, LWW),
+//! [`metrics`], [`error`] (where an error came from; the one place it
+//! becomes a status), [`body`] (the response body and small builders),
+//! [`inbound`] (bearer tokens, bounded bodies), [`shutdown`] (the signal),
+//! [`alloc`] (allocator settings applied at start-up: memory per key).
 
 pub mod alloc;
 pub mod app;
@@ -42,14 +49,23 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod gossip;
+pub mod hub;
+pub mod inbound;
 pub mod internal;
 pub mod metrics;
 pub mod poll;
+pub mod public;
 pub mod push;
+pub mod reload;
 pub mod route;
 pub mod server;
+pub mod shutdown;
 pub mod snapshot;
 pub mod state;
+pub mod status;
 pub mod table;
+#[doc(hidden)]
+pub mod testkit;
 pub mod tunables;
 pub mod upstream;

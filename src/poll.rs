@@ -3,82 +3,55 @@
 //! version the upstream reports on the way back.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use compact_str::CompactString;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::Error;
 use crate::metrics::Outcome;
-use crate::route::Match;
 use crate::state::{State, VersionSource};
 use crate::table::Entry;
 use crate::upstream::{Leader, Role};
 
-/// The hit path alone, synchronous: `Some(304)` when this request is a poll
-/// that memory answers right now, `None` to go down [`handle`]. Answering
-/// here lets the server skip building (and moving) `handle`'s large future.
-pub fn try_hit(state: &State, req: &Request<Body>) -> Option<Response<Body>> {
-    let uri = req.uri();
-    if crate::push::transport(uri.path()).is_some() {
-        return None;
-    }
-    let Match::Poll {
-        key,
-        version: Some(client),
-        ..
-    } = state.routes.matches(uri.path(), uri.query(), req.headers())
-    else {
-        return None;
-    };
+/// The hit path, synchronous: `Some(304)` when memory answers this poll
+/// right now, `None` to go down [`poll`]. Answering here lets the router skip
+/// building (and moving) `poll`'s large future.
+pub fn try_hit(state: &State, key: &str, client: u64) -> Option<Response<Body>> {
     let entry = state.table.get(key)?;
     (client >= entry.version && is_fresh(state, entry)).then(|| hit(state, entry.version))
 }
 
-/// Public listener entry point: push, polls, pass-through.
-pub async fn handle(state: &Arc<State>, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
-    if req.uri().path() == crate::push::client_js::PATH {
-        return crate::push::client_js::response(req.method(), req.headers());
-    }
-    if let Some(t) = crate::push::transport(req.uri().path()) {
-        return crate::push::handle(state, req, t).await;
-    }
-    let m = state
-        .routes
-        .matches(req.uri().path(), req.uri().query(), req.headers());
-    match m {
-        Match::Poll { key, version, .. } => {
-            // Keys are ≤ 128 bytes; ≤ 24 stay inline (no allocation).
-            let key = CompactString::new(key);
-            poll(state, req, remote, &key, version).await
-        }
-        Match::Bad(reason) => {
-            state.metrics.request(Outcome::BadRequest);
-            Error::BadRequest(reason).into_response()
-        }
-        Match::None if state.cfg.passthrough => passthrough(state, req, remote).await,
-        Match::None => Error::NotFound.into_response(),
-    }
+/// One poll on its way to an answer: what every step of the decision needs.
+struct Poll<'a> {
+    state: &'a State,
+    req: Request<Body>,
+    remote: SocketAddr,
+    key: &'a str,
 }
 
 /// Decides hit / stale / unknown / expired for one poll.
-async fn poll(
+pub async fn poll(
     state: &State,
     req: Request<Body>,
     remote: SocketAddr,
     key: &str,
     client: Option<u64>,
 ) -> Response<Body> {
+    let p = Poll {
+        state,
+        req,
+        remote,
+        key,
+    };
     let Some(entry) = state.table.get(key) else {
-        return cold(state, req, remote, key, client).await;
+        return p.cold(client).await;
     };
     let Some(client) = client else {
-        return forward(state, req, remote, key, None, Outcome::NoVersion).await;
+        return p.forward(None, Outcome::NoVersion).await;
     };
     if client < entry.version {
-        return stale(state, req, remote, key).await;
+        return p.stale().await;
     }
     if is_fresh(state, entry) {
         return hit(state, entry.version);
@@ -88,7 +61,7 @@ async fn poll(
     // is a better answer than a 503.
     match state.coalescer.join(key) {
         Role::Leader(l) if state.upstream.refusing().is_none() => {
-            forward(state, req, remote, key, Some(l), Outcome::Revalidate).await
+            p.forward(Some(l), Outcome::Revalidate).await
         }
         _ => hit(state, entry.version),
     }
@@ -104,40 +77,48 @@ fn is_fresh(state: &State, e: Entry) -> bool {
             < max_age
 }
 
-/// The client is behind: it needs the upstream's answer. Fails fast while the
-/// breaker is open so a dead upstream never holds polls.
-async fn stale(state: &State, req: Request<Body>, remote: SocketAddr, key: &str) -> Response<Body> {
-    if let Some(err) = state.upstream.refusing() {
-        state.metrics.request(Outcome::Shed);
-        return err.into_response();
-    }
-    forward(state, req, remote, key, None, Outcome::Stale).await
-}
-
-/// Unknown key: one request per key goes upstream, the others wait for the
-/// version it brings and are answered from memory if that makes them fresh.
-async fn cold(
-    state: &State,
-    req: Request<Body>,
-    remote: SocketAddr,
-    key: &str,
-    client: Option<u64>,
-) -> Response<Body> {
-    let follower = match state.coalescer.join(key) {
-        Role::Leader(l) => {
-            return forward(state, req, remote, key, Some(l), Outcome::Unknown).await
+impl Poll<'_> {
+    /// The client is behind: it needs the upstream's answer. Fails fast while
+    /// the breaker is open so a dead upstream never holds polls.
+    async fn stale(self) -> Response<Body> {
+        if let Some(err) = self.state.upstream.refusing() {
+            self.state.metrics.request(Outcome::Shed);
+            return err.into_response();
         }
-        Role::Follower(f) => f,
-    };
-    if follower.wait(state.cfg.coalesce_wait).await {
-        if let (Some(e), Some(c)) = (state.table.get(key), client) {
-            if c >= e.version {
-                state.metrics.request(Outcome::Coalesced);
-                return hit_response(state, e.version);
+        self.forward(None, Outcome::Stale).await
+    }
+
+    /// Unknown key: one request per key goes upstream, the others wait for the
+    /// version it brings and are answered from memory if that makes them fresh.
+    async fn cold(self, client: Option<u64>) -> Response<Body> {
+        let (state, key) = (self.state, self.key);
+        let follower = match state.coalescer.join(key) {
+            Role::Leader(l) => return self.forward(Some(l), Outcome::Unknown).await,
+            Role::Follower(f) => f,
+        };
+        if follower.wait(state.cfg.coalesce_wait).await {
+            if let (Some(e), Some(c)) = (state.table.get(key), client) {
+                if c >= e.version {
+                    state.metrics.request(Outcome::Coalesced);
+                    return hit_response(state, e.version);
+                }
             }
         }
+        self.forward(None, Outcome::Stale).await
     }
-    forward(state, req, remote, key, None, Outcome::Stale).await
+
+    /// Sends the poll upstream and learns the version the upstream reports.
+    /// `leader` (if any) is dropped once the version is in the table, waking followers.
+    async fn forward(self, leader: Option<Leader<'_>>, outcome: Outcome) -> Response<Body> {
+        let state = self.state;
+        state.metrics.request(outcome);
+        let res = state.upstream.forward(self.req, self.remote).await;
+        if let Ok(resp) = &res {
+            learn_from(state, self.key, resp);
+        }
+        drop(leader);
+        respond(state, res)
+    }
 }
 
 fn hit(state: &State, version: u64) -> Response<Body> {
@@ -152,7 +133,7 @@ const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
 /// `304` with `ETag: "<version>"`, `X-Pollgate: hit` and the poll-interval hint:
 /// long while push is on and admitting (push says when to poll), short otherwise.
 pub fn hit_response(state: &State, version: u64) -> Response<Body> {
-    let interval = match state.push.healthy(&state.cfg) {
+    let interval = match state.hub.healthy(&state.cfg) {
         true => state.tunables.poll_interval_hint_s(),
         false => state.cfg.poll_interval.as_secs(),
     };
@@ -191,25 +172,6 @@ fn decimal(n: u64, quoted: bool) -> HeaderValue {
     HeaderValue::from_bytes(&buf[i..]).expect("digits and quotes are valid header bytes")
 }
 
-/// Sends a poll upstream and learns the version the upstream reports.
-/// `leader` (if any) is dropped once the version is in the table, waking followers.
-async fn forward(
-    state: &State,
-    req: Request<Body>,
-    remote: SocketAddr,
-    key: &str,
-    leader: Option<Leader<'_>>,
-    outcome: Outcome,
-) -> Response<Body> {
-    state.metrics.request(outcome);
-    let res = state.upstream.forward(req, remote).await;
-    if let Ok(resp) = &res {
-        learn_from(state, key, resp);
-    }
-    drop(leader);
-    respond(state, res)
-}
-
 /// Reads the configured version header; a missing or malformed one teaches nothing.
 fn learn_from(state: &State, key: &str, resp: &Response<Incoming>) {
     let Some(v) = resp.headers().get(&state.cfg.version_header) else {
@@ -234,14 +196,13 @@ fn respond(state: &State, res: Result<Response<Incoming>, Error>) -> Response<Bo
             if matches!(e, Error::Shed { .. } | Error::BreakerOpen { .. }) {
                 state.metrics.request(Outcome::Shed);
             }
-            tracing::debug!(error = %e, "forward failed");
             e.into_response()
         }
     }
 }
 
 /// Not a poll: proxied unchanged (through the same guard).
-async fn passthrough(state: &State, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
+pub async fn passthrough(state: &State, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
     state.metrics.request(Outcome::Passthrough);
     respond(state, state.upstream.forward(req, remote).await)
 }

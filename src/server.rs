@@ -1,15 +1,13 @@
 //! Listeners, the connection loop (HTTP/1.1 keep-alive + h2c, upgrades for
 //! WebSocket) and graceful shutdown: stop accepting, drain within the grace period.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{ready, Either, Ready};
-use http::{Request, Response};
+use futures_util::future::Either;
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,8 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::body::Body;
 use crate::config::Config;
+use crate::public::Reply;
+use crate::shutdown::stopping;
 use crate::state::State;
 
 /// The two bound sockets. Bound before `run` so tests can bind port 0 and
@@ -137,9 +136,8 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    // SSE watches are served off hyper (see push::raw); the rest is only peeked at.
     let stream = match side {
-        Side::Public => match crate::push::raw::intercept(&state, stream, &mut stop).await {
+        Side::Public => match crate::public::intercept(&state, stream, &mut stop).await {
             Some(s) => s,
             None => return,
         },
@@ -160,36 +158,15 @@ async fn serve(
     }
 }
 
-type Answer = Result<Response<Body>, Infallible>;
-
-/// A hit is answered without a boxed future; everything else is boxed, so the
-/// hit path never builds or moves the forwarding path's large state machine.
-fn respond(
-    state: &Arc<State>,
-    side: Side,
-    remote: SocketAddr,
-    req: Request<Incoming>,
-) -> Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer> + Send>>> {
-    let state = match side {
+/// The internal listener's requests are never hits: always a boxed future.
+fn respond(state: &Arc<State>, side: Side, remote: SocketAddr, req: Request<Incoming>) -> Reply {
+    match side {
+        Side::Public => crate::public::respond(state, remote, req),
         Side::Internal => {
             let state = state.clone();
-            return Either::Right(Box::pin(async move {
+            Either::Right(Box::pin(async move {
                 Ok(crate::internal::handle(&state, req).await)
-            }));
+            }))
         }
-        Side::Public => state,
-    };
-    let req = req.map(Body::Incoming);
-    if let Some(resp) = crate::poll::try_hit(state, &req) {
-        return Either::Left(ready(Ok(resp)));
     }
-    let state = state.clone();
-    Either::Right(Box::pin(async move {
-        Ok(crate::poll::handle(&state, req, remote).await)
-    }))
-}
-
-/// Resolves once shutdown has started (or the sender is gone).
-pub async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::state::State;
-use crate::table::Table;
+use crate::table::{AdvanceHook, Table};
 use format::{Encoder, FormatError, Snapshot};
 
 pub use file::{snapshot_path, FILE_NAME};
@@ -121,10 +121,9 @@ fn merge_all(
     threads: u64,
 ) -> Result<(), FormatError> {
     let items = items(snap, table.now_ms(), max_age_ms, threads)?;
-    // Not pushed to peers: they have these versions or will pull them, and a
-    // million keys in the outbox at each restart would be pure waste. The
-    // batch runs every hook on this thread, so this covers all of them.
-    crate::cluster::without_push(|| table.merge_batch_at(&items, threads as usize));
+    // Runs before `app::run` registers the advance hooks: peers have these
+    // versions or will pull them, and nobody watches yet.
+    table.merge_batch_at(&items, threads as usize);
     Ok(())
 }
 
@@ -214,7 +213,7 @@ pub fn unix_ms() -> u64 {
 
 /// Counters shared by the writer task, the advance hook and the metrics scrape.
 #[derive(Default)]
-pub struct Stats {
+pub struct SnapshotStats {
     /// Advancing merges seen by the table hook since start.
     changes: AtomicU64,
     /// `changes` as it was when the last successful write started.
@@ -232,7 +231,7 @@ pub struct Stats {
 /// Owns the periodic writer; `shutdown` writes a final snapshot.
 pub struct SnapshotHandle {
     task: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<SnapshotStats>,
     /// Held until shutdown: `data_dir` belongs to this process alone.
     _lock: Option<std::fs::File>,
 }
@@ -241,7 +240,7 @@ pub struct SnapshotHandle {
 /// caller starts serving, so no poll meets a half-loaded table and falls
 /// through to the upstream as "unknown"), then starts the writer.
 pub async fn start(state: &Arc<State>, positions: Arc<Positions>) -> SnapshotHandle {
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(SnapshotStats::default());
     register_metrics(state, &stats);
     let disabled = |stats| SnapshotHandle {
         task: None,
@@ -259,10 +258,6 @@ pub async fn start(state: &Arc<State>, positions: Arc<Positions>) -> SnapshotHan
         }
     };
     load_at_start(state, &stats, &dir, &positions).await;
-    let s = stats.clone();
-    state.table.on_advance(Box::new(move |_, _| {
-        s.changes.fetch_add(1, Ordering::Relaxed);
-    }));
     let (stop_tx, stop_rx) = oneshot::channel();
     let every = state.cfg.snapshot_interval;
     let task = tokio::spawn(run(
@@ -281,6 +276,16 @@ pub async fn start(state: &Arc<State>, positions: Arc<Positions>) -> SnapshotHan
 }
 
 impl SnapshotHandle {
+    /// Counts advances, so the writer skips a round when nothing changed
+    /// (`None` without `data_dir`). Registered by `app::run` after the load.
+    pub fn advance_hook(&self) -> Option<AdvanceHook> {
+        self.task.as_ref()?;
+        let s = self.stats.clone();
+        Some(Box::new(move |_, _| {
+            s.changes.fetch_add(1, Ordering::Relaxed);
+        }))
+    }
+
     /// Stops the writer after one last write of whatever changed. Call it after
     /// the server has drained, so the final snapshot includes every publish.
     pub async fn shutdown(self) {
@@ -295,7 +300,7 @@ impl SnapshotHandle {
 
 async fn run(
     state: Arc<State>,
-    stats: Arc<Stats>,
+    stats: Arc<SnapshotStats>,
     dir: PathBuf,
     positions: Arc<Positions>,
     every: Duration,
@@ -322,7 +327,7 @@ async fn run(
 /// A failed write is logged and retried at the next tick; serving goes on.
 async fn write_if_changed(
     state: &Arc<State>,
-    stats: &Stats,
+    stats: &SnapshotStats,
     dir: &Path,
     positions: &Arc<Positions>,
 ) {
@@ -357,7 +362,7 @@ async fn write_if_changed(
     }
 }
 
-impl Stats {
+impl SnapshotStats {
     fn record_write(&self, w: &Written, took: Duration) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.created_ms.store(w.created_ms, Ordering::Relaxed);
@@ -369,7 +374,12 @@ impl Stats {
 
 /// Loads on a blocking thread; on a bad file logs why, moves it aside and
 /// leaves the table cold. Never fails start-up.
-async fn load_at_start(state: &Arc<State>, stats: &Stats, dir: &Path, positions: &Arc<Positions>) {
+async fn load_at_start(
+    state: &Arc<State>,
+    stats: &SnapshotStats,
+    dir: &Path,
+    positions: &Arc<Positions>,
+) {
     let path = snapshot_path(dir);
     let (st, p, pos) = (state.clone(), path.clone(), positions.clone());
     let started = Instant::now();
@@ -391,7 +401,7 @@ async fn load_at_start(state: &Arc<State>, stats: &Stats, dir: &Path, positions:
     }
 }
 
-fn load_failed(stats: &Stats, path: &Path, e: &LoadError) {
+fn load_failed(stats: &SnapshotStats, path: &Path, e: &LoadError) {
     stats.load_failures.fetch_add(1, Ordering::Relaxed);
     let LoadError::Format(_) = e else {
         tracing::error!(file = %path.display(), reason = %e, "snapshot unreadable; starting cold");
@@ -409,7 +419,7 @@ fn load_failed(stats: &Stats, path: &Path, e: &LoadError) {
 
 /// Snapshot metrics, plus revalidations in flight (coalesced upstream
 /// requests for cold or expired keys), which is what `max_age` costs.
-fn register_metrics(state: &Arc<State>, stats: &Arc<Stats>) {
+fn register_metrics(state: &Arc<State>, stats: &Arc<SnapshotStats>) {
     // Weak: the collector lives inside `state.metrics`; a strong ref would be a cycle.
     let (st, s): (Weak<State>, _) = (Arc::downgrade(state), stats.clone());
     state.metrics.register(Box::new(move |o| {
@@ -425,7 +435,7 @@ fn register_metrics(state: &Arc<State>, stats: &Arc<Stats>) {
     }));
 }
 
-impl Stats {
+impl SnapshotStats {
     fn render(&self, o: &mut String) {
         use crate::metrics::{counter, gauge};
         let created = self.created_ms.load(Ordering::Relaxed);

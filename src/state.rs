@@ -1,15 +1,14 @@
 //! The state every request handler shares: config, table, routes, upstream,
-//! push, cluster and metrics, and `learn`, the one door for trusted versions.
+//! the push hub, the cluster core and metrics, and `learn`, the one door for trusted versions.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::push::Push;
 use crate::route::{RouteError, Routes};
 use crate::table::{Merge, Table};
 use crate::tunables::Tunables;
@@ -33,14 +32,13 @@ pub struct State {
     pub coalescer: Coalescer,
     pub tunables: Tunables,
     /// Watch registry, admission and push stats.
-    pub push: Push,
-    /// False until the snapshot is loaded. `/readyz` also needs
-    /// `cluster.caught_up()` (peers caught up with): two separate gates, ANDed.
-    pub ready: AtomicBool,
+    pub hub: Hub,
     /// Gossip: inbound handling, outbox, peers, metrics.
     pub cluster: Cluster,
     /// Flips to true when shutdown starts: connections finish, streams close.
     pub shutdown: watch::Sender<bool>,
+    /// What a reload can change (tokens); read per request, swapped whole.
+    pub live: crate::reload::Live,
 }
 
 impl State {
@@ -50,25 +48,25 @@ impl State {
         let upstream = Upstream::new(&cfg, metrics.clone());
         let table = Table::new();
         let cluster = Cluster::new(&cfg);
-        cluster.hook_into(&table);
         Ok(Arc::new(State {
+            live: crate::reload::Live::new(&cfg),
             table,
             cluster,
             routes,
             upstream,
             coalescer: Coalescer::new(),
             tunables: Tunables::from_config(&cfg),
-            push: Push::new(&cfg),
-            ready: AtomicBool::new(true),
+            hub: Hub::new(&cfg),
             shutdown: watch::Sender::new(false),
             metrics,
             cfg,
         }))
     }
 
-    /// Ready to serve: snapshot loaded and peers caught up with.
+    /// Ready to serve: peers caught up with. (The snapshot needs no gate:
+    /// `app::run` loads it before the listeners serve anything.)
     pub fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Acquire) && self.cluster.caught_up()
+        self.cluster.caught_up()
     }
 
     /// Max-merges a version from a trusted source (confirming the entry).

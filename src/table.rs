@@ -521,7 +521,7 @@ impl Table {
     /// `threads` workers (at least one, the caller) take whole shards, so
     /// they never meet on a lock. Hooks run when every shard is done, on the
     /// calling thread and in item order, so thread-local context such as
-    /// `cluster::without_push` applies to them as it would to `merge_at`.
+    /// `cluster::Origin` applies to them as it would to `merge_at`.
     /// Returns how many items inserted or advanced a key.
     pub fn merge_batch_at(&self, items: &[(&str, u64, u64)], threads: usize) -> usize {
         assert!(

@@ -146,11 +146,11 @@ async fn publish_at_one_is_visible_at_all() {
 fn push_frame(auth: &Auth, ts: u64, key: &str, version: u64) -> Vec<u8> {
     let msg = Message {
         from: "test-peer".into(),
-        config: codec::Config {
+        config: codec::ConfigFrame {
             stamp: Default::default(),
             values: pollgate::tunables::Tunables::from_config(&Default::default()).get(),
         },
-        body: Request::Push(vec![Item {
+        body: Request::Deltas(vec![Item {
             key: key.into(),
             version,
             confirmed_ago_ms: Some(0),
@@ -162,7 +162,7 @@ fn push_frame(auth: &Auth, ts: u64, key: &str, version: u64) -> Vec<u8> {
 }
 
 async fn post_push(pg: &Pollgate, frame: Vec<u8>) -> StatusCode {
-    send("POST", &pg.internal_url("/v1/cluster/push"), &[], frame)
+    send("POST", &pg.internal_url("/v1/cluster/deltas"), &[], frame)
         .await
         .0
 }

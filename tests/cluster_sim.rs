@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pollgate::cluster::transport::mem::{Faults, Network};
-use pollgate::cluster::ClusterHandle;
 use pollgate::config::Config;
+use pollgate::gossip::GossipHandle;
 use pollgate::state::{State, VersionSource};
 use pollgate::tunables::Stamp;
 
@@ -18,7 +18,7 @@ const KEY: &str = "sim-key";
 struct Node {
     name: String,
     state: Arc<State>,
-    handle: Option<ClusterHandle>,
+    handle: Option<GossipHandle>,
 }
 
 struct Sim {
@@ -60,9 +60,13 @@ impl Sim {
         let s = state.clone();
         self.net.register(
             &name,
-            Arc::new(move |frame| s.cluster.handle(&s, frame).map_err(|r| r.to_string())),
+            Arc::new(move |frame| {
+                s.cluster
+                    .handle(&s.table, &s.tunables, frame)
+                    .map_err(|r| r.to_string())
+            }),
         );
-        let handle = ClusterHandle::start(state.clone(), Arc::new(self.net.transport(&name)));
+        let handle = GossipHandle::start(state.clone(), Arc::new(self.net.transport(&name)));
         Node {
             name,
             state,

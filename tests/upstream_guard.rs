@@ -1,8 +1,6 @@
 //! The upstream side end to end on loopback: a front server forwarding through
 //! `Upstream::forward` (guard + client) to real app servers.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -10,39 +8,14 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use pollgate::body::Body;
 use pollgate::config::Config;
 use pollgate::metrics::{Metrics, UpstreamResult};
+use pollgate::testkit::serve;
 use pollgate::upstream::Upstream;
 use tokio::net::TcpListener;
-
-/// Serves HTTP/1.1 and h2c on 127.0.0.1:0 with `handle`.
-async fn serve<F, Fut>(handle: F) -> SocketAddr
-where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, remote) = listener.accept().await.unwrap();
-            let handle = handle.clone();
-            let svc = service_fn(move |req| {
-                let fut = handle(req, remote);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
-            tokio::spawn(async move {
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
-    });
-    addr
-}
 
 /// An app that answers every request with `status`, counting them, and
 /// reporting the version, Host and Via it saw.

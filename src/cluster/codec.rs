@@ -10,7 +10,7 @@ use crate::tunables::{self, Stamp, Values};
 /// Bumped on any incompatible change; a peer speaking another one is refused.
 pub const FORMAT: u8 = 1;
 
-const TAG_PUSH: u8 = 1;
+const TAG_DELTAS: u8 = 1;
 const TAG_PULL: u8 = 2;
 const TAG_ACK: u8 = 3;
 const TAG_PULL_REPLY: u8 = 4;
@@ -28,7 +28,7 @@ pub struct Item {
 
 /// The cluster-wide tunables as carried by every message (LWW register).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct ConfigFrame {
     pub stamp: Stamp,
     pub values: Values,
 }
@@ -38,14 +38,14 @@ pub struct Config {
 pub struct Message {
     /// Sender's `node_id`: a replica ignores its own messages.
     pub from: String,
-    pub config: Config,
+    pub config: ConfigFrame,
     pub body: Request,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Keys that advanced at the sender.
-    Push(Vec<Item>),
+    Deltas(Vec<Item>),
     /// "What changed since": the epoch the requester last saw from this peer
     /// and, per shard, the change count it has seen up to.
     Pull { epoch: u64, seqs: Vec<u64> },
@@ -54,9 +54,9 @@ pub enum Request {
 /// What a replica answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// Push merged; carries the responder's config so LWW flows both ways.
+    /// Deltas merged; carries the responder's config so LWW flows both ways.
     Ack {
-        config: Config,
+        config: ConfigFrame,
     },
     Pull(PullReply),
     /// The message came from the responder's own node_id: stop sending there.
@@ -65,7 +65,7 @@ pub enum Reply {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullReply {
-    pub config: Config,
+    pub config: ConfigFrame,
     pub epoch: u64,
     /// Shards fully covered by `items`, with the count each is now complete to.
     pub covered: Vec<(u32, u64)>,
@@ -101,8 +101,8 @@ pub fn encode_message(m: &Message) -> Bytes {
     let mut b = BytesMut::with_capacity(256);
     b.put_u8(FORMAT);
     match &m.body {
-        Request::Push(items) => {
-            b.put_u8(TAG_PUSH);
+        Request::Deltas(items) => {
+            b.put_u8(TAG_DELTAS);
             header(&mut b, &m.from, &m.config);
             put_items(&mut b, items);
         }
@@ -145,7 +145,7 @@ pub struct PullWriter {
 }
 
 impl PullWriter {
-    pub fn new(config: &Config, epoch: u64) -> Self {
+    pub fn new(config: &ConfigFrame, epoch: u64) -> Self {
         let mut head = BytesMut::with_capacity(128);
         head.put_u8(FORMAT);
         head.put_u8(TAG_PULL_REPLY);
@@ -196,12 +196,12 @@ impl PullWriter {
     }
 }
 
-fn header(b: &mut BytesMut, from: &str, config: &Config) {
+fn header(b: &mut BytesMut, from: &str, config: &ConfigFrame) {
     put_str(b, from);
     put_config(b, config);
 }
 
-fn put_config(b: &mut BytesMut, c: &Config) {
+fn put_config(b: &mut BytesMut, c: &ConfigFrame) {
     put_u64(b, c.stamp.at_ms);
     put_str(b, &c.stamp.node);
     // Every tunable, in the order of the table in `tunables.rs`.
@@ -256,7 +256,7 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, DecodeError> {
     let from = r.string()?;
     let config = r.config()?;
     let body = match tag {
-        TAG_PUSH => Request::Push(r.items()?),
+        TAG_DELTAS => Request::Deltas(r.items()?),
         TAG_PULL => Request::Pull {
             epoch: r.u64()?,
             seqs: r.list(MAX_SHARDS)?,
@@ -350,14 +350,14 @@ impl Reader<'_> {
         (0..n).map(|_| self.u64()).collect()
     }
 
-    fn config(&mut self) -> Result<Config, DecodeError> {
+    fn config(&mut self) -> Result<ConfigFrame, DecodeError> {
         let at_ms = self.u64()?;
         let node = self.string()?;
         let mut values = [0; tunables::COUNT];
         for x in &mut values {
             *x = self.u64()?;
         }
-        Ok(Config {
+        Ok(ConfigFrame {
             stamp: Stamp { at_ms, node },
             values: Values::from_array(values),
         })
@@ -416,8 +416,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn config() -> Config {
-        Config {
+    fn config() -> ConfigFrame {
+        ConfigFrame {
             stamp: Stamp {
                 at_ms: 1_700_000_000_000,
                 node: "n1".into(),
@@ -443,8 +443,8 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let msgs = [
-            Request::Push(vec![item("a", 1, None), item("b:c", u64::MAX, Some(0))]),
-            Request::Push(vec![]),
+            Request::Deltas(vec![item("a", 1, None), item("b:c", u64::MAX, Some(0))]),
+            Request::Deltas(vec![]),
             Request::Pull {
                 epoch: 42,
                 seqs: vec![0, 1, u64::MAX],
@@ -502,7 +502,7 @@ mod tests {
         let m = Message {
             from: "n1".into(),
             config: config(),
-            body: Request::Push(vec![item("a", 1, None)]),
+            body: Request::Deltas(vec![item("a", 1, None)]),
         };
         let good = encode_message(&m);
         for cut in 0..good.len() {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::auth::{self, Reject};
-use super::membership::Peer;
+use super::peer::Peer;
 use super::Cluster;
 use crate::metrics::{counter, family, gauge, Counter};
 
@@ -18,7 +18,7 @@ pub struct ClusterMetrics {
     /// Frame bytes (not HTTP framing), requests and replies, both directions.
     pub bytes_sent: Counter,
     pub bytes_received: Counter,
-    pub pushes_dropped: Counter,
+    pub deltas_dropped: Counter,
 }
 
 pub fn render(c: &Cluster, peers: &[Arc<Peer>], o: &mut String) {
@@ -54,7 +54,7 @@ fn render_ages(peers: &[Arc<Peer>], o: &mut String) {
     let now = auth::unix_ms();
     #[rustfmt::skip]
     let ages: [(&str, &str, Stamp); 2] = [
-        ("pollgate_cluster_last_push_seconds", "Seconds since the last successful push to the peer.", Peer::last_push),
+        ("pollgate_cluster_last_push_seconds", "Seconds since deltas were last sent to the peer successfully.", Peer::last_deltas),
         ("pollgate_cluster_last_pull_seconds", "Seconds since the last complete pull from the peer.", Peer::last_pull),
     ];
     for (name, help, get) in ages {
@@ -69,10 +69,10 @@ fn render_ages(peers: &[Arc<Peer>], o: &mut String) {
 fn render_counters(m: &ClusterMetrics, o: &mut String) {
     #[rustfmt::skip]
     let counters = [
-        ("pollgate_cluster_versions_received_total", "Versions received from peers (push and pull).", &m.versions_received),
+        ("pollgate_cluster_versions_received_total", "Versions received from peers (deltas and pull).", &m.versions_received),
         ("pollgate_cluster_sent_bytes_total", "Gossip frame bytes sent (requests and replies).", &m.bytes_sent),
         ("pollgate_cluster_received_bytes_total", "Gossip frame bytes received (requests and replies).", &m.bytes_received),
-        ("pollgate_cluster_push_dropped_total", "Push batches dropped on a full peer queue (pull repairs).", &m.pushes_dropped),
+        ("pollgate_cluster_push_dropped_total", "Delta batches dropped on a full peer queue (pull repairs).", &m.deltas_dropped),
     ];
     for (name, help, c) in counters {
         counter(o, name, help, c.get());

@@ -1,4 +1,4 @@
-//! How sealed gossip frames reach a peer. The engine only sees [`Transport`]:
+//! How sealed gossip frames reach a peer. The engine only sees [`Link`]:
 //! [`Http`] posts to the peer's internal listener; [`mem::Network`] delivers
 //! in-process with scripted loss, duplication, delay and partitions (tests).
 
@@ -14,14 +14,14 @@ use hyper_util::rt::TokioExecutor;
 /// Which endpoint a frame goes to; the frame itself names the message too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    Push,
+    Deltas,
     Pull,
 }
 
 impl Path {
     pub fn as_str(self) -> &'static str {
         match self {
-            Path::Push => "/v1/cluster/push",
+            Path::Deltas => "/v1/cluster/deltas",
             Path::Pull => "/v1/cluster/pull",
         }
     }
@@ -38,7 +38,7 @@ pub enum SendError {
 }
 
 /// Sends one sealed frame and returns the sealed reply frame.
-pub trait Transport: Send + Sync + 'static {
+pub trait Link: Send + Sync + 'static {
     fn send(
         &self,
         peer: &str,
@@ -102,7 +102,7 @@ impl Http {
     }
 }
 
-impl Transport for Http {
+impl Link for Http {
     async fn send(&self, peer: &str, path: Path, frame: Bytes) -> Result<Bytes, SendError> {
         match tokio::time::timeout(TIMEOUT, self.exchange(peer, path, frame)).await {
             Ok(r) => r,
@@ -137,7 +137,7 @@ pub mod mem {
     use bytes::Bytes;
     use parking_lot::Mutex;
 
-    use super::{Path, SendError, Transport};
+    use super::{Link, Path, SendError};
 
     /// A node's inbound side: takes a sealed frame, returns a sealed reply.
     pub type Handler = Arc<dyn Fn(Bytes) -> Result<Bytes, String> + Send + Sync>;
@@ -247,7 +247,7 @@ pub mod mem {
         }
     }
 
-    impl Transport for Mem {
+    impl Link for Mem {
         async fn send(&self, peer: &str, _path: Path, frame: Bytes) -> Result<Bytes, SendError> {
             self.leg(peer).await?;
             let handler = self.net.nodes.lock().get(peer).cloned();

@@ -2,13 +2,12 @@
 //! A batch is validated whole before any of it is applied.
 
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use subtle::ConstantTimeEq;
 
+use crate::body::json;
 use crate::body::Body;
 use crate::error::Error;
-use crate::internal::json;
+use crate::inbound::{authorize, read_body};
 use crate::route::{check_key, parse_version};
 use crate::state::{State, VersionSource};
 
@@ -17,7 +16,7 @@ use crate::state::{State, VersionSource};
 /// that the table then grows into (measured: ~9 B/key more RSS).
 #[derive(Debug, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct Item<'a> {
+pub struct Update<'a> {
     #[serde(borrow)]
     pub key: std::borrow::Cow<'a, str>,
     pub version: u64,
@@ -32,7 +31,7 @@ pub async fn post(state: &State, req: Request<Incoming>) -> Result<Response<Body
 }
 
 async fn accept(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-    authorize(state.cfg.publish_token.as_deref(), &req, "publish_token")?;
+    authorize(&state.live.secrets().publish, &req, "publish_token")?;
     let is_json = is_json(&req);
     let body = read_body(req, state.cfg.publish_max_body).await?;
     let items = if is_json {
@@ -53,26 +52,6 @@ async fn accept(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
     Ok(json(StatusCode::OK, body))
 }
 
-/// Bearer check in constant time. No token configured → 403 saying how to set one.
-pub fn authorize<B>(token: Option<&str>, req: &Request<B>, key: &'static str) -> Result<(), Error> {
-    let Some(token) = token else {
-        return Err(Error::Forbidden(match key {
-            "admin_token" => "admin is disabled: set admin_token (--admin-token or POLLGATE_ADMIN_TOKEN)",
-            _ => "publishing is disabled: set publish_token (--publish-token or POLLGATE_PUBLISH_TOKEN)",
-        }));
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .unwrap_or(b"");
-    if bool::from(given.ct_eq(token.as_bytes())) {
-        Ok(())
-    } else {
-        Err(Error::Unauthorized)
-    }
-}
-
 fn is_json<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
@@ -80,32 +59,8 @@ fn is_json<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
-/// Longest wait for a whole internal-listener body (publish, config, gossip):
-/// a 1 MiB batch takes milliseconds on any working link; slower is a stuck sender.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Reads at most `limit` bytes within [`BODY_TIMEOUT`]; a declared or actual larger body → 413.
-pub async fn read_body(req: Request<Incoming>, limit: u64) -> Result<bytes::Bytes, Error> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Error::TooLarge { limit });
-    }
-    let collect = Limited::new(req.into_body(), limit as usize).collect();
-    let collected = tokio::time::timeout(BODY_TIMEOUT, collect)
-        .await
-        .map_err(|_| Error::BodyTimeout(BODY_TIMEOUT))?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge { limit }),
-        Err(e) => Err(Error::BadRequestOwned(format!("could not read body: {e}"))),
-    }
-}
-
 /// `key version` per line; blank lines and `#` comments skipped.
-pub fn parse_text(body: &[u8]) -> Result<Vec<Item<'_>>, Error> {
+pub fn parse_text(body: &[u8]) -> Result<Vec<Update<'_>>, Error> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Error::BadRequestOwned(format!("body is not UTF-8: {e}")))?;
     let mut items = Vec::new();
@@ -119,14 +74,14 @@ pub fn parse_text(body: &[u8]) -> Result<Vec<Item<'_>>, Error> {
     Ok(items)
 }
 
-fn parse_line(line: &str) -> Result<Item<'_>, &'static str> {
+fn parse_line(line: &str) -> Result<Update<'_>, &'static str> {
     let mut parts = line.split_ascii_whitespace();
     let (Some(key), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err("expected `key version`");
     };
     check_key(key)?;
     let version = parse_version(version)?;
-    Ok(Item {
+    Ok(Update {
         key: key.into(),
         version,
     })
@@ -138,8 +93,8 @@ fn bad_line(n: usize, line: &str, why: &str) -> Error {
 }
 
 /// `[{"key":"a","version":5}, ...]`.
-pub fn parse_json(body: &[u8]) -> Result<Vec<Item<'_>>, Error> {
-    let items: Vec<Item<'_>> = serde_json::from_slice(body).map_err(|e| {
+pub fn parse_json(body: &[u8]) -> Result<Vec<Update<'_>>, Error> {
+    let items: Vec<Update<'_>> = serde_json::from_slice(body).map_err(|e| {
         Error::BadRequestOwned(format!("expected [{{\"key\":..,\"version\":..}}]: {e}"))
     })?;
     for (n, item) in items.iter().enumerate() {
@@ -169,11 +124,11 @@ mod tests {
         assert_eq!(
             items,
             vec![
-                Item {
+                Update {
                     key: "a".into(),
                     version: 1
                 },
-                Item {
+                Update {
                     key: "b:c".into(),
                     version: 22
                 },

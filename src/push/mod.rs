@@ -2,9 +2,10 @@
 //! long-poll ([`wait`]) and WebSocket ([`ws`]). A notice is only a hint — the
 //! client then polls — so push never costs the upstream anything.
 //!
-//! - [`registry`]: key → watchers; an advance wakes exactly that key's watchers.
+//! The watcher registry and admission control live in [`crate::hub`], which
+//! the shared state holds; this module is the handlers and tasks above it:
+//!
 //! - [`client_js`]: serves the browser client module (`client/pollgate.js`).
-//! - [`admission`]: token bucket and connection cap; 503 + jittered `Retry-After`.
 //! - [`raw`]: HTTP/1.1 SSE watches taken off hyper, so an idle watcher costs
 //!   a few hundred bytes instead of hyper's ~20 KiB of connection buffers.
 //!
@@ -18,88 +19,25 @@
 //! grace period (SSE `retry:`, WebSocket close reason `retry_ms=N`, long-poll
 //! an early `304` with `Retry-After`), so clients do not return together.
 
-pub mod admission;
 pub mod client_js;
 pub mod raw;
-pub mod registry;
 pub mod sse;
 pub mod wait;
 pub mod ws;
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use compact_str::CompactString;
 use http::{Method, Request, Response};
-use parking_lot::Mutex;
-use tokio::task::JoinSet;
 
 use crate::body::Body;
-use crate::config::Config;
 use crate::error::Error;
-use crate::metrics::Counter;
+use crate::hub::{Admission, NoticeStats, Registry};
 use crate::state::State;
 
-pub use admission::{Admission, Permit, Transport};
-pub use registry::{Registry, Subscription};
-
-/// Push's share of the shared state.
-pub struct Push {
-    pub registry: Arc<Registry>,
-    pub admission: Arc<Admission>,
-    pub stats: Arc<Stats>,
-    /// WebSocket sessions and raw SSE streams outlive the connection task
-    /// that started them; they are owned here so shutdown can wait for their
-    /// goodbyes (close frame, final `retry:`).
-    sessions: Mutex<JoinSet<()>>,
-    /// Where raw SSE streams run (set by [`start`]; owned by [`PushHandle`]).
-    runtime: OnceLock<tokio::runtime::Handle>,
-}
-
-#[derive(Default)]
-pub struct Stats {
-    /// Stale notices written to clients (all transports).
-    pub notifications: Counter,
-    /// WebSockets closed for not answering pings.
-    pub ghosts_reaped: Counter,
-}
-
-impl Push {
-    pub fn new(cfg: &Config) -> Push {
-        Push {
-            registry: Arc::new(Registry::default()),
-            admission: Arc::new(Admission::new(
-                cfg.push_admission_burst,
-                cfg.push_max_connections,
-            )),
-            stats: Arc::new(Stats::default()),
-            sessions: Mutex::new(JoinSet::new()),
-            runtime: OnceLock::new(),
-        }
-    }
-
-    /// The low-priority runtime for streams, once started.
-    pub fn runtime(&self) -> Option<&tokio::runtime::Handle> {
-        self.runtime.get()
-    }
-
-    /// Whether the long poll hint applies: push is on and admitting.
-    pub fn healthy(&self, cfg: &Config) -> bool {
-        cfg.push && !self.admission.refusing()
-    }
-
-    /// Runs a WebSocket session or raw SSE stream on the stream runtime (low
-    /// priority), owned by `sessions` so shutdown can wait for it.
-    fn spawn_stream(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut set = self.sessions.lock();
-        while set.try_join_next().is_some() {}
-        match self.runtime() {
-            Some(rt) => set.spawn_on(f, rt),
-            None => set.spawn(f),
-        };
-    }
-}
+pub use crate::hub::{Ticket, Transport};
 
 /// Owns push's start-up wiring and its runtime; `shutdown` waits for
 /// WebSocket sessions to close, then stops the runtime.
@@ -132,7 +70,7 @@ fn stream_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Wires push into the state: the table's advance hook, the metrics and the
+/// Starts push's metrics and the
 /// stream runtime (without one, streams run on the caller's runtime).
 pub fn start(state: &Arc<State>) -> PushHandle {
     let runtime = stream_runtime()
@@ -141,16 +79,12 @@ pub fn start(state: &Arc<State>) -> PushHandle {
         )
         .ok();
     if let Some(rt) = &runtime {
-        let _ = state.push.runtime.set(rt.handle().clone());
+        state.hub.set_runtime(rt.handle().clone());
     }
-    let registry = state.push.registry.clone();
-    state
-        .table
-        .on_advance(Box::new(move |key, v| registry.notify(key, v)));
     let (a, s, r) = (
-        state.push.admission.clone(),
-        state.push.stats.clone(),
-        state.push.registry.clone(),
+        state.hub.admission.clone(),
+        state.hub.stats.clone(),
+        state.hub.registry.clone(),
     );
     state
         .metrics
@@ -165,7 +99,7 @@ impl PushHandle {
     /// After the server has drained: streams and sessions saw the shutdown
     /// signal with everyone else; give them the grace period to say goodbye.
     pub async fn shutdown(mut self) {
-        let mut set = std::mem::take(&mut *self.state.push.sessions.lock());
+        let mut set = self.state.hub.take_sessions();
         let grace = self.state.cfg.grace_period;
         let all = async { while set.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all).await.is_err() {
@@ -190,9 +124,10 @@ impl Drop for PushHandle {
     }
 }
 
-fn render_metrics(o: &mut String, a: &Admission, s: &Stats, r: &Registry) {
+fn render_metrics(o: &mut String, a: &Admission, s: &NoticeStats, r: &Registry) {
     use crate::metrics::{counter, family, gauge};
-    let open = admission::TRANSPORTS.map(|(t, name)| (name, a.open[t as usize].load(Relaxed)));
+    let open =
+        crate::hub::admission::TRANSPORTS.map(|(t, name)| (name, a.open[t as usize].load(Relaxed)));
     #[rustfmt::skip]
     family(o, "gauge", "pollgate_push_connections", "Open push connections by transport.", "transport", open);
     counter(
@@ -201,7 +136,8 @@ fn render_metrics(o: &mut String, a: &Admission, s: &Stats, r: &Registry) {
         "Push connections admitted.",
         a.admitted.get(),
     );
-    let refused = admission::REFUSALS.map(|(why, name)| (name, a.refused[why as usize].get()));
+    let refused =
+        crate::hub::admission::REFUSALS.map(|(why, name)| (name, a.refused[why as usize].get()));
     #[rustfmt::skip]
     family(o, "counter", "pollgate_push_refused_total", "Push connections refused by reason.", "reason", refused);
     let sent = s.notifications.get();
@@ -276,9 +212,9 @@ async fn serve(
     }
 }
 
-pub(crate) fn admit(state: &State, t: Transport) -> Result<Permit, Error> {
+pub(crate) fn admit(state: &State, t: Transport) -> Result<Ticket, Error> {
     let per_s = state.tunables.push_admission_per_s();
-    state.push.admission.admit(t, per_s)
+    state.hub.admission.admit(t, per_s)
 }
 
 /// A key and the version its client holds.

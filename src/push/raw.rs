@@ -21,7 +21,7 @@ use super::sse::{self, Stream};
 use super::Transport;
 use crate::body::Body;
 use crate::error::Error;
-use crate::server::stopping;
+use crate::shutdown::stopping;
 use crate::state::State;
 
 const PREFIX: &[u8] = b"GET /pollgate/v1/watch";
@@ -48,7 +48,7 @@ pub async fn intercept(
     if !is_watch {
         return Some(tcp);
     }
-    if state.push.runtime().is_none() {
+    if state.hub.runtime().is_none() {
         serve(state, tcp, deadline).await;
         return None;
     }
@@ -57,7 +57,7 @@ pub async fn intercept(
     // a storm of streams ending wakes nothing on the hit path's workers.
     let std = tcp.into_std().ok()?;
     let st = state.clone();
-    state.push.spawn_stream(async move {
+    state.hub.spawn_stream(async move {
         if let Ok(tcp) = TcpStream::from_std(std) {
             serve(&st, tcp, deadline).await;
         }
@@ -110,7 +110,8 @@ async fn read_head(tcp: &mut TcpStream, state: &State) -> Result<String, Error> 
         let n = tcp
             .read_buf(&mut head)
             .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            // The client's socket failed: its fault, not ours (was a 500).
+            .map_err(|_| Error::BadRequest("request head could not be read"))?;
         if n == 0 {
             return Err(Error::BadRequest("request head incomplete"));
         }

@@ -15,9 +15,10 @@ use http_body_util::StreamBody;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Permit, Subscription, Watch};
+use super::Watch;
 use crate::body::Body;
-use crate::server::stopping;
+use crate::hub::{Subscription, Ticket};
+use crate::shutdown::stopping;
 use crate::state::State;
 
 /// The first `retry:` a client gets: where it reconnects after a network
@@ -34,7 +35,7 @@ pub const HEADERS: [(&str, &str); 3] = [
 ];
 
 /// Starts a stream for `keys` as a hyper body; `permit` is held until the client goes away.
-pub fn response(state: &Arc<State>, keys: &[Watch], permit: Permit) -> Response<Body> {
+pub fn response(state: &Arc<State>, keys: &[Watch], permit: Ticket) -> Response<Body> {
     let stream = Stream::new(state, keys, permit);
     let frames = futures_util::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -62,13 +63,13 @@ pub struct Stream {
     stop: watch::Receiver<bool>,
     next_heartbeat: Instant,
     phase: Phase,
-    _permit: Permit,
+    _permit: Ticket,
 }
 
 impl Stream {
     /// Subscribes to `keys`; a key already past its version is pending at once.
-    pub fn new(state: &Arc<State>, keys: &[Watch], permit: Permit) -> Stream {
-        let mut sub = state.push.registry.subscribe();
+    pub fn new(state: &Arc<State>, keys: &[Watch], permit: Ticket) -> Stream {
+        let mut sub = state.hub.registry.subscribe();
         for (k, v) in keys {
             sub.watch(&state.table, k, *v);
         }
@@ -130,7 +131,7 @@ impl Stream {
                 "event: stale\ndata: {{\"key\":\"{key}\",\"version\":{version}}}\n\n"
             );
         });
-        self.state.push.stats.notifications.add(n as u64);
+        self.state.hub.stats.notifications.add(n as u64);
         out
     }
 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::{Permit, Subscription, Watch};
+use super::Watch;
 use crate::body::Body;
 use crate::error::Error;
-use crate::server::stopping;
+use crate::hub::{Subscription, Ticket};
+use crate::shutdown::stopping;
 use crate::state::State;
 
 /// When the client names no `timeout`.
@@ -33,9 +34,9 @@ pub async fn answer(
     state: &Arc<State>,
     keys: &[Watch],
     timeout: Duration,
-    _permit: Permit,
+    _permit: Ticket,
 ) -> Response<Body> {
-    let mut sub = state.push.registry.subscribe();
+    let mut sub = state.hub.registry.subscribe();
     for (k, v) in keys {
         sub.watch(&state.table, k, *v);
     }
@@ -65,7 +66,7 @@ fn stale_body(state: &State, sub: &Subscription) -> Option<String> {
     if n == 0 {
         return None;
     }
-    state.push.stats.notifications.add(n as u64);
+    state.hub.stats.notifications.add(n as u64);
     out.push_str("]}\n");
     Some(out)
 }

@@ -24,10 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::{Permit, Subscription};
 use crate::body::Body;
 use crate::error::Error;
-use crate::server::stopping;
+use crate::hub::{Subscription, Ticket};
+use crate::shutdown::stopping;
 use crate::state::State;
 
 /// Largest client message: a watch of 100 max-length keys is ~14 KiB.
@@ -66,11 +66,11 @@ pub fn upgrade(
     state: &Arc<State>,
     req: Request<Body>,
     accept: &str,
-    permit: Permit,
+    permit: Ticket,
 ) -> Response<Body> {
     let upgrading = hyper::upgrade::on(req);
     let st = state.clone();
-    state.push.spawn_stream(async move {
+    state.hub.spawn_stream(async move {
         match upgrading.await {
             Ok(io) => session(st, io, permit).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
@@ -89,7 +89,7 @@ pub fn upgrade(
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
-async fn session(state: Arc<State>, io: Upgraded, _permit: Permit) {
+async fn session(state: Arc<State>, io: Upgraded, _permit: Ticket) {
     let cfg = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
@@ -97,7 +97,7 @@ async fn session(state: Arc<State>, io: Upgraded, _permit: Permit) {
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(cfg)).await;
     let now = Instant::now();
     let mut s = Session {
-        sub: state.push.registry.subscribe(),
+        sub: state.hub.registry.subscribe(),
         stop: state.shutdown.subscribe(),
         next_ping: now + state.tunables.heartbeat_interval(),
         last_seen: now,
@@ -217,7 +217,7 @@ impl Session {
             ws.flush().await
         };
         bounded(self.state.tunables.ghost_timeout(), send).await?;
-        self.state.push.stats.notifications.add(n);
+        self.state.hub.stats.notifications.add(n);
         Ok(())
     }
 
@@ -239,7 +239,7 @@ impl Session {
         let (code, reason) = match end {
             End::Gone => return,
             End::Ghost => {
-                self.state.push.stats.ghosts_reaped.inc();
+                self.state.hub.stats.ghosts_reaped.inc();
                 tracing::debug!("WebSocket ghost reaped: no pong in time");
                 (CloseCode::Away, "ping timeout".to_string())
             }

@@ -389,39 +389,12 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::task::{Context, Poll};
 
+    use crate::testkit::serve;
     use bytes::Bytes;
     use http_body::Frame;
     use http_body_util::BodyExt;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
-
-    /// Serves HTTP/1.1 on 127.0.0.1:0 with `handle`; returns the bound address.
-    async fn serve<F, Fut>(handle: F) -> SocketAddr
-    where
-        F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (stream, remote) = listener.accept().await.unwrap();
-                let handle = handle.clone();
-                let svc = service_fn(move |req| {
-                    let fut = handle(req, remote);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                tokio::spawn(async move {
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let _ = conn.await;
-                });
-            }
-        });
-        addr
-    }
 
     /// An upstream that reports what it received in an `x-echo` JSON header
     /// and streams the request body back as the response body.

@@ -39,13 +39,13 @@ struct Inner {
 }
 
 struct Breaker {
-    state: State,
+    phase: Phase,
     threshold: u32,
     open_for: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Phase {
     Closed {
         failures: u32,
     },
@@ -79,7 +79,7 @@ struct Queued<'a>(&'a Inner);
 impl Guard {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Self {
         let breaker = Breaker {
-            state: State::Closed { failures: 0 },
+            phase: Phase::Closed { failures: 0 },
             threshold: cfg.breaker_failures.max(1),
             open_for: cfg.breaker_open,
         };
@@ -167,16 +167,16 @@ impl Inner {
 
     fn report(&self, probe: bool, ok: bool) {
         let mut b = self.breaker.lock();
-        let before = b.state;
+        let before = b.phase;
         b.report(probe, ok, Instant::now());
-        let after = b.state;
+        let after = b.phase;
         drop(b);
         self.transitioned(before, after);
     }
 
     /// Logs and gauges a breaker transition; both are rare, so logging is fine.
-    fn transitioned(&self, before: State, after: State) {
-        use State::*;
+    fn transitioned(&self, before: Phase, after: Phase) {
+        use Phase::*;
         match (before, after) {
             (Closed { .. }, Open { .. }) => {
                 self.metrics.breaker_open.set(1);
@@ -195,37 +195,37 @@ impl Inner {
 impl Breaker {
     /// How long is left if refusing now without taking a slot.
     fn refusing(&self, now: Instant) -> Option<Duration> {
-        match self.state {
-            State::Closed { .. } => None,
-            State::Open { until } if until > now => Some(until - now),
-            State::Open { .. } => None, // a probe is due: let it queue for a slot
-            State::HalfOpen => Some(Duration::ZERO),
+        match self.phase {
+            Phase::Closed { .. } => None,
+            Phase::Open { until } if until > now => Some(until - now),
+            Phase::Open { .. } => None, // a probe is due: let it queue for a slot
+            Phase::HalfOpen => Some(Duration::ZERO),
         }
     }
 
     fn admit(&mut self, now: Instant) -> Admit {
-        match self.state {
-            State::Closed { .. } => Admit::Normal,
-            State::Open { until } if until > now => Admit::Refuse(until - now),
-            State::Open { .. } => {
-                self.state = State::HalfOpen;
+        match self.phase {
+            Phase::Closed { .. } => Admit::Normal,
+            Phase::Open { until } if until > now => Admit::Refuse(until - now),
+            Phase::Open { .. } => {
+                self.phase = Phase::HalfOpen;
                 tracing::info!("upstream breaker half-open: sending one probe");
                 Admit::Probe
             }
-            State::HalfOpen => Admit::Refuse(Duration::ZERO),
+            Phase::HalfOpen => Admit::Refuse(Duration::ZERO),
         }
     }
 
     fn report(&mut self, probe: bool, ok: bool, now: Instant) {
-        let reopen = State::Open {
+        let reopen = Phase::Open {
             until: now + self.open_for,
         };
-        self.state = match (self.state, probe, ok) {
-            (State::HalfOpen, true, true) => State::Closed { failures: 0 },
-            (State::HalfOpen, true, false) => reopen,
-            (State::Closed { .. }, _, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, _, false) if failures + 1 >= self.threshold => reopen,
-            (State::Closed { failures }, _, false) => State::Closed {
+        self.phase = match (self.phase, probe, ok) {
+            (Phase::HalfOpen, true, true) => Phase::Closed { failures: 0 },
+            (Phase::HalfOpen, true, false) => reopen,
+            (Phase::Closed { .. }, _, true) => Phase::Closed { failures: 0 },
+            (Phase::Closed { failures }, _, false) if failures + 1 >= self.threshold => reopen,
+            (Phase::Closed { failures }, _, false) => Phase::Closed {
                 failures: failures + 1,
             },
             // Not closed and not the probe: a request from before the breaker
@@ -237,8 +237,8 @@ impl Breaker {
     /// The probe went away without a result (client disconnected). That says
     /// nothing about the upstream, so the next request may probe at once.
     fn abandon_probe(&mut self, now: Instant) {
-        if self.state == State::HalfOpen {
-            self.state = State::Open { until: now };
+        if self.phase == Phase::HalfOpen {
+            self.phase = Phase::Open { until: now };
         }
     }
 }
@@ -537,7 +537,7 @@ mod tests {
 
     fn breaker() -> Breaker {
         Breaker {
-            state: State::Closed { failures: 0 },
+            phase: Phase::Closed { failures: 0 },
             threshold: 2,
             open_for: Duration::from_secs(5),
         }
@@ -550,8 +550,8 @@ mod tests {
         b.report(false, false, t0);
         b.report(false, false, t0);
         assert_eq!(
-            b.state,
-            State::Open {
+            b.phase,
+            Phase::Open {
                 until: t0 + Duration::from_secs(5)
             }
         );
@@ -566,11 +566,11 @@ mod tests {
         assert!(matches!(b.admit(t5), Admit::Probe));
         assert!(matches!(b.admit(t5), Admit::Refuse(_)));
         b.report(false, true, t5); // late non-probe success while half-open
-        assert_eq!(b.state, State::HalfOpen);
+        assert_eq!(b.phase, Phase::HalfOpen);
         b.report(true, false, t5);
         assert_eq!(
-            b.state,
-            State::Open {
+            b.phase,
+            Phase::Open {
                 until: t5 + Duration::from_secs(5)
             }
         );
@@ -581,8 +581,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = breaker();
         b.abandon_probe(t0);
-        assert_eq!(b.state, State::Closed { failures: 0 });
-        b.state = State::HalfOpen;
+        assert_eq!(b.phase, Phase::Closed { failures: 0 });
+        b.phase = Phase::HalfOpen;
         b.abandon_probe(t0);
         assert!(matches!(b.admit(t0), Admit::Probe));
     }

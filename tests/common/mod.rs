@@ -310,19 +310,12 @@ pub async fn send(
 }
 
 /// Polls `cond` until true or `max` passes (no sleeps as synchronisation).
-pub async fn eventually<F, Fut>(max: Duration, mut cond: F) -> bool
+pub async fn eventually<F, Fut>(max: Duration, cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + max;
-    while Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond().await
+    pollgate::testkit::eventually(max, Duration::from_millis(10), cond).await
 }
 
 /// An SSE (or any streaming) response read block by block, as it arrives.

@@ -84,7 +84,7 @@ impl Admission {
 
     /// Admits one connection at `per_s` new connections a second, or says
     /// when to come back. The permit releases the connection slot when dropped.
-    pub fn admit(self: &Arc<Self>, t: Transport, per_s: u64) -> Result<Permit, Error> {
+    pub fn admit(self: &Arc<Self>, t: Transport, per_s: u64) -> Result<Ticket, Error> {
         if self.open_total.fetch_add(1, Relaxed) >= self.max_open {
             self.open_total.fetch_sub(1, Relaxed);
             return Err(self.refuse(Refusal::Full, per_s));
@@ -95,7 +95,7 @@ impl Admission {
         }
         self.admitted.inc();
         self.open[t as usize].fetch_add(1, Relaxed);
-        Ok(Permit {
+        Ok(Ticket {
             admission: self.clone(),
             transport: t,
         })
@@ -152,12 +152,12 @@ impl Admission {
 }
 
 /// One admitted connection (RAII: dropping it frees the slot).
-pub struct Permit {
+pub struct Ticket {
     admission: Arc<Admission>,
     transport: Transport,
 }
 
-impl Drop for Permit {
+impl Drop for Ticket {
     fn drop(&mut self) {
         let a = &self.admission;
         a.open[self.transport as usize].fetch_sub(1, Relaxed);
@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn burst_then_refused_with_a_retry_hint() {
         let a = Arc::new(Admission::new(3, 100));
-        let permits: Vec<_> = (0..3)
+        let tickets: Vec<_> = (0..3)
             .map(|_| a.admit(Transport::Sse, 1).unwrap())
             .collect();
         assert!(!a.refusing());
@@ -185,7 +185,7 @@ mod tests {
         assert!(a.refusing());
         assert_eq!(a.refused[Refusal::Rate as usize].get(), 1);
         assert_eq!(a.open_total(), 3);
-        drop(permits);
+        drop(tickets);
         assert_eq!(a.open_total(), 0);
         assert_eq!(a.open[Transport::Sse as usize].load(Relaxed), 0);
     }

@@ -7,23 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use super::codec::{PullReply, PullWriter, Reply, Request};
-use super::membership::Peer;
-use super::transport::SendError;
-use super::{apply_config, current_config, Ctx, Transport};
-use crate::state::State;
+use super::Ctx;
+use crate::cluster::codec::{PullReply, Reply, Request};
+use crate::cluster::peer::Peer;
+use crate::cluster::transport::{Link, SendError};
+use crate::cluster::{apply_config, blocking};
 
 /// Pull period: bounds how long a lost push can hide a change (plus jitter
 /// so replicas do not pull in lock-step).
 pub const PULL_EVERY: Duration = Duration::from_secs(1);
 /// Retry period until a peer has answered once.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
-/// A page stops after the shard that crosses this many bytes of items:
-/// big enough that a 1M-key catch-up is a handful of round trips, small
-/// enough to be merged without stalling a runtime worker for long.
-const PAGE_BYTES: usize = 4 << 20;
 /// Pages in one round; a peer that keeps saying "more" beyond this is
 /// changing faster than we can pull, and the next round continues.
 const MAX_PAGES: usize = 256;
@@ -56,7 +50,7 @@ impl Cursor {
 }
 
 /// One peer's pull loop: at once, then every [`PULL_EVERY`] (±20 %).
-pub async fn run<T: Transport>(mut ctx: Ctx<T>, peer: Arc<Peer>, answered: Arc<AtomicBool>) {
+pub async fn run<T: Link>(mut ctx: Ctx<T>, peer: Arc<Peer>, answered: Arc<AtomicBool>) {
     let mut cursor = Cursor::default();
     let mut ever = false;
     loop {
@@ -84,7 +78,7 @@ pub async fn run<T: Transport>(mut ctx: Ctx<T>, peer: Arc<Peer>, answered: Arc<A
 }
 
 /// Pulls pages until the peer has nothing more; true when complete.
-async fn round<T: Transport>(
+async fn round<T: Link>(
     ctx: &Ctx<T>,
     peer: &Peer,
     cursor: &mut Cursor,
@@ -99,7 +93,7 @@ async fn round<T: Transport>(
         answered.store(true, Ordering::Relaxed);
         let fetched = started.elapsed();
         apply_config(&ctx.state.tunables, &page.config);
-        super::blocking(|| ctx.cluster().merge(&ctx.state.table, &page.items));
+        blocking(|| ctx.cluster().merge(&ctx.state.table, &page.items));
         peer.set_behind(cursor.advance(&page));
         if !page.items.is_empty() {
             let (items, more) = (page.items.len(), page.more);
@@ -115,7 +109,7 @@ async fn round<T: Transport>(
 }
 
 /// The next page from `peer`; without one, `Err` carries the round's result.
-async fn fetch<T: Transport>(
+async fn fetch<T: Link>(
     ctx: &Ctx<T>,
     peer: &Peer,
     cursor: &Cursor,
@@ -150,35 +144,4 @@ fn failed(peer: &Peer, e: SendError, answered: &AtomicBool) -> bool {
         }
     }
     false
-}
-
-/// Answers a pull: every shard whose count moved past the requester's
-/// (all of them when the epoch differs), until the page budget is spent.
-pub fn serve(state: &State, epoch: u64, seqs: &[u64]) -> Bytes {
-    let table = &state.table;
-    let same = epoch == table.epoch();
-    let mut w = PullWriter::new(&current_config(&state.tunables), table.epoch());
-    let now = table.now_ms();
-    let mut more = false;
-    for s in 0..table.shard_count() {
-        if w.len() >= PAGE_BYTES {
-            more = true;
-            break;
-        }
-        let since = match same {
-            true => seqs.get(s).copied().unwrap_or(0),
-            false => 0,
-        };
-        let upto = table.changed_since(s, since, |k, e| {
-            let ago = (e.confirmed_ms > 0).then(|| now.saturating_sub(e.confirmed_ms));
-            w.item_parts(k, e.version, ago);
-        });
-        if upto != since {
-            w.cover(s as u32, upto);
-        }
-    }
-    let current: Vec<u64> = (0..table.shard_count())
-        .map(|s| table.shard_seq(s))
-        .collect();
-    w.finish(&current, more)
 }

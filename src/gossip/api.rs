@@ -2,18 +2,17 @@
 //! internal listener. A PUT is validated whole, stamped (unix ms, node_id)
 //! and applied locally; gossip carries it to every replica (LWW).
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use crate::body::Body;
+use crate::body::{json, typed, Body};
 use crate::error::Error;
-use crate::feed::publish::{authorize, read_body};
-use crate::internal::json;
+use crate::inbound::{authorize, read_body};
 use crate::state::State;
 use crate::tunables::{Stamp, Values};
 
-use super::auth::unix_ms;
+use crate::cluster::auth::unix_ms;
 
 /// Largest config PUT body; the document is a handful of numbers.
 const MAX_CONFIG_BODY: u64 = 16 << 10;
@@ -30,7 +29,7 @@ fn document(state: &State) -> Value {
 
 /// Partial update: fields not given keep their current values.
 pub async fn put(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-    authorize(state.cfg.admin_token.as_deref(), &req, "admin_token")?;
+    authorize(state.live.secrets().admin.as_slice(), &req, "admin_token")?;
     let body = read_body(req, MAX_CONFIG_BODY).await?;
     let fields: Map<String, Value> = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequestOwned(format!("expected a JSON object of tunables: {e}")))?;
@@ -63,19 +62,12 @@ fn apply_admin(state: &State, fields: &Map<String, Value>) -> Result<(Values, St
     }
 }
 
-/// `POST /v1/cluster/{push,pull}`: a sealed frame in, a sealed frame out.
+/// `POST /v1/cluster/{deltas,pull}`: a sealed frame in, a sealed frame out.
 /// Refusals are 401 with the reason (the sender logs it; no secret is in it).
 pub async fn gossip(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let frame = read_body(req, MAX_GOSSIP_BODY).await?;
-    match super::blocking(|| state.cluster.handle(state, frame)) {
-        Ok(reply) => {
-            let mut resp = Response::new(Body::full(reply));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            Ok(resp)
-        }
-        Err(r) => Err(Error::GossipRefused(r)),
+    match crate::cluster::blocking(|| state.cluster.handle(&state.table, &state.tunables, frame)) {
+        Ok(reply) => Ok(typed(StatusCode::OK, "application/octet-stream", reply)),
+        Err(r) => Err(Error::GossipRefused(r.to_string())),
     }
 }

@@ -1,0 +1,108 @@
+//! One peer address and what this replica knows of it: its health window,
+//! when it last took deltas and answered a pull, and its queue of deltas.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// Health window (Varnish-style): a peer is up when at least `GOOD` of its
+/// last 8 probes (pulls) succeeded. The window starts with `GOOD - 1`
+/// successes (Varnish's `.initial`), so a new peer is down until its first
+/// answer and up right after it, even if it failed while it was starting.
+const GOOD: u32 = 3;
+const INITIAL: u8 = (1 << (GOOD - 1)) - 1;
+
+/// One peer address and what we know of it.
+pub struct Peer {
+    pub addr: String,
+    /// Probe results, newest in bit 0.
+    window: AtomicU8,
+    /// The address turned out to be this replica: leave it alone.
+    pub is_self: AtomicBool,
+    last_deltas_ms: AtomicU64,
+    last_pull_ms: AtomicU64,
+    /// Changes at this peer not yet pulled, as of the last pull page.
+    behind: AtomicU64,
+    /// Delta messages waiting for this peer's send task.
+    pub deltas: mpsc::Sender<Bytes>,
+}
+
+impl Peer {
+    pub fn new(addr: String, deltas: mpsc::Sender<Bytes>) -> Self {
+        Peer {
+            addr,
+            window: AtomicU8::new(INITIAL),
+            is_self: AtomicBool::new(false),
+            last_deltas_ms: AtomicU64::new(0),
+            last_pull_ms: AtomicU64::new(0),
+            behind: AtomicU64::new(0),
+            deltas,
+        }
+    }
+
+    /// Records one probe. Only the peer's pull task probes, so no lost update.
+    pub fn probe(&self, ok: bool) {
+        let w = self.window.load(Ordering::Relaxed);
+        self.window
+            .store((w << 1) | u8::from(ok), Ordering::Relaxed);
+    }
+
+    pub fn is_up(&self) -> bool {
+        let good = self.window.load(Ordering::Relaxed).count_ones();
+        good >= GOOD && !self.is_self.load(Ordering::Relaxed)
+    }
+
+    pub fn last_deltas(&self) -> u64 {
+        self.last_deltas_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn last_pull(&self) -> u64 {
+        self.last_pull_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn behind(&self) -> u64 {
+        self.behind.load(Ordering::Relaxed)
+    }
+
+    pub fn set_behind(&self, n: u64) {
+        self.behind.store(n, Ordering::Relaxed);
+    }
+
+    pub fn sent_deltas(&self) {
+        self.last_deltas_ms
+            .store(super::auth::unix_ms(), Ordering::Relaxed);
+    }
+
+    pub fn pulled(&self) {
+        self.last_pull_ms
+            .store(super::auth::unix_ms(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    #[test]
+    fn window_is_three_of_the_last_eight() {
+        let (tx, _rx) = mpsc::channel(1);
+        let p = Peer::new("a".into(), tx);
+        assert!(!p.is_up(), "no answer yet");
+        p.probe(false);
+        assert!(!p.is_up(), "failed while starting");
+        p.probe(true);
+        assert!(p.is_up(), "up at its first answer");
+        (0..4).for_each(|_| p.probe(false));
+        assert!(p.is_up(), "3 of the last 8 still");
+        p.probe(false);
+        assert!(!p.is_up(), "2 of the last 8");
+        p.probe(true);
+        assert!(!p.is_up(), "2 of the last 8 again");
+        p.probe(true);
+        assert!(p.is_up(), "3 of the last 8");
+        p.is_self.store(true, Ordering::Relaxed);
+        assert!(!p.is_up(), "never self");
+    }
+}

@@ -1,0 +1,84 @@
+//! The public listener's one router: each request is decided once to be a
+//! push transport, a poll (hit from memory or forward), or pass-through.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use futures_util::future::{ready, Either, Ready};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::metrics::Outcome;
+use crate::route::Match;
+use crate::state::State;
+
+pub type Answer = Result<Response<Body>, Infallible>;
+/// A hit is `Left` (ready at once, nothing boxed); everything else is a boxed
+/// future, so the hit path never builds or moves the forwarding state machine.
+pub type Reply = Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer> + Send>>>;
+
+/// Before hyper sees a new connection: SSE watches are taken off hyper
+/// (see `push::raw`). `None`: the connection was served or is finished.
+pub async fn intercept(
+    state: &Arc<State>,
+    tcp: TcpStream,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<TcpStream> {
+    crate::push::raw::intercept(state, tcp, stop).await
+}
+
+/// Routes one request from the public listener.
+pub fn respond(state: &Arc<State>, remote: SocketAddr, req: Request<Incoming>) -> Reply {
+    route(state, remote, req.map(Body::Incoming))
+}
+
+/// Routes one request: push transport, poll, or pass-through.
+pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Reply {
+    let uri = req.uri();
+    if uri.path() == crate::push::client_js::PATH {
+        return now(crate::push::client_js::response(
+            req.method(),
+            req.headers(),
+        ));
+    }
+    if let Some(t) = crate::push::transport(uri.path()) {
+        let state = state.clone();
+        return boxed(async move { crate::push::handle(&state, req, t).await });
+    }
+    match state.routes.matches(uri.path(), uri.query(), req.headers()) {
+        Match::Poll { key, version, .. } => {
+            if let Some(hit) = version.and_then(|v| crate::poll::try_hit(state, key, v)) {
+                return now(hit);
+            }
+            // Keys are ≤ 128 bytes; ≤ 24 stay inline (no allocation).
+            let key = CompactString::new(key);
+            let state = state.clone();
+            boxed(async move { crate::poll::poll(&state, req, remote, &key, version).await })
+        }
+        Match::Bad(reason) => {
+            state.metrics.request(Outcome::BadRequest);
+            now(Error::BadRequest(reason).into_response())
+        }
+        Match::None if state.cfg.passthrough => {
+            let state = state.clone();
+            boxed(async move { crate::poll::passthrough(&state, req, remote).await })
+        }
+        Match::None => now(Error::NotFound.into_response()),
+    }
+}
+
+fn now(resp: Response<Body>) -> Reply {
+    Either::Left(ready(Ok(resp)))
+}
+
+fn boxed(f: impl Future<Output = Response<Body>> + Send + 'static) -> Reply {
+    Either::Right(Box::pin(async move { Ok(f.await) }))
+}
