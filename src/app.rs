@@ -4,13 +4,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::auth::ReloadHandle;
 use crate::cluster::transport;
 use crate::config::Config;
 use crate::gossip::GossipHandle;
-use crate::route::RouteError;
 use crate::server::{self, Listeners};
 use crate::snapshot::SnapshotHandle;
-use crate::state::State;
+use crate::state::{StartError, State};
 
 /// Runs pollgate on bound `listeners` until `shutdown` resolves and every
 /// part has stopped. Background tasks are started here, each as a handle
@@ -19,18 +19,20 @@ pub async fn run(
     cfg: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), RouteError> {
+) -> Result<(), StartError> {
     let state = State::new(cfg)?;
     // Loaded before serving: a poll meeting a half-loaded table would go
     // upstream as "unknown", the stampede a warm start exists to prevent.
     let snapshots = crate::snapshot::start(&state).await;
     register_advance_hooks(&state, &snapshots);
     let push = crate::push::start(&state);
+    let jwks = ReloadHandle::start(state.auth.clone(), state.shutdown.subscribe());
     // Gossip starts after the load, so the first pulls already see it.
     let cluster = GossipHandle::start(state.clone(), Arc::new(transport::Http::default()));
     server::run(listeners, state.clone(), shutdown).await;
     cluster.shutdown().await;
     push.shutdown().await;
+    jwks.shutdown().await;
     // Last, so the final snapshot includes what gossip brought in.
     snapshots.shutdown().await;
     Ok(())

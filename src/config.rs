@@ -39,6 +39,18 @@ pub struct Config {
     pub publish_token: Option<String>,
     /// Unset: admin refused.
     pub admin_token: Option<String>,
+    /// None. HS256 secrets the app signs public-listener tokens with; any
+    /// listed one verifies, so a secret rotates by listing old and new.
+    pub auth_jwt_secret: Vec<String>,
+    /// Unset. JWKS file of public keys (RS256, ES256, EdDSA); re-read when it
+    /// changes or on SIGHUP. With a secret or this, polls need a token.
+    pub auth_jwks: Option<std::path::PathBuf>,
+    /// Unset. When set, a token's `aud` must be present and name it.
+    pub auth_audience: Option<String>,
+    /// `pollgate_token`. Cookie a token may travel in.
+    pub auth_cookie: String,
+    /// None. Origins (exact, or `*`) whose browsers may poll and watch.
+    pub cors_origins: Vec<String>,
     /// `60s`. An entry unconfirmed this long is revalidated upstream; bounds
     /// how long a lost publish can hide a change. Zero disables.
     pub max_age: Duration,
@@ -129,6 +141,11 @@ impl Default for Config {
             version_header: http::HeaderName::from_static("x-pollgate-version"),
             publish_token: None,
             admin_token: None,
+            auth_jwt_secret: Vec::new(),
+            auth_jwks: None,
+            auth_audience: None,
+            auth_cookie: "pollgate_token".to_string(),
+            cors_origins: Vec::new(),
             max_age: Duration::from_secs(60),
             upstream_max_inflight: 256,
             peer: Vec::new(),
@@ -269,6 +286,9 @@ impl Config {
             (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
                 .then(|| PEER_WITHOUT_KEY.into()),
             (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
+            self.auth_jwks
+                .as_deref()
+                .and_then(|p| crate::auth::keys::check_file(p).err()),
         ];
         failed.into_iter().flatten().collect()
     }
@@ -382,6 +402,7 @@ const AUTH: &str = "Publish and admin";
 const CLUSTER: &str = "Cluster";
 const OPS: &str = "Storage and logs";
 const PUSH: &str = "Push";
+const PUBLIC_AUTH: &str = "Public authorization and CORS";
 
 #[rustfmt::skip]
 static KEYS: &[Key] = &[
@@ -429,6 +450,16 @@ static KEYS: &[Key] = &[
         |c, v| one(v, secret).map(|x| c.publish_token = Some(x)), |c| redacted(&c.publish_token)),
     key("admin_token", AUTH, "TOKEN", "unset: admin refused", "Bearer token for PUT /v1/config",
         |c, v| one(v, secret).map(|x| c.admin_token = Some(x)), |c| redacted(&c.admin_token)),
+    key("auth_jwt_secret", PUBLIC_AUTH, "SECRET", "none: no HS256 tokens", "HS256 secret (32+ bytes) the app signs public-listener tokens with; repeat to rotate",
+        |c, v| all(v, jwt_secret).map(|x| c.auth_jwt_secret = x), |c| redacted_all(&c.auth_jwt_secret)).list(),
+    key("auth_jwks", PUBLIC_AUTH, "FILE", "unset", "JWKS file of public keys (RS256, ES256, EdDSA), re-read when it changes or on SIGHUP",
+        |c, v| one(v, non_empty).map(|x| c.auth_jwks = Some(x.into())), |c| c.auth_jwks.as_ref().and_then(|d| text(d.display()))),
+    key("auth_audience", PUBLIC_AUTH, "NAME", "unset: aud not checked", "A token's aud must name this",
+        |c, v| one(v, word).map(|x| c.auth_audience = Some(x)), |c| c.auth_audience.as_ref().and_then(text)),
+    key("auth_cookie", PUBLIC_AUTH, "NAME", "pollgate_token", "Cookie a public-listener token may travel in",
+        |c, v| one(v, word).map(|x| c.auth_cookie = x), |c| text(&c.auth_cookie)),
+    key("cors_origins", PUBLIC_AUTH, "ORIGIN", "none: no CORS headers", "Origin (https://app.example.com, or *) whose browsers may poll and watch",
+        |c, v| all(v, origin).map(|x| c.cors_origins = x), |c| texts(c.cors_origins.iter())).list(),
     key("publish_max_body", AUTH, "SIZE", "1MiB", "Publish bodies larger than this get 413",
         |c, v| one(v, body_size).map(|x| c.publish_max_body = x), |c| bytes(c.publish_max_body)),
     key("peer", CLUSTER, "ADDR", "none", "Another replica's internal address as host:port",
@@ -985,6 +1016,33 @@ fn int(n: u64) -> Option<Value> {
 
 fn redacted(secret: &Option<String>) -> Option<Value> {
     secret.as_ref().and_then(|_| text(REDACTED))
+}
+
+fn redacted_all(secrets: &[String]) -> Option<Value> {
+    (!secrets.is_empty()).then(|| texts(secrets.iter().map(|_| REDACTED)))?
+}
+
+/// HS256 needs a key at least as long as its output to be worth its name.
+fn jwt_secret(s: &str) -> Result<String, String> {
+    let s = secret(s)?;
+    match s.len() < 32 {
+        true => Err("must be at least 32 bytes".into()),
+        false => Ok(s),
+    }
+}
+
+/// `*`, or scheme://host[:port] as a browser sends it in `Origin`.
+fn origin(s: &str) -> Result<String, String> {
+    let s = s.trim_end_matches('/');
+    let ok = s == "*"
+        || (s.starts_with("http://") || s.starts_with("https://"))
+            && !s
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+    match ok {
+        true => Ok(s.to_string()),
+        false => Err("must be * or an origin such as https://app.example.com".into()),
+    }
 }
 
 #[cfg(test)]

@@ -42,9 +42,11 @@
 //! [`inbound`] (bearer tokens, bounded bodies), [`shutdown`] (the signal).
 
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod cluster;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod feed;
 pub mod gossip;
