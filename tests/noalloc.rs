@@ -126,8 +126,10 @@ fn a_hit_allocates_only_header_values() {
 fn an_authorized_hit_allocates_no_more() {
     use serde_json::json;
     let secret = "noalloc-test-secret-of-32-bytes!!";
-    let mut cfg = pollgate::config::Config::default();
-    cfg.auth_jwt_secret = vec![secret.to_string()];
+    let cfg = pollgate::config::Config {
+        auth_jwt_secret: vec![secret.to_string()],
+        ..Default::default()
+    };
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
