@@ -61,6 +61,12 @@ pub fn route(
         return now(cors.preflight(req.headers()));
     }
     let uri = req.uri();
+    if uri.path() == crate::push::client_js::PATH {
+        return now(crate::push::client_js::response(
+            req.method(),
+            req.headers(),
+        ));
+    }
     if let Some(t) = crate::push::transport(uri.path()) {
         let (state, conn) = (state.clone(), conn.clone());
         return boxed(async move { crate::push::handle(&state, &conn, req, t).await });
