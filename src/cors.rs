@@ -45,6 +45,11 @@ impl Cors {
         Some(Cors { any, exact })
     }
 
+    /// Listed exactly: a page there may use the user's cookies with pollgate.
+    pub fn trusts(&self, origin: &HeaderValue) -> bool {
+        self.allowed(origin) == Some(Allowed::WithCredentials)
+    }
+
     fn allowed(&self, origin: &HeaderValue) -> Option<Allowed> {
         let o = origin.as_bytes();
         if self.exact.iter().any(|e| **e == *o) {
@@ -102,7 +107,9 @@ impl Cors {
         if let Some(o) = origin {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
         }
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        if !h.get_all(header::VARY).iter().any(|v| v == "Origin") {
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
         if allowed == Allowed::WithCredentials {
             let yes = HeaderValue::from_static("true");
             h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, yes);
@@ -130,6 +137,7 @@ mod tests {
         let r = c.preflight(&req("https://a.example"));
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         let h = r.headers();
+        assert_eq!(h.get_all(header::VARY).iter().count(), 1);
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert!(h[header::ACCESS_CONTROL_ALLOW_HEADERS]

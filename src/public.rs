@@ -62,10 +62,9 @@ pub fn route(
     }
     let uri = req.uri();
     if uri.path() == crate::push::client_js::PATH {
-        return now(crate::push::client_js::response(
-            req.method(),
-            req.headers(),
-        ));
+        let js = crate::push::client_js::response(req.method(), req.headers());
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        return now(with_cors(state, origin, js));
     }
     if let Some(t) = crate::push::transport(uri.path()) {
         let (state, conn) = (state.clone(), conn.clone());

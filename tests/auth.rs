@@ -562,3 +562,40 @@ async fn send_head(url: &str, origin: &str) -> String {
     }
     String::from_utf8_lossy(&buf).to_lowercase()
 }
+
+/// A WebSocket handshake carrying `cookie` from a page of `origin`.
+async fn ws_from(
+    pg: &Pollgate,
+    origin: &str,
+    cookie: &str,
+) -> Result<common::WsClient, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = tokio::net::TcpStream::connect(pg.public).await.unwrap();
+    let mut req = format!("ws://{}/pollgate/v1/ws", pg.public)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("origin", origin.parse().unwrap());
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+#[tokio::test]
+async fn a_cookie_opens_a_websocket_only_from_a_trusted_origin() {
+    let up = Upstream::start().await;
+    let pg = hs_pollgate(&up, &["--cors-origins", "https://app.example"]).await;
+    let cookie = format!("pollgate_token={}", hs(SECRET_OLD, keys(&["p1"])));
+    let own = format!("http://{}", pg.public);
+    assert!(ws_from(&pg, &own, &cookie).await.is_ok(), "same origin");
+    assert!(
+        ws_from(&pg, "https://app.example", &cookie).await.is_ok(),
+        "listed"
+    );
+    match ws_from(&pg, "https://evil.example", &cookie).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("a foreign page used the user's cookie: {other:?}"),
+    }
+}

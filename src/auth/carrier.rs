@@ -7,11 +7,12 @@ use http::{header, HeaderMap, Uri};
 /// The query parameter a token may travel in.
 pub const PARAM: &str = "token";
 
-/// The request's token, looked for in the header, the query, then the cookie.
+/// The request's token, looked for in the header, the query, then the
+/// cookie named `cookie` (`""`: not in a cookie).
 pub fn find<'a>(headers: &'a HeaderMap, query: Option<&'a str>, cookie: &str) -> Option<&'a str> {
     bearer(headers)
         .or_else(|| query.and_then(|q| crate::route::query_param(q, PARAM)))
-        .or_else(|| from_cookie(headers, cookie))
+        .or_else(|| (!cookie.is_empty()).then(|| from_cookie(headers, cookie))?)
         .filter(|t| !t.is_empty())
 }
 

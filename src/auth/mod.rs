@@ -91,6 +91,17 @@ impl Auth {
         carrier::find(headers, query, &self.cookie)
     }
 
+    /// The token from the header or the query only. For a WebSocket opened
+    /// by a page of a foreign origin: the browser sends the user's cookies
+    /// along, and no CORS check stands between that page and the notices.
+    pub fn token_not_cookie<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+    ) -> Option<&'a str> {
+        carrier::find(headers, query, "")
+    }
+
     /// Verifies a token (signature, `exp`, `nbf`, `aud`) into a grant;
     /// counts `ok` (the caller counts refusals, with the ones it adds).
     pub fn verify(&self, token: &str) -> Result<Grant, Refusal> {

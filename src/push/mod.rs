@@ -203,7 +203,7 @@ async fn serve(
         return Err(Error::MethodNotAllowed);
     }
     let query = req.uri().query().unwrap_or("");
-    let grant = |keys: &[Watch]| authorize(state, conn, req.headers(), query, keys);
+    let grant = |keys: &[Watch]| authorize(state, conn, req.headers(), query, keys, true);
     match t {
         Transport::Sse => {
             let keys = parse_keys(query, state.cfg.max_keys_per_watch)?;
@@ -225,7 +225,8 @@ async fn serve(
         Transport::Ws => {
             let accept = ws::check_handshake(&req)?;
             // Keys come later, in watch commands: each is checked then.
-            let grant = grant(&[])?;
+            let cookies = same_or_trusted_origin(state, req.headers());
+            let grant = authorize(state, conn, req.headers(), query, &[], cookies)?;
             let permit = admit(state, t)?;
             Ok(ws::upgrade(state, req, &accept, grant, permit))
         }
@@ -234,24 +235,44 @@ async fn serve(
 
 /// With auth on: the request's grant (`401` without a valid token), and a
 /// `403` naming the first of `keys` it does not cover. `None`: auth is off.
+/// `cookies`: whether a token in the cookie counts.
 pub(crate) fn authorize(
     state: &State,
     conn: &ConnCache,
     headers: &HeaderMap,
     query: &str,
     keys: &[Watch],
+    cookies: bool,
 ) -> Result<Option<Arc<Grant>>, Error> {
     let Some(auth) = &state.auth else {
         return Ok(None);
     };
-    let grant = conn
-        .grant(auth, auth.token(headers, Some(query)))
-        .map_err(|_| Error::Unauthorized)?;
+    let token = match cookies {
+        true => auth.token(headers, Some(query)),
+        false => auth.token_not_cookie(headers, Some(query)),
+    };
+    let grant = conn.grant(auth, token).map_err(|_| Error::Unauthorized)?;
     if let Some(key) = grant.first_uncovered(keys.iter().map(|w| &w.0)) {
         auth.count(Some(Refusal::Forbidden));
         return Err(Error::NotCovered(key.clone()));
     }
     Ok(Some(grant))
+}
+
+/// A WebSocket handshake from no page (no `Origin`), a page of pollgate's
+/// own origin, or one listed exactly in `cors_origins`: only these may use
+/// the user's cookie (cross-site WebSocket hijacking has no CORS to stop it).
+fn same_or_trusted_origin(state: &State, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).map(|h| h.as_bytes());
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, a)| a.as_bytes());
+    (host.is_some() && host == authority) || state.cors.as_ref().is_some_and(|c| c.trusts(origin))
 }
 
 pub(crate) fn admit(state: &State, t: Transport) -> Result<Ticket, Error> {

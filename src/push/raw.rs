@@ -129,7 +129,7 @@ fn admit(state: &Arc<State>, head: &Head) -> Result<Stream, Error> {
     let keys = super::parse_keys(query, state.cfg.max_keys_per_watch)?;
     // A fresh cache: this connection makes exactly one request.
     let conn = ConnCache::default();
-    let grant = super::authorize(state, &conn, &head.headers, query, &keys)?;
+    let grant = super::authorize(state, &conn, &head.headers, query, &keys, true)?;
     let permit = super::admit(state, Transport::Sse)?;
     Ok(Stream::new(state, &keys, grant.as_deref(), permit))
 }
