@@ -26,7 +26,7 @@
 //!   notices for `/pollgate/v1/{watch,wait,ws}`, over the [`hub`] (watcher
 //!   registry and admission control, held by the state).
 //! - [`internal`]: the internal router (publish, lookup, config, gossip,
-//!   metrics, health); [`feed`]: the publish API.
+//!   metrics, health); [`feed`]: the publish API and the Redis feed.
 //! - [`gossip`]: replicas exchange deltas and pull anti-entropy over the
 //!   [`cluster`] core (auth, codec, outbox, peers, held by the state).
 //! - [`snapshot`]: warm restarts: the table written to `data_dir` and loaded
@@ -39,8 +39,10 @@
 //! env < flags), [`tunables`] (cluster-wide values, their ranges, LWW),
 //! [`metrics`], [`error`] (where an error came from; the one place it
 //! becomes a status), [`body`] (the response body and small builders),
-//! [`inbound`] (bearer tokens, bounded bodies), [`shutdown`] (the signal).
+//! [`inbound`] (bearer tokens, bounded bodies), [`shutdown`] (the signal),
+//! [`alloc`] (allocator settings applied at start-up: memory per key).
 
+pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod body;
