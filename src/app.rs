@@ -39,7 +39,12 @@ pub async fn run(
         &redis_feed::Settings::from_config(&state.cfg),
         positions,
     );
+    let reloading = state.clone();
+    let sighup = crate::reload::SighupHandle::start(move || {
+        crate::reload::log(&reloading.live.reload());
+    });
     server::run(listeners, state.clone(), shutdown).await;
+    sighup.shutdown().await;
     // Before the last snapshot, so it holds the last position applied.
     redis.shutdown().await;
     cluster.shutdown().await;

@@ -59,11 +59,13 @@ pub mod metrics;
 pub mod poll;
 pub mod public;
 pub mod push;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;
+pub mod status;
 pub mod table;
 #[doc(hidden)]
 pub mod testkit;

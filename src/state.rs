@@ -53,6 +53,8 @@ pub struct State {
     pub cluster: Cluster,
     /// Flips to true when shutdown starts: connections finish, streams close.
     pub shutdown: watch::Sender<bool>,
+    /// What a reload can change (tokens); read per request, swapped whole.
+    pub live: crate::reload::Live,
 }
 
 impl State {
@@ -64,6 +66,7 @@ impl State {
         let table = Table::new();
         let cluster = Cluster::new(&cfg);
         Ok(Arc::new(State {
+            live: crate::reload::Live::new(&cfg),
             table,
             cluster,
             routes,

@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use keys::{to_toml, REDACTED};
+pub use keys::{changed_keys, to_toml, REDACTED};
 pub use parse::{check_redis_url, MAX_STREAM_NAME};
 
 /// The effective configuration. Field docs give the default and why.
@@ -56,8 +56,10 @@ pub struct Config {
     pub route: Vec<String>,
     /// `X-Pollgate-Version`. Upstream response header carrying the key's version.
     pub version_header: http::HeaderName,
-    /// Unset: publishing refused (403) rather than open to anyone.
-    pub publish_token: Option<String>,
+    /// Empty: publishing refused (403) rather than open to anyone. Several:
+    /// any of them is accepted, so a token is rotated without a moment in
+    /// which the app's old or new token is refused (reloadable).
+    pub publish_token: Vec<String>,
     /// Unset: admin refused.
     pub admin_token: Option<String>,
     /// None. HS256 secrets the app signs public-listener tokens with; any
@@ -179,7 +181,7 @@ impl Default for Config {
             upstream: vec![http::Uri::from_static("http://127.0.0.1:3000")],
             route: vec!["/projects/{key}/changes?since={version}".to_string()],
             version_header: http::HeaderName::from_static("x-pollgate-version"),
-            publish_token: None,
+            publish_token: Vec::new(),
             admin_token: None,
             auth_jwt_secret: Vec::new(),
             auth_jwks: None,

@@ -285,9 +285,11 @@ pub(super) fn redacted(secret: &Option<String>) -> Option<Value> {
     secret.as_ref().and_then(|_| text(REDACTED))
 }
 
-/// A list of secrets, each shown as the placeholder; `None` when empty.
+/// A repeatable secret: one placeholder per value; unset when there is none.
 pub(super) fn redacted_all(secrets: &[String]) -> Option<Value> {
-    (!secrets.is_empty()).then(|| texts(secrets.iter().map(|_| REDACTED)))?
+    (!secrets.is_empty())
+        .then(|| texts(secrets.iter().map(|_| REDACTED)))
+        .flatten()
 }
 
 /// HS256 needs a key at least as long as its output to be worth its name.
