@@ -44,9 +44,11 @@
 
 pub mod alloc;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod cluster;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod feed;
 pub mod gossip;

@@ -1,5 +1,7 @@
 //! The public listener's one router: each request is decided once to be a
 //! push transport, a poll (hit from memory or forward), or pass-through.
+//! With auth on, a poll is a hit only for a token covering its key; CORS
+//! preflights to poll routes and push endpoints are answered here.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,12 +11,14 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 use futures_util::future::{ready, Either, Ready};
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::auth::ConnCache;
 use crate::body::Body;
+use crate::cors::Cors;
 use crate::error::Error;
 use crate::metrics::Outcome;
 use crate::route::Match;
@@ -35,34 +39,40 @@ pub async fn intercept(
     crate::push::raw::intercept(state, tcp, stop).await
 }
 
-/// Routes one request from the public listener.
-pub fn respond(state: &Arc<State>, remote: SocketAddr, req: Request<Incoming>) -> Reply {
-    route(state, remote, req.map(Body::Incoming))
+/// Routes one request from the public listener. `conn` remembers the
+/// connection's last verified token (see [`crate::auth::ConnCache`]).
+pub fn respond(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    conn: &Arc<ConnCache>,
+    req: Request<Incoming>,
+) -> Reply {
+    route(state, remote, conn, req.map(Body::Incoming))
 }
 
-/// Routes one request: push transport, poll, or pass-through.
-pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Reply {
+/// Routes one request: CORS preflight, push transport, poll, or pass-through.
+pub fn route(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    conn: &Arc<ConnCache>,
+    req: Request<Body>,
+) -> Reply {
+    if let Some(cors) = preflight_of_ours(state, &req) {
+        return now(cors.preflight(req.headers()));
+    }
     let uri = req.uri();
     if uri.path() == crate::push::client_js::PATH {
-        return now(crate::push::client_js::response(
-            req.method(),
-            req.headers(),
-        ));
+        let js = crate::push::client_js::response(req.method(), req.headers());
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        return now(with_cors(state, origin, js));
     }
     if let Some(t) = crate::push::transport(uri.path()) {
-        let state = state.clone();
-        return boxed(async move { crate::push::handle(&state, req, t).await });
+        let (state, conn) = (state.clone(), conn.clone());
+        return boxed(async move { crate::push::handle(&state, &conn, req, t).await });
     }
     match state.routes.matches(uri.path(), uri.query(), req.headers()) {
-        Match::Poll { key, version, .. } => {
-            if let Some(hit) = version.and_then(|v| crate::poll::try_hit(state, key, v)) {
-                return now(hit);
-            }
-            // Keys are ≤ 128 bytes; ≤ 24 stay inline (no allocation).
-            let key = CompactString::new(key);
-            let state = state.clone();
-            boxed(async move { crate::poll::poll(&state, req, remote, &key, version).await })
-        }
+        Match::Poll { key, version, .. } => poll_route(state, remote, conn, &req, key, version)
+            .unwrap_or_else(|how| how.run(state, remote, req)),
         Match::Bad(reason) => {
             state.metrics.request(Outcome::BadRequest);
             now(Error::BadRequest(reason).into_response())
@@ -73,6 +83,105 @@ pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Repl
         }
         Match::None => now(Error::NotFound.into_response()),
     }
+}
+
+/// `Some` for a CORS preflight to a poll route or `/pollgate/v1/*` while
+/// `cors_origins` is set; anything else (pass-through included) goes on.
+fn preflight_of_ours<'a>(state: &'a State, req: &Request<Body>) -> Option<&'a Cors> {
+    let cors = state.cors.as_ref()?;
+    if !Cors::is_preflight(req.method(), req.headers()) {
+        return None;
+    }
+    let uri = req.uri();
+    let ours = uri.path().starts_with("/pollgate/v1/")
+        || matches!(
+            state.routes.matches(uri.path(), uri.query(), req.headers()),
+            Match::Poll { .. }
+        );
+    ours.then_some(cors)
+}
+
+/// How a poll that memory cannot answer goes on (owning what it needs, so
+/// the request can move into the future).
+struct Onward {
+    key: CompactString,
+    version: Option<u64>,
+    authorized: bool,
+    origin: Option<HeaderValue>,
+}
+
+/// A poll: `Ok` when memory answers it now (the hit path: no allocation
+/// beyond the answer's headers), `Err` with how it goes upstream.
+fn poll_route(
+    state: &State,
+    _remote: SocketAddr,
+    conn: &ConnCache,
+    req: &Request<Body>,
+    key: &str,
+    version: Option<u64>,
+) -> Result<Reply, Onward> {
+    let origin = match &state.cors {
+        Some(_) => req.headers().get(header::ORIGIN).cloned(),
+        None => None,
+    };
+    let authorized = match &state.auth {
+        None => true,
+        Some(auth) => {
+            let token = auth.token(req.headers(), req.uri().query());
+            conn.check(auth, token, key).is_ok()
+        }
+    };
+    if authorized {
+        if let Some(hit) = version.and_then(|v| crate::poll::try_hit(state, key, v)) {
+            return Ok(now(with_cors(state, origin, hit)));
+        }
+    }
+    Err(Onward {
+        // Keys are ≤ 128 bytes; ≤ 24 stay inline (no allocation).
+        key: CompactString::new(key),
+        version,
+        authorized,
+        origin,
+    })
+}
+
+impl Onward {
+    /// Forwards (the token taken out of the query first); a caller without
+    /// a token covering the key goes to the app as it came, and the app's
+    /// own auth decides.
+    fn run(self, state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Reply {
+        let state = state.clone();
+        boxed(async move {
+            let req = without_token(&state, req);
+            let resp = match self.authorized {
+                true => crate::poll::poll(&state, req, remote, &self.key, self.version).await,
+                false => crate::poll::unauthorized(&state, req, remote, &self.key).await,
+            };
+            with_cors(&state, self.origin, resp)
+        })
+    }
+}
+
+/// The request with any `token=` taken out of its query (when auth is on).
+fn without_token(state: &State, mut req: Request<Body>) -> Request<Body> {
+    if state.auth.is_some() {
+        if let Some(uri) = crate::auth::carrier::strip_token(req.uri()) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+/// Adds CORS headers for a listed `origin` to one of pollgate's answers.
+pub fn with_cors(
+    state: &State,
+    origin: Option<HeaderValue>,
+    mut resp: Response<Body>,
+) -> Response<Body> {
+    if let Some(cors) = &state.cors {
+        cors.decorate(origin, resp.headers_mut());
+    }
+    resp
 }
 
 fn now(resp: Response<Body>) -> Reply {

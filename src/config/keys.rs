@@ -85,6 +85,7 @@ const AUTH: &str = "Publish and admin";
 const CLUSTER: &str = "Cluster";
 const OPS: &str = "Storage and logs";
 const PUSH: &str = "Push";
+const PUBLIC_AUTH: &str = "Public authorization and CORS";
 const REDIS: &str = "Redis feed";
 
 #[rustfmt::skip]
@@ -131,6 +132,16 @@ pub(super) static KEYS: &[Key] = &[
         |c, v| all(v, secret).map(|x| c.publish_token = x), |c| redacted_all(&c.publish_token)).list().note("unset: publishing refused"),
     key("admin_token", AUTH, "TOKEN", "Bearer token for PUT /v1/config and POST /v1/reload (reloadable)",
         |c, v| one(v, secret).map(|x| c.admin_token = Some(x)), |c| redacted(&c.admin_token)).note("unset: admin refused"),
+    key("auth_jwt_secret", PUBLIC_AUTH, "SECRET", "HS256 secret (32+ bytes) the app signs public-listener tokens with; repeat to rotate",
+        |c, v| all(v, jwt_secret).map(|x| c.auth_jwt_secret = x), |c| redacted_all(&c.auth_jwt_secret)).list().note("none: no HS256 tokens"),
+    key("auth_jwks", PUBLIC_AUTH, "FILE", "JWKS file of public keys (RS256, ES256, EdDSA), re-read when it changes or on SIGHUP",
+        |c, v| one(v, non_empty).map(|x| c.auth_jwks = Some(x.into())), |c| c.auth_jwks.as_ref().and_then(|d| text(d.display()))).note("unset"),
+    key("auth_audience", PUBLIC_AUTH, "NAME", "A token's aud must name this",
+        |c, v| one(v, word).map(|x| c.auth_audience = Some(x)), |c| c.auth_audience.as_ref().and_then(text)).note("unset: aud not checked"),
+    key("auth_cookie", PUBLIC_AUTH, "NAME", "Cookie a public-listener token may travel in",
+        |c, v| one(v, word).map(|x| c.auth_cookie = x), |c| text(&c.auth_cookie)),
+    key("cors_origins", PUBLIC_AUTH, "ORIGIN", "Origin (https://app.example.com, or *) whose browsers may poll and watch",
+        |c, v| all(v, origin).map(|x| c.cors_origins = x), |c| texts(c.cors_origins.iter())).list().note("none: no CORS headers"),
     key("publish_max_body", AUTH, "SIZE", "Publish bodies larger than this get 413",
         |c, v| one(v, body_size).map(|x| c.publish_max_body = x), |c| bytes(c.publish_max_body)),
     key("peer", CLUSTER, "ADDR", "Another replica's internal address as host:port",

@@ -62,6 +62,20 @@ pub struct Config {
     pub publish_token: Vec<String>,
     /// Unset: admin refused.
     pub admin_token: Option<String>,
+    /// None. HS256 secrets the app signs public-listener tokens with; any
+    /// listed one verifies, so a secret rotates by listing old and new.
+    pub auth_jwt_secret: Vec<String>,
+    /// Unset. JWKS file of public keys (RS256, ES256, EdDSA); re-read when it
+    /// changes or on SIGHUP. With a secret or this, a poll is answered from
+    /// memory only for a token covering its key, and push needs one.
+    pub auth_jwks: Option<PathBuf>,
+    /// Unset: `aud` not checked. When set, a token's `aud` must name it.
+    pub auth_audience: Option<String>,
+    /// `pollgate_token`. Cookie a token may travel in (EventSource cannot
+    /// set headers; a cookie keeps the token out of URLs).
+    pub auth_cookie: String,
+    /// None. Origins (exact, or `*`) whose browsers may poll and watch.
+    pub cors_origins: Vec<String>,
     /// `60s`. An entry unconfirmed this long is revalidated upstream; bounds
     /// how long a lost publish can hide a change. Zero disables.
     pub max_age: Duration,
@@ -169,6 +183,11 @@ impl Default for Config {
             version_header: http::HeaderName::from_static("x-pollgate-version"),
             publish_token: Vec::new(),
             admin_token: None,
+            auth_jwt_secret: Vec::new(),
+            auth_jwks: None,
+            auth_audience: None,
+            auth_cookie: "pollgate_token".to_string(),
+            cors_origins: Vec::new(),
             max_age: Duration::from_secs(60),
             upstream_max_inflight: 256,
             peer: Vec::new(),
@@ -285,6 +304,9 @@ impl Config {
             (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
                 .then(|| PEER_WITHOUT_KEY.into()),
             (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
+            self.auth_jwks
+                .as_deref()
+                .and_then(|p| crate::auth::keys::check_file(p).err()),
             self.redis_feed_mismatch(),
         ];
         failed.into_iter().flatten().collect()

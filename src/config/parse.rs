@@ -292,6 +292,29 @@ pub(super) fn redacted_all(secrets: &[String]) -> Option<Value> {
         .flatten()
 }
 
+/// HS256 needs a key at least as long as its output to be worth its name.
+pub(super) fn jwt_secret(s: &str) -> Result<String, String> {
+    let s = secret(s)?;
+    match s.len() < 32 {
+        true => Err("must be at least 32 bytes".into()),
+        false => Ok(s),
+    }
+}
+
+/// `*`, or scheme://host[:port] as a browser sends it in `Origin`.
+pub(super) fn origin(s: &str) -> Result<String, String> {
+    let s = s.trim_end_matches('/');
+    let ok = s == "*"
+        || (s.starts_with("http://") || s.starts_with("https://"))
+            && !s
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+    match ok {
+        true => Ok(s.to_string()),
+        false => Err("must be * or an origin such as https://app.example.com".into()),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // "Did you mean": an unknown name is answered with the nearest key.
 
