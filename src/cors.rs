@@ -117,6 +117,20 @@ impl Cors {
     }
 }
 
+/// Adds CORS headers for a listed `origin` to one of pollgate's answers
+/// (nothing without `cors_origins`). Push answers use it too, so it lives
+/// here rather than in the router above them.
+pub fn apply(
+    cors: Option<&Cors>,
+    origin: Option<HeaderValue>,
+    mut resp: Response<Body>,
+) -> Response<Body> {
+    if let Some(cors) = cors {
+        cors.decorate(origin, resp.headers_mut());
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

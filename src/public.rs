@@ -176,12 +176,9 @@ fn without_token(state: &State, mut req: Request<Body>) -> Request<Body> {
 pub fn with_cors(
     state: &State,
     origin: Option<HeaderValue>,
-    mut resp: Response<Body>,
+    resp: Response<Body>,
 ) -> Response<Body> {
-    if let Some(cors) = &state.cors {
-        cors.decorate(origin, resp.headers_mut());
-    }
-    resp
+    crate::cors::apply(state.cors.as_ref(), origin, resp)
 }
 
 fn now(resp: Response<Body>) -> Reply {

@@ -185,7 +185,7 @@ pub async fn handle(
     let resp = serve(state, conn, req, t)
         .await
         .unwrap_or_else(Error::into_response);
-    crate::public::with_cors(state, origin, resp)
+    crate::cors::apply(state.cors.as_ref(), origin, resp)
 }
 
 /// Validates and authorizes first (a refused request spends no admission

@@ -213,7 +213,7 @@ async fn write(state: &State, tcp: &mut TcpStream, bytes: &[u8]) -> Result<(), (
 
 /// The same response [`Error::into_response`] gives the hyper path, written by hand.
 async fn write_error(state: &State, tcp: &mut TcpStream, e: Error, origin: Option<HeaderValue>) {
-    let resp = crate::public::with_cors(state, origin, e.into_response());
+    let resp = crate::cors::apply(state.cors.as_ref(), origin, e.into_response());
     let (parts, body) = resp.into_parts();
     let body = match body {
         Body::Full(Some(b)) => b,
