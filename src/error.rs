@@ -26,6 +26,9 @@ pub enum Error {
     TooLarge { limit: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request lost against a concurrent change; retrying may succeed.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// The body did not arrive in time (a slow sender must not hold a connection).
     #[error("request body not received within {0:?}")]
     BodyTimeout(Duration),
@@ -71,6 +74,7 @@ impl Error {
             | NotFound
             | TooLarge { .. }
             | MethodNotAllowed
+            | Conflict(_)
             | BodyTimeout(_)
             | GossipRefused(_) => Blame::Client,
             Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Blame::Upstream,
@@ -88,6 +92,7 @@ impl Error {
             NotFound => StatusCode::NOT_FOUND,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Conflict(_) => StatusCode::CONFLICT,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Shed { .. } | BreakerOpen { .. } | PushBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
