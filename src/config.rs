@@ -76,6 +76,10 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// `10s`. Time to the upstream's response head; a hung upstream is an error.
     pub upstream_timeout: Duration,
+    /// `30s`. Longest a client may take to send a forwarded request's body
+    /// (408 beyond). Separate from `upstream_timeout`, which starts once the
+    /// body is sent: a slow client is not a slow app and must not open the breaker.
+    pub client_body_timeout: Duration,
     /// `5`. Consecutive upstream failures that open the circuit breaker.
     pub breaker_failures: u32,
     /// `5s`. How long the breaker stays open before one half-open probe.
@@ -144,6 +148,7 @@ impl Default for Config {
             upstream_queue_timeout: Duration::from_secs(1),
             upstream_connect_timeout: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(30),
             breaker_failures: 5,
             breaker_open: Duration::from_secs(5),
             poll_interval: Duration::from_secs(5),
@@ -412,6 +417,8 @@ static KEYS: &[Key] = &[
         |c, v| one(v, positive_duration).map(|x| c.upstream_connect_timeout = x), |c| dur(c.upstream_connect_timeout)),
     key("upstream_timeout", UP, "DURATION", "10s", "Time to the upstream's response head; longer counts as a failure",
         |c, v| one(v, duration).map(|x| c.upstream_timeout = x), |c| dur(c.upstream_timeout)),
+    key("client_body_timeout", UP, "DURATION", "30s", "A client must send a forwarded request's body within this (408); not an upstream failure",
+        |c, v| one(v, positive_duration).map(|x| c.client_body_timeout = x), |c| dur(c.client_body_timeout)),
     key("breaker_failures", UP, "N", "5", "Consecutive upstream failures that open the circuit breaker, at least 1",
         |c, v| one(v, at_least_one).map(|x| c.breaker_failures = x), |c| int(u64::from(c.breaker_failures))),
     key("breaker_open", UP, "DURATION", "5s", "How long the breaker stays open before one half-open probe",

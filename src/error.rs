@@ -139,10 +139,14 @@ impl Error {
     }
 }
 
-/// A retry hint spread over `[base, 2·base)` so refused clients do not come back together.
+/// A `Retry-After` in whole seconds (the header has no fractions), uniform
+/// over `[b, 2b + 1]` where `b` is `base` rounded up to at least 1 s. Jitter
+/// below a second would be truncated away and every refused client would
+/// come back at the same second; the range widens as `base` (which callers
+/// grow with their backlog) does.
 pub fn jittered(base: Duration) -> Duration {
-    let ms = base.as_millis().max(1000) as u64;
-    Duration::from_millis(ms + fastrand::u64(0..ms))
+    let b = base.as_millis().div_ceil(1000).max(1) as u64;
+    Duration::from_secs(fastrand::u64(b..=2 * b + 1))
 }
 
 #[cfg(test)]
@@ -163,5 +167,18 @@ mod tests {
         assert_eq!(body_of(int).await, "internal error\n");
         let bad = Error::BadRequest("key must be 1-128 bytes");
         assert_eq!(body_of(bad).await, "key must be 1-128 bytes\n");
+    }
+
+    #[test]
+    fn retry_hints_spread_over_whole_seconds() {
+        let seen: std::collections::BTreeSet<u64> = (0..200)
+            .map(|_| jittered(Duration::from_millis(100)))
+            .inspect(|d| assert_eq!(d.subsec_nanos(), 0))
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2, 3]);
+        let wide = (0..200).map(|_| jittered(Duration::from_secs(5)).as_secs());
+        assert!(wide.clone().all(|s| (5..=11).contains(&s)));
+        assert!(wide.max() > Some(8));
     }
 }

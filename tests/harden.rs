@@ -136,3 +136,112 @@ async fn a_config_stamp_from_the_future_is_refused_and_put_config_still_answers(
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(config_of(&pg).await["poll_interval_hint_s"], 7);
 }
+
+// ---- 3. a slow client upload is the client's problem, not the app's ----
+
+/// A raw HTTP/1.1 request whose body arrives one byte per `gap`.
+async fn drip_post(addr: std::net::SocketAddr, len: usize, gap: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 1024];
+    for _ in 0..len {
+        tokio::select! {
+            n = s.read(&mut buf) => {
+                resp.extend_from_slice(&buf[..n.unwrap_or(0)]);
+                break;
+            }
+            _ = tokio::time::sleep(gap) => { let _ = s.write_all(b"x").await; }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp)).await;
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+fn status_of(raw: &str) -> &str {
+    raw.split(' ').nth(1).unwrap_or("")
+}
+
+#[tokio::test]
+async fn slow_uploads_get_408_and_do_not_open_the_breaker() {
+    let up = Upstream::start().await;
+    up.set_version("p", 4);
+    let pg = Pollgate::start(
+        &up.url(),
+        &[
+            "--upstream-timeout",
+            "300ms",
+            "--client-body-timeout",
+            "1s",
+            "--breaker-failures",
+            "3",
+        ],
+    );
+    let drips = (0..6).map(|_| drip_post(pg.public, 20, Duration::from_millis(150)));
+    for raw in futures_util::future::join_all(drips).await {
+        assert_eq!(status_of(&raw), "408", "{raw}");
+    }
+    assert_eq!(pg.metric("pollgate_breaker_open").await, 0.0);
+    let (s, _, body) = get(&pg.url("/projects/p/changes?since=0")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // A whole body sent promptly still goes through, timed from when it was sent.
+    let h = [("content-type", "text/plain")];
+    let (s, _, body) = send("POST", &pg.url("/upload"), &h, vec![b'y'; 100_000]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body.contains("100000 body bytes"), "{body}");
+}
+
+// ---- 4. Retry-After spreads refused clients over whole seconds ----
+
+#[tokio::test]
+async fn shed_retry_after_spreads_over_several_seconds() {
+    let up = Upstream::start().await;
+    up.set_mode(common::Mode::Hang);
+    let flags = [
+        "--upstream-max-inflight",
+        "1",
+        "--upstream-queue",
+        "0",
+        "--upstream-timeout",
+        "30s",
+    ];
+    let pg = Pollgate::start(&up.url(), &flags);
+    let hang = pg.url("/hang");
+    let holder = tokio::spawn(async move { get(&hang).await });
+    let slot_taken = || async { pg.metric("pollgate_upstream_inflight").await == 1.0 };
+    assert!(common::eventually(Duration::from_secs(5), slot_taken).await);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (s, h, _) = get(&pg.url("/other")).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let ra: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+        seen.insert(ra);
+    }
+    holder.abort();
+    assert!(
+        seen.len() >= 2,
+        "every refused client told the same second: {seen:?}"
+    );
+    assert!(seen.iter().all(|&s| (1..=3).contains(&s)), "{seen:?}");
+}
+
+// ---- 7. five app 500s are answers, not an outage ----
+
+#[tokio::test]
+async fn app_500s_do_not_open_the_breaker_but_503s_do() {
+    let up = Upstream::start().await;
+    up.set_mode(common::Mode::Status(500));
+    let pg = Pollgate::start(&up.url(), &["--breaker-failures", "3"]);
+    for i in 0..6 {
+        let (s, _, _) = get(&pg.url(&format!("/broken/{i}"))).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(pg.metric("pollgate_breaker_open").await, 0.0);
+    up.set_mode(common::Mode::Status(503));
+    for _ in 0..3 {
+        get(&pg.url("/down")).await;
+    }
+    assert_eq!(pg.metric("pollgate_breaker_open").await, 1.0);
+}

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod coalesce;
 pub mod guard;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
