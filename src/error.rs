@@ -26,6 +26,9 @@ pub enum Error {
     TooLarge { limit: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request head is larger than `max_header_size`.
+    #[error("request head too large")]
+    HeadTooLarge,
     /// The request lost against a concurrent change; retrying may succeed.
     #[error("{0}")]
     Conflict(&'static str),
@@ -74,6 +77,7 @@ impl Error {
             | NotFound
             | TooLarge { .. }
             | MethodNotAllowed
+            | HeadTooLarge
             | Conflict(_)
             | BodyTimeout(_)
             | GossipRefused(_) => Blame::Client,
@@ -93,6 +97,7 @@ impl Error {
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict(_) => StatusCode::CONFLICT,
+            HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Shed { .. } | BreakerOpen { .. } | PushBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,

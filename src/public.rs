@@ -26,12 +26,13 @@ pub type Answer = Result<Response<Body>, Infallible>;
 pub type Reply = Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer> + Send>>>;
 
 /// Before hyper sees a new connection: SSE watches are taken off hyper
-/// (see `push::raw`). `None`: the connection was served or is finished.
+/// (see `push::raw`). `None`: the connection was served or is finished;
+/// otherwise the deadline its first request head must meet.
 pub async fn intercept(
     state: &Arc<State>,
     tcp: TcpStream,
     stop: &mut watch::Receiver<bool>,
-) -> Option<TcpStream> {
+) -> Option<(TcpStream, tokio::time::Instant)> {
     crate::push::raw::intercept(state, tcp, stop).await
 }
 

@@ -245,3 +245,100 @@ async fn app_500s_do_not_open_the_breaker_but_503s_do() {
     }
     assert_eq!(pg.metric("pollgate_breaker_open").await, 1.0);
 }
+
+// ---- 5. stalled heads cost nothing; a head is bounded in total ----
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the state.
+    let ticks = f[11] + f[12];
+    Duration::from_millis(ticks * 1000 / 100) // USER_HZ is 100 on Linux
+}
+
+#[tokio::test]
+async fn connections_stalled_inside_a_head_burn_no_cpu() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &["--header-read-timeout", "30s"]);
+    let mut conns = Vec::new();
+    for i in 0..600 {
+        let mut s = tokio::net::TcpStream::connect(pg.public).await.unwrap();
+        let part: &[u8] = if i % 2 == 0 {
+            b"G"
+        } else {
+            b"GET /pollgate/v1/watc"
+        };
+        s.write_all(part).await.unwrap();
+        conns.push(s);
+    }
+    // Every connection has sent its byte; the window starts a little later
+    // so accepting them is not what gets measured.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_time(pg.child.id());
+    tokio::time::sleep(Duration::from_secs(2)).await; // the window being measured
+    let used = cpu_time(pg.child.id()) - before;
+    eprintln!("600 stalled heads: {used:?} CPU in 2 s");
+    assert!(
+        used < Duration::from_millis(150),
+        "600 stalled heads used {used:?} of CPU in 2 s"
+    );
+    drop(conns);
+}
+
+async fn read_all_within(s: &mut tokio::net::TcpStream, max: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    tokio::time::timeout(max, s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn a_head_that_starts_like_a_watch_is_bounded_by_header_read_timeout_in_total() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &["--header-read-timeout", "1s"]);
+    let start = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(pg.public).await.unwrap();
+    s.write_all(b"GET /pollgate/v1/watc").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await; // the client's stall being tested
+    s.write_all(b"hX HTTP/1.1\r\nhost: a\r\n").await.unwrap(); // not a watch: hyper's turn
+    let closed = read_all_within(&mut s, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "never closed");
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1500), "head lasted {took:?}");
+}
+
+#[tokio::test]
+async fn raw_sse_heads_are_limited_like_hyper_and_accept_bare_lf() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &["--header-read-timeout", "5s"]);
+    // 20 KiB of headers against the 16 KiB default: 431, as hyper answers.
+    let mut s = tokio::net::TcpStream::connect(pg.public).await.unwrap();
+    let big = format!(
+        "GET /pollgate/v1/watch?keys=a:1 HTTP/1.1\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(20 << 10)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let resp = read_all_within(&mut s, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    // A bare-LF head is answered at once, not after the timeout.
+    let mut s = tokio::net::TcpStream::connect(pg.public).await.unwrap();
+    let lf = b"GET /pollgate/v1/watch?keys=a:1 HTTP/1.1\nhost: a\n\n";
+    s.write_all(lf).await.unwrap();
+    let mut first = [0u8; 12];
+    let read = tokio::io::AsyncReadExt::read_exact(&mut s, &mut first);
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .expect("bare-LF head ignored until the timeout")
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+}
