@@ -252,9 +252,9 @@ async fn app_500s_do_not_open_the_breaker_but_503s_do() {
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
-    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the state.
-    let ticks = f[11] + f[12];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // `rest` starts at field 3 (state): utime and stime (14, 15) are f[11], f[12].
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 1000 / 100) // USER_HZ is 100 on Linux
 }
 
