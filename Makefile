@@ -12,19 +12,23 @@ DEMO_PUBLIC := 127.0.0.1:8080
 DEMO_INTERNAL := 127.0.0.1:8081
 DEMO_TOKEN := demo-token
 
-.PHONY: run test fmt clippy bench loadtest loadtest-mem loadtest-snapshot loadtest-cluster build-demo
+.PHONY: run test test-browser fmt clippy bench loadtest loadtest-mem loadtest-snapshot loadtest-cluster build-demo
 
 build-demo:
 	$(CARGO) build --release --bin pollgate --example demo_upstream
 
 # Demo upstream (seeds p1..p3 at version 1 and publishes them once pollgate
 # is up), then pollgate on its embedded default config. Ctrl-C stops both.
+# Run the recipe with SIGINT at its default: a shell without job control
+# starts background jobs (`make run &` in a script) with SIGINT ignored, and
+# then a Ctrl-C/SIGINT sent to the group would be ignored too.
+run: SHELL := env --default-signal=INT /bin/sh
 run: build-demo
 	@command -v curl >/dev/null || { echo "make run needs curl (apt-get install curl)" >&2; exit 1; }
 	@set -u; \
 	pids=""; \
 	trap 'kill $$pids 2>/dev/null; wait 2>/dev/null; echo; echo stopped.' EXIT; \
-	trap 'exit 130' INT TERM; \
+	trap 'exit 0' INT TERM HUP; \
 	$(RELEASE)/examples/demo_upstream --listen $(DEMO_UPSTREAM) \
 	  --publish-url http://$(DEMO_INTERNAL) --publish-token $(DEMO_TOKEN) --seed 3 & \
 	pids="$$!"; \
@@ -44,6 +48,7 @@ run: build-demo
 	echo "pollgate: polls on http://$(DEMO_PUBLIC), publish/admin on http://$(DEMO_INTERNAL)"; \
 	echo "demo upstream: http://$(DEMO_UPSTREAM) (projects p1, p2, p3 at version 1)"; \
 	echo; \
+	echo "# 0. the demo board, live in every tab: open http://$(DEMO_PUBLIC)/ in a browser (several tabs)"; \
 	echo "# 1. a hit, answered from memory: 304 with X-Pollgate: hit"; \
 	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=1'"; \
 	echo "# 2. a stale poll, forwarded: 200 with the events from the demo upstream"; \
@@ -52,14 +57,25 @@ run: build-demo
 	echo "curl -X POST -d 'hello' http://$(DEMO_UPSTREAM)/projects/p1/events"; \
 	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=1'"; \
 	echo; \
-	echo "Ctrl-C stops both."; \
+	echo "Ctrl-C stops both (in the background: kill the make process)."; \
 	wait $$pg
 
-# Exactly what CI runs; `cargo test` also builds the examples.
+# Exactly what CI runs; `cargo test` also builds the examples. The install
+# script installs Chromium and the browser tests' npm packages when missing
+# (or, not as root, says in one line what to install).
 test:
+	./scripts/install-deps.sh
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
+	$(MAKE) --no-print-directory test-browser
+
+# The browser client's unit tests, then the tests in real Chromium against
+# the debug binaries (tests/browser/README.md).
+test-browser:
+	$(CARGO) build --bin pollgate --example demo_upstream
+	cd client && node --test test/
+	cd tests/browser && CARGO_TARGET_DIR=$(abspath $(TARGET_DIR)) node --test --test-concurrency=1 *.test.js
 
 fmt:
 	$(CARGO) fmt

@@ -5,6 +5,9 @@
 //!   `N` and `X-Pollgate-Version: V` (the project's version, 0 if unknown).
 //! - `POST /projects/{key}/events` (body = text) → appends an event, bumps
 //!   the version, answers `201` and publishes `key V` to pollgate.
+//! - `GET /` → the demo board (`demo_board.html`): the projects, live in
+//!   every tab through pollgate's browser client (through pass-through on
+//!   pollgate's port, the page and the client share an origin).
 //! - `GET /stats` → `{"requests":N}`: requests served, `/stats` not counted,
 //!   so a test can read it without changing it.
 //! - anything else → `404`.
@@ -140,6 +143,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Reply, Infallib
         return Ok(json_reply(StatusCode::OK, json!({ "requests": n })));
     }
     app.requests.fetch_add(1, Ordering::Relaxed);
+    if req.method() == Method::GET && req.uri().path() == "/" {
+        return Ok(board());
+    }
     let reply = match parse_project_path(req.uri().path()) {
         Some((key, "changes")) if req.method() == Method::GET => {
             let key = key.to_owned();
@@ -284,6 +290,16 @@ impl Publisher {
         }
     }
 }
+
+/// The demo board page, built into the binary.
+fn board() -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from_static(BOARD.as_bytes())));
+    let ct = HeaderValue::from_static("text/html; charset=utf-8");
+    reply.headers_mut().insert(CONTENT_TYPE, ct);
+    reply
+}
+
+const BOARD: &str = include_str!("demo_board.html");
 
 fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {
     let mut reply = Response::new(Full::new(Bytes::from(body.to_string())));

@@ -38,6 +38,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
 
 fn metrics(state: &State) -> Response<Body> {
     state.metrics.keys.set(state.table.len() as i64);
+    state.metrics.ready.set(i64::from(state.is_ready()));
     typed(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

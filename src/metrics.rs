@@ -145,6 +145,8 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     pub breaker_open: Gauge,
     pub keys: Gauge,
+    /// What `/readyz` says, set on each scrape: alerting needs it as a series.
+    pub ready: Gauge,
     pub publish_batches: Counter,
     pub publish_rejected: Counter,
     pub versions_learned_publish: Counter,
@@ -173,6 +175,8 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
+        render_build_info(&mut o);
+        process::render(&mut o);
         self.render_requests(&mut o);
         self.render_upstream(&mut o);
         self.render_versions(&mut o);
@@ -220,6 +224,8 @@ impl Metrics {
     }
 
     fn render_versions(&self, o: &mut String) {
+        #[rustfmt::skip]
+        gauge(o, "pollgate_ready", "1 when /readyz answers 200 (snapshot loaded, caught up with peers).", self.ready.get());
         gauge(
             o,
             "pollgate_keys",
@@ -259,4 +265,73 @@ pub fn gauge(o: &mut String, name: &str, help: &str, v: i64) {
 
 pub fn counter(o: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}
+
+/// The crate version and the git commit it was built from (`build.rs`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("PG_GIT_COMMIT");
+
+fn render_build_info(o: &mut String) {
+    let name = "pollgate_build_info";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Always 1; the labels say which build runs.\n# TYPE {name} gauge\n{name}{{version=\"{VERSION}\",commit=\"{COMMIT}\"}} 1"
+    );
+}
+
+/// Process metrics read from `/proc/self` on each scrape (Linux; elsewhere
+/// they are absent), named like the Prometheus clients' process collector
+/// with the `pollgate_` namespace.
+mod process {
+    use std::fmt::Write;
+
+    pub fn render(o: &mut String) {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        // Fields after the `(comm)`, which may itself contain spaces.
+        let fields: Vec<&str> = stat
+            .as_deref()
+            .and_then(|s| s.rsplit_once(") "))
+            .map_or(Vec::new(), |(_, rest)| rest.split(' ').collect());
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        // SAFETY: sysconf only reads a system constant.
+        let (tick, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK) as f64,
+                libc::sysconf(libc::_SC_PAGESIZE) as f64,
+            )
+        };
+        let cpu = field(14).zip(field(15)).map(|(u, s)| (u + s) / tick);
+        let start = field(22).zip(boot_time()).map(|(t, boot)| boot + t / tick);
+        #[rustfmt::skip]
+        let rows = [
+            ("pollgate_process_cpu_seconds_total", "counter", "User and system CPU time spent.", cpu),
+            ("pollgate_process_resident_memory_bytes", "gauge", "Resident memory size.", field(24).map(|p| p * page)),
+            ("pollgate_process_virtual_memory_bytes", "gauge", "Virtual memory size.", field(23)),
+            ("pollgate_process_open_fds", "gauge", "Open file descriptors (each push connection is one).", open_fds()),
+            ("pollgate_process_max_fds", "gauge", "The open file descriptor limit (ulimit -n, LimitNOFILE).", max_fds()),
+            ("pollgate_process_start_time_seconds", "gauge", "Start time since the Unix epoch.", start),
+        ];
+        for (name, kind, help, v) in rows {
+            if let Some(v) = v {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            }
+        }
+    }
+
+    fn open_fds() -> Option<f64> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as f64)
+    }
+
+    fn max_fds() -> Option<f64> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse().ok()
+    }
+
+    /// Boot time (Unix seconds): process start times in /proc count from it.
+    fn boot_time() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+    }
 }

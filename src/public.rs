@@ -44,6 +44,9 @@ pub fn respond(state: &Arc<State>, remote: SocketAddr, req: Request<Incoming>) -
 /// Routes one request: push transport, poll, or pass-through.
 pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Reply {
     let uri = req.uri();
+    if uri.path() == crate::push::client_js::PATH {
+        return now(crate::push::client_js::response(req.method(), req.headers()));
+    }
     if let Some(t) = crate::push::transport(uri.path()) {
         let state = state.clone();
         return boxed(async move { crate::push::handle(&state, req, t).await });

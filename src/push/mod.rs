@@ -3,8 +3,9 @@
 //! client then polls — so push never costs the upstream anything.
 //!
 //! The watcher registry and admission control live in [`crate::hub`], which
-//! the shared state holds; this module is the handlers and tasks above it.
+//! the shared state holds; this module is the handlers and tasks above it:
 //!
+//! - [`client_js`]: serves the browser client module (`client/pollgate.js`).
 //! - [`raw`]: HTTP/1.1 SSE watches taken off hyper, so an idle watcher costs
 //!   a few hundred bytes instead of hyper's ~20 KiB of connection buffers.
 //!
@@ -18,6 +19,7 @@
 //! grace period (SSE `retry:`, WebSocket close reason `retry_ms=N`, long-poll
 //! an early `304` with `Retry-After`), so clients do not return together.
 
+pub mod client_js;
 pub mod raw;
 pub mod sse;
 pub mod wait;

@@ -2,6 +2,8 @@
 //! receives, pollgate started as a real process, and a small HTTP client.
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
+pub mod tool;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};

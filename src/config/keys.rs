@@ -1,0 +1,229 @@
+//! The key table: one row per config key, the one place that says how a key
+//! is named, shown in `--help`, parsed into [`Config`] and printed back.
+//! Defaults are not written here: they are read from `Config::default()`.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use toml::Value;
+
+use super::parse::*;
+use super::Config;
+
+/// A value that did not parse: the offending text and what was expected.
+#[derive(Debug, PartialEq)]
+pub(super) struct Bad {
+    pub value: String,
+    pub why: String,
+}
+
+/// Parses the winning raw value(s) of a key into the config.
+type Setter = fn(&mut Config, &[String]) -> Result<(), Bad>;
+/// The key's effective value for `--print-config`; `None` when unset.
+type Getter = fn(&Config) -> Option<Value>;
+
+/// One config key: everything flags, env, file, help and print need.
+pub(super) struct Key {
+    pub name: &'static str,
+    pub heading: &'static str,
+    pub value_name: &'static str,
+    pub help: &'static str,
+    /// What `--help` says instead of the default value, for a default that
+    /// is unset, empty or depends on the machine (`node_id`).
+    pub note: Option<&'static str>,
+    pub list: bool,
+    pub set: Setter,
+    pub get: Getter,
+}
+
+const fn key(
+    name: &'static str,
+    heading: &'static str,
+    value_name: &'static str,
+    help: &'static str,
+    set: Setter,
+    get: Getter,
+) -> Key {
+    Key {
+        name,
+        heading,
+        value_name,
+        help,
+        note: None,
+        list: false,
+        set,
+        get,
+    }
+}
+
+impl Key {
+    /// Repeatable: flags repeat, env is comma-separated, the file takes an array.
+    const fn list(self) -> Key {
+        Key { list: true, ..self }
+    }
+
+    /// Shown as the default in `--help` instead of `Config::default()`'s value.
+    const fn note(self, note: &'static str) -> Key {
+        Key {
+            note: Some(note),
+            ..self
+        }
+    }
+
+    pub fn env_name(&self) -> String {
+        format!("{ENV_PREFIX}{}", self.name.to_ascii_uppercase())
+    }
+}
+
+pub(super) const ENV_PREFIX: &str = "POLLGATE_";
+pub(super) const CONFIG_ENV: &str = "POLLGATE_CONFIG";
+
+const NET: &str = "Listeners";
+const UP: &str = "Upstream";
+const POLL: &str = "Polling";
+const AUTH: &str = "Publish and admin";
+const CLUSTER: &str = "Cluster";
+const OPS: &str = "Storage and logs";
+const PUSH: &str = "Push";
+
+#[rustfmt::skip]
+pub(super) static KEYS: &[Key] = &[
+    key("listen", NET, "ADDR", "Public listener: polls, push, pass-through",
+        |c, v| one(v, socket).map(|x| c.listen = x), |c| text(c.listen)),
+    key("internal_listen", NET, "ADDR", "Internal listener: publish, admin, metrics, health, gossip; keep it off the public network",
+        |c, v| one(v, socket).map(|x| c.internal_listen = x), |c| text(c.internal_listen)),
+    key("header_read_timeout", NET, "DURATION", "A client must send its request head within this (slowloris guard)",
+        |c, v| one(v, positive_duration).map(|x| c.header_read_timeout = x), |c| dur(c.header_read_timeout)),
+    key("max_header_size", NET, "SIZE", "Largest accepted request head, 1KiB to 1MiB",
+        |c, v| one(v, header_size).map(|x| c.max_header_size = x), |c| bytes(c.max_header_size as u64)),
+    key("grace_period", NET, "DURATION", "On SIGTERM, in-flight requests get this long to finish",
+        |c, v| one(v, duration).map(|x| c.grace_period = x), |c| dur(c.grace_period)),
+    key("upstream", UP, "URL", "App server as http://host:port; round-robin over healthy ones",
+        |c, v| all(v, upstream).map(|x| c.upstream = x), |c| texts(c.upstream.iter().map(upstream_text))).list(),
+    key("version_header", UP, "NAME", "Upstream response header carrying the key's current version",
+        |c, v| one(v, header_name).map(|x| c.version_header = x), |c| text(header_text(&c.version_header))),
+    key("passthrough", UP, "BOOL", "Proxy requests that match no route unchanged; false answers them 404",
+        |c, v| one(v, boolean).map(|x| c.passthrough = x), |c| Some(Value::Boolean(c.passthrough))),
+    key("upstream_max_inflight", UP, "N", "Cap on concurrent upstream requests, at least 1",
+        |c, v| one(v, at_least_one).map(|x| c.upstream_max_inflight = x), |c| int(c.upstream_max_inflight as u64)),
+    key("upstream_queue", UP, "N", "Requests that may wait for an upstream slot; beyond that, 503",
+        |c, v| one(v, whole).map(|x| c.upstream_queue = x), |c| int(c.upstream_queue as u64)),
+    key("upstream_queue_timeout", UP, "DURATION", "Longest wait for an upstream slot before shedding with 503",
+        |c, v| one(v, duration).map(|x| c.upstream_queue_timeout = x), |c| dur(c.upstream_queue_timeout)),
+    key("upstream_connect_timeout", UP, "DURATION", "TCP connect timeout to an upstream",
+        |c, v| one(v, positive_duration).map(|x| c.upstream_connect_timeout = x), |c| dur(c.upstream_connect_timeout)),
+    key("upstream_timeout", UP, "DURATION", "Time to the upstream's response head; longer counts as a failure",
+        |c, v| one(v, duration).map(|x| c.upstream_timeout = x), |c| dur(c.upstream_timeout)),
+    key("breaker_failures", UP, "N", "Consecutive upstream failures that open the circuit breaker, at least 1",
+        |c, v| one(v, at_least_one).map(|x| c.breaker_failures = x), |c| int(u64::from(c.breaker_failures))),
+    key("breaker_open", UP, "DURATION", "How long the breaker stays open before one half-open probe",
+        |c, v| one(v, duration).map(|x| c.breaker_open = x), |c| dur(c.breaker_open)),
+    key("route", POLL, "TEMPLATE", "Poll route; {version} sits in the path, a query parameter or header:If-None-Match",
+        |c, v| all(v, non_empty).map(|x| c.route = x), |c| texts(c.route.iter())).list(),
+    key("max_age", POLL, "DURATION", "Revalidate an entry upstream after this long unconfirmed; 0s disables",
+        |c, v| one(v, duration).map(|x| c.max_age = x), |c| dur(c.max_age)),
+    key("coalesce_wait", POLL, "DURATION", "How long a poll waits for a coalesced upstream request of its key",
+        |c, v| one(v, duration).map(|x| c.coalesce_wait = x), |c| dur(c.coalesce_wait)),
+    key("poll_interval", POLL, "DURATION", "X-Poll-Interval hint on fresh answers while push is off or refusing; while push is healthy the hint is the cluster-wide poll_interval_hint_s (60s by default, GET/PUT /v1/config)",
+        |c, v| one(v, positive_duration).map(|x| c.poll_interval = x), |c| dur(c.poll_interval)),
+    key("publish_token", AUTH, "TOKEN", "Bearer token for POST /v1/versions",
+        |c, v| one(v, secret).map(|x| c.publish_token = Some(x)), |c| redacted(&c.publish_token)).note("unset: publishing refused"),
+    key("admin_token", AUTH, "TOKEN", "Bearer token for PUT /v1/config",
+        |c, v| one(v, secret).map(|x| c.admin_token = Some(x)), |c| redacted(&c.admin_token)).note("unset: admin refused"),
+    key("publish_max_body", AUTH, "SIZE", "Publish bodies larger than this get 413",
+        |c, v| one(v, body_size).map(|x| c.publish_max_body = x), |c| bytes(c.publish_max_body)),
+    key("peer", CLUSTER, "ADDR", "Another replica's internal address as host:port",
+        |c, v| all(v, peer).map(|x| c.peer = x), |c| texts(c.peer.iter())).list().note("none"),
+    key("node_id", CLUSTER, "NAME", "This replica's name in the cluster",
+        |c, v| one(v, word).map(|x| c.node_id = x), |c| text(&c.node_id)).note("hostname:<internal_listen port>"),
+    key("cluster_key", CLUSTER, "SECRET", "Shared secret that authenticates gossip; required with --peer",
+        |c, v| one(v, secret).map(|x| c.cluster_key = Some(x)), |c| redacted(&c.cluster_key)).note("unset"),
+    key("insecure_cluster", CLUSTER, "BOOL", "Allow peer without cluster_key: unauthenticated gossip, for trusted test networks only",
+        |c, v| one(v, boolean).map(|x| c.insecure_cluster = x), |c| Some(Value::Boolean(c.insecure_cluster))),
+    key("data_dir", OPS, "DIR", "Where snapshots are written",
+        |c, v| one(v, non_empty).map(|x| c.data_dir = Some(x.into())), |c| c.data_dir.as_ref().and_then(|d| text(d.display()))).note("unset: no snapshots"),
+    key("snapshot_interval", OPS, "DURATION", "Snapshot the table into data_dir this often when it changed; 0s: only at shutdown",
+        |c, v| one(v, duration).map(|x| c.snapshot_interval = x), |c| dur(c.snapshot_interval)),
+    key("log_format", OPS, "FORMAT", "Log format: text or json",
+        |c, v| one(v, log_format).map(|x| c.log_format = x), |c| text(log_format_text(c.log_format))),
+    key("push", PUSH, "BOOL", "Serve push (SSE, long-poll, WebSocket); false answers 404 there and clients poll",
+        |c, v| one(v, boolean).map(|x| c.push = x), |c| Some(Value::Boolean(c.push))),
+    key("heartbeat_interval", PUSH, "DURATION", "SSE heartbeat and WebSocket ping interval (cluster-wide seed)",
+        |c, v| one(v, positive_duration).map(|x| c.heartbeat_interval = x), |c| dur(c.heartbeat_interval)),
+    key("ghost_timeout", PUSH, "DURATION", "Close a WebSocket whose pong is this late (cluster-wide seed)",
+        |c, v| one(v, positive_duration).map(|x| c.ghost_timeout = x), |c| dur(c.ghost_timeout)),
+    key("push_admission_per_s", PUSH, "N", "New push connections admitted per second (cluster-wide seed)",
+        |c, v| one(v, whole).map(|x| c.push_admission_per_s = x), |c| int(c.push_admission_per_s)),
+    key("push_admission_burst", PUSH, "N", "New push connections admitted at once before the rate applies",
+        |c, v| one(v, whole).map(|x| c.push_admission_burst = x), |c| int(c.push_admission_burst)),
+    key("push_max_connections", PUSH, "N", "Cap on open push connections; beyond it, 503 with Retry-After",
+        |c, v| one(v, whole).map(|x| c.push_max_connections = x), |c| int(c.push_max_connections as u64)),
+    key("max_keys_per_watch", PUSH, "N", "Keys one watch may name, at least 1; more is a 400",
+        |c, v| one(v, at_least_one).map(|x| c.max_keys_per_watch = x), |c| int(c.max_keys_per_watch as u64)),
+    key("wait_max_timeout", PUSH, "DURATION", "Longest long-poll timeout honoured; longer ones are capped",
+        |c, v| one(v, positive_duration).map(|x| c.wait_max_timeout = x), |c| dur(c.wait_max_timeout)),
+];
+
+pub(super) fn key_index(name: &str) -> Option<usize> {
+    KEYS.iter().position(|k| k.name == name)
+}
+
+/// Parses the single value of a scalar key.
+fn one<T>(v: &[String], parse: fn(&str) -> Result<T, String>) -> Result<T, Bad> {
+    let s = v.first().map_or("", String::as_str);
+    parse(s).map_err(|why| Bad {
+        value: s.to_string(),
+        why,
+    })
+}
+
+/// Parses every item of a list key; the first bad item is reported.
+fn all<T>(v: &[String], parse: fn(&str) -> Result<T, String>) -> Result<Vec<T>, Bad> {
+    v.iter()
+        .map(|s| one(std::slice::from_ref(s), parse))
+        .collect()
+}
+
+/// Each key's default as `--help` and `--print-config` show it: the key's
+/// note, or `Config::default()` printed the way `--print-config` prints it.
+pub(super) fn default_texts() -> &'static [String] {
+    static TEXTS: OnceLock<Vec<String>> = OnceLock::new();
+    TEXTS.get_or_init(|| {
+        let defaults = Config::default();
+        let shown = |k: &Key| (k.get)(&defaults).map_or_else(String::new, |v| plain(&v));
+        KEYS.iter()
+            .map(|k| k.note.map_or_else(|| shown(k), String::from))
+            .collect()
+    })
+}
+
+/// A printed value as prose: strings unquoted, list items joined by `, `.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// What `--print-config` shows instead of a secret: stdout ends up in logs
+/// and tickets, so a token printed there is a token leaked.
+pub const REDACTED: &str = "<set>";
+
+/// The effective config as TOML, loadable again with `--config`. Secrets are
+/// shown as [`REDACTED`] (loading that placeholder back is refused, so it can
+/// never become the real token by accident); unset keys are commented out.
+pub fn to_toml(cfg: &Config) -> String {
+    let mut out = String::from(TOML_HEADER);
+    for (key, default) in KEYS.iter().zip(default_texts()) {
+        let _ = writeln!(out, "\n# {} [default: {default}]", key.help);
+        let _ = match (key.get)(cfg) {
+            Some(value) => writeln!(out, "{} = {value}", key.name),
+            None => writeln!(out, "# {} is unset", key.name),
+        };
+    }
+    out
+}
+
+const TOML_HEADER: &str = "# pollgate effective configuration (--print-config).\n\
+# Secrets are shown as \"<set>\", never their value: replace them before reuse.\n";

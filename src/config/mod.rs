@@ -1,0 +1,296 @@
+//! Configuration: built-in default < TOML file < `POLLGATE_*` env < flags.
+//! Every key is parsed and every bad one reported at once, before any port is bound.
+//!
+//! - this file: [`Config`], each field with its default and why, the one
+//!   `Default` (every default is written there only), `load` and `validate`;
+//! - `keys`: one row per key (name, help, parser, printer): flags, env
+//!   vars, file keys, `--help` and `--print-config` all come from that table,
+//!   so a key cannot exist in one of them and be missing from another;
+//! - `layers`: the file, env and flag layers, gathered as raw text (the
+//!   highest layer wins, lists are replaced, never appended); only the winning
+//!   text is parsed, so a bad value that a flag overrides is not an error.
+//!   Unknown names (flag, `POLLGATE_*` variable, file key) always are;
+//! - `cli`: the clap command and `--help`;
+//! - `parse`: the value parsers and printers, and "did you mean".
+//!
+//! Adding a key: a field here (doc: `` `default` ``, then why), its value in
+//! `Default`, a row in `keys::KEYS`; the tests check the three agree.
+
+mod cli;
+mod keys;
+mod layers;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use keys::{to_toml, REDACTED};
+
+/// The effective configuration. Field docs give the default and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `127.0.0.1:8080`. Public listener: polls, push, pass-through.
+    pub listen: SocketAddr,
+    /// `127.0.0.1:8081`. Internal listener: publish, admin, metrics, health.
+    /// Separate so it can stay off the public network.
+    pub internal_listen: SocketAddr,
+    /// `http://127.0.0.1:3000`. App servers, round-robin over healthy ones.
+    pub upstream: Vec<http::Uri>,
+    /// `/projects/{key}/changes?since={version}`. Poll route templates.
+    pub route: Vec<String>,
+    /// `X-Pollgate-Version`. Upstream response header carrying the key's version.
+    pub version_header: http::HeaderName,
+    /// Unset: publishing refused (403) rather than open to anyone.
+    pub publish_token: Option<String>,
+    /// Unset: admin refused.
+    pub admin_token: Option<String>,
+    /// `60s`. An entry unconfirmed this long is revalidated upstream; bounds
+    /// how long a lost publish can hide a change. Zero disables.
+    pub max_age: Duration,
+    /// `256`. Cap on concurrent upstream requests, so pollgate can never
+    /// become the stampede it exists to prevent.
+    pub upstream_max_inflight: usize,
+    /// None. Other replicas' internal addresses.
+    pub peer: Vec<String>,
+    /// Hostname + port. This replica's name in the cluster.
+    pub node_id: String,
+    /// Unset. Shared secret for gossip.
+    pub cluster_key: Option<String>,
+    /// `false`. Allows `peer` without `cluster_key` (unauthenticated gossip);
+    /// must be said explicitly so nobody runs an open cluster by accident.
+    pub insecure_cluster: bool,
+    /// Unset: no snapshots.
+    pub data_dir: Option<PathBuf>,
+    /// `5s`. How often the table is snapshotted into `data_dir` (only when
+    /// something changed): bounds what a crash loses to this much, at the
+    /// cost of one table scan per interval. Zero: only at shutdown.
+    pub snapshot_interval: Duration,
+
+    /// `true`. Requests matching no route are proxied unchanged; `false` → 404.
+    pub passthrough: bool,
+    /// `1MiB`. Publish bodies larger than this get 413.
+    pub publish_max_body: u64,
+    /// `5s`. How long a poll waits for a coalesced upstream request of the
+    /// same key before it is forwarded on its own.
+    pub coalesce_wait: Duration,
+    /// `1024`. Requests that may wait for an upstream slot; beyond → 503.
+    pub upstream_queue: usize,
+    /// `1s`. Longest wait for an upstream slot before shedding with 503.
+    pub upstream_queue_timeout: Duration,
+    /// `1s`. TCP connect timeout to an upstream.
+    pub upstream_connect_timeout: Duration,
+    /// `10s`. Time to the upstream's response head; a hung upstream is an error.
+    pub upstream_timeout: Duration,
+    /// `5`. Consecutive upstream failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// `5s`. How long the breaker stays open before one half-open probe.
+    pub breaker_open: Duration,
+    /// `5s`. `X-Poll-Interval` hint on fresh answers while push is off or
+    /// refusing (clients must poll soon); while push is healthy the hint is
+    /// the cluster-wide `poll_interval_hint_s` (60 s) instead.
+    pub poll_interval: Duration,
+    /// `10s`. A client must send its request head within this (slowloris).
+    pub header_read_timeout: Duration,
+    /// `16KiB`. Largest accepted request head.
+    pub max_header_size: usize,
+    /// `10s`. On SIGTERM, in-flight requests get this long to finish.
+    pub grace_period: Duration,
+    /// `text`. Log format: `text` or `json`.
+    pub log_format: LogFormat,
+
+    /// `true`. Push (SSE, long-poll, WebSocket) on; off → 404 there and the
+    /// short poll hint, so clients fall back to polling.
+    pub push: bool,
+    /// `25s`. Seed of the cluster-wide heartbeat (SSE comment, WebSocket
+    /// ping): under the 30–60 s idle timeouts of common proxies.
+    pub heartbeat_interval: Duration,
+    /// `50s`. Seed of the cluster-wide ghost timeout: a WebSocket without a
+    /// pong this long is closed. 2× heartbeat so one lost pong is forgiven.
+    pub ghost_timeout: Duration,
+    /// `2000`. Seed of the cluster-wide rate of new push connections per
+    /// replica: a reconnect storm is admitted at this pace, not all at once.
+    pub push_admission_per_s: u64,
+    /// `2000`. Token bucket size: new push connections admitted at once.
+    pub push_admission_burst: u64,
+    /// `100000`. Cap on open push connections per replica (memory, fds).
+    pub push_max_connections: usize,
+    /// `100`. Keys one watch may name: a subscription stays O(keys) cheap.
+    pub max_keys_per_watch: usize,
+    /// `60s`. Longest long-poll `timeout` honoured; larger ones are capped.
+    pub wait_max_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            internal_listen: "127.0.0.1:8081".parse().expect("literal"),
+            upstream: vec![http::Uri::from_static("http://127.0.0.1:3000")],
+            route: vec!["/projects/{key}/changes?since={version}".to_string()],
+            version_header: http::HeaderName::from_static("x-pollgate-version"),
+            publish_token: None,
+            admin_token: None,
+            max_age: Duration::from_secs(60),
+            upstream_max_inflight: 256,
+            peer: Vec::new(),
+            node_id: default_node_id(8081),
+            cluster_key: None,
+            insecure_cluster: false,
+            data_dir: None,
+            snapshot_interval: Duration::from_secs(5),
+            passthrough: true,
+            publish_max_body: 1 << 20,
+            coalesce_wait: Duration::from_secs(5),
+            upstream_queue: 1024,
+            upstream_queue_timeout: Duration::from_secs(1),
+            upstream_connect_timeout: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(10),
+            breaker_failures: 5,
+            breaker_open: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_size: 16 << 10,
+            grace_period: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            push: true,
+            heartbeat_interval: Duration::from_secs(25),
+            ghost_timeout: Duration::from_secs(50),
+            push_admission_per_s: 2000,
+            push_admission_burst: 2000,
+            push_max_connections: 100_000,
+            max_keys_per_watch: 100,
+            wait_max_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `hostname:port` of the internal listener: unique per replica on one host.
+pub fn default_node_id(port: u16) -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{host}:{port}")
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub struct Cli {
+    pub config: Config,
+    /// `--print-config`: print the effective config as TOML and exit 0.
+    pub print_config: bool,
+}
+
+/// Why `load` did not produce a config.
+#[derive(Debug)]
+pub enum LoadError {
+    /// `--help` / `--version`: print this to stdout, exit 0.
+    Display(String),
+    /// Every bad key and value, one line each: print to stderr, exit 64.
+    Invalid(Vec<String>),
+}
+
+/// Layers default < `--config` file < env (`POLLGATE_*`, given as pairs so
+/// tests never touch the process environment) < flags.
+pub fn load(
+    args: impl IntoIterator<Item = OsString>,
+    env: &[(String, String)],
+) -> Result<Cli, LoadError> {
+    load_inner(args, env, true)
+}
+
+/// `load`, with route checking optional so tests do not depend on `route.rs`.
+fn load_inner(
+    args: impl IntoIterator<Item = OsString>,
+    env: &[(String, String)],
+    check_routes: bool,
+) -> Result<Cli, LoadError> {
+    let (matches, mut errs) = cli::parse_args(args)?;
+    let config = layers::layered(&matches, env, &mut errs);
+    errs.extend(config.validate_fields());
+    if check_routes {
+        errs.extend(config.validate_routes());
+    }
+    match errs.is_empty() {
+        true => Ok(Cli {
+            config,
+            print_config: matches.get_flag("print_config"),
+        }),
+        false => Err(LoadError::Invalid(errs)),
+    }
+}
+
+impl Config {
+    /// Cross-field checks, route templates included. Empty when valid.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = self.validate_fields();
+        errs.extend(self.validate_routes());
+        errs
+    }
+
+    /// Checks that span several keys (each key alone was checked when parsed).
+    pub fn validate_fields(&self) -> Vec<String> {
+        let failed = [
+            self.listeners_clash().then(|| self.clash_message()),
+            self.upstream
+                .is_empty()
+                .then(|| "upstream: at least one is required".into()),
+            self.route
+                .is_empty()
+                .then(|| "route: at least one is required".into()),
+            self.upstream_timeout
+                .is_zero()
+                .then(|| "upstream_timeout: must be longer than 0s".into()),
+            (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
+                .then(|| PEER_WITHOUT_KEY.into()),
+            (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
+        ];
+        failed.into_iter().flatten().collect()
+    }
+
+    /// Each route template must parse; one line per bad template.
+    pub fn validate_routes(&self) -> Vec<String> {
+        let parse = |t: &String| crate::route::Routes::parse(std::slice::from_ref(t)).err();
+        let mut errs: Vec<String> = self
+            .route
+            .iter()
+            .filter_map(parse)
+            .map(|e| e.to_string())
+            .collect();
+        // The set as a whole too, so `app::run` never meets a route error after binding.
+        if errs.is_empty() {
+            errs.extend(
+                crate::route::Routes::parse(&self.route)
+                    .err()
+                    .map(|e| e.to_string()),
+            );
+        }
+        errs
+    }
+
+    /// Both listeners on one port of one address (or of the wildcard).
+    fn listeners_clash(&self) -> bool {
+        let (a, b) = (self.listen, self.internal_listen);
+        let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+        a.port() != 0 && a.port() == b.port() && overlap
+    }
+
+    fn clash_message(&self) -> String {
+        format!(
+            "listen {} and internal_listen {} overlap: the internal listener (publish, admin) must be separate",
+            self.listen, self.internal_listen
+        )
+    }
+}
+
+const GHOST_TOO_SHORT: &str =
+    "ghost_timeout must be longer than heartbeat_interval: a pong can only follow a ping";
+const PEER_WITHOUT_KEY: &str =
+    "peer given but cluster_key unset: gossip must be authenticated (set cluster_key, or insecure_cluster = true to run without)";
