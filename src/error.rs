@@ -26,6 +26,9 @@ pub enum Error {
     TooLarge { limit: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A request form pollgate does not serve or forward.
+    #[error("{0}")]
+    NotImplemented(&'static str),
     /// The request head is larger than `max_header_size`.
     #[error("request head too large")]
     HeadTooLarge,
@@ -78,6 +81,7 @@ impl Error {
             | TooLarge { .. }
             | MethodNotAllowed
             | HeadTooLarge
+            | NotImplemented(_)
             | Conflict(_)
             | BodyTimeout(_)
             | GossipRefused(_) => Blame::Client,
@@ -98,6 +102,7 @@ impl Error {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict(_) => StatusCode::CONFLICT,
             HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Shed { .. } | BreakerOpen { .. } | PushBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,

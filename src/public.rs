@@ -43,23 +43,45 @@ pub fn respond(state: &Arc<State>, remote: SocketAddr, req: Request<Incoming>) -
 
 /// Routes one request: push transport, poll, or pass-through.
 pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Reply {
+    if let Err(e) = crate::inbound::screen(&req) {
+        state.metrics.request(Outcome::BadRequest);
+        return now(e.into_response());
+    }
     let uri = req.uri();
     if uri.path() == crate::push::client_js::PATH {
-        return now(crate::push::client_js::response(req.method(), req.headers()));
+        return now(crate::push::client_js::response(
+            req.method(),
+            req.headers(),
+        ));
     }
     if let Some(t) = crate::push::transport(uri.path()) {
         let state = state.clone();
         return boxed(async move { crate::push::handle(&state, req, t).await });
     }
     match state.routes.matches(uri.path(), uri.query(), req.headers()) {
+        Match::Poll { key, version, .. } if state.cfg.host_keys => {
+            let Some(scoped) = scoped_key(&req, key) else {
+                state.metrics.request(Outcome::BadRequest);
+                return now(Error::BadRequest("host:key must fit the key rules").into_response());
+            };
+            if let Some(hit) = hit(state, scoped.as_str(), version) {
+                return hit;
+            }
+            forward(
+                state,
+                remote,
+                req,
+                CompactString::new(scoped.as_str()),
+                version,
+            )
+        }
         Match::Poll { key, version, .. } => {
-            if let Some(hit) = version.and_then(|v| crate::poll::try_hit(state, key, v)) {
-                return now(hit);
+            if let Some(hit) = hit(state, key, version) {
+                return hit;
             }
             // Keys are ≤ 128 bytes; ≤ 24 stay inline (no allocation).
             let key = CompactString::new(key);
-            let state = state.clone();
-            boxed(async move { crate::poll::poll(&state, req, remote, &key, version).await })
+            forward(state, remote, req, key, version)
         }
         Match::Bad(reason) => {
             state.metrics.request(Outcome::BadRequest);
@@ -71,6 +93,32 @@ pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Repl
         }
         Match::None => now(Error::NotFound.into_response()),
     }
+}
+
+/// A hit from memory, answered at once.
+fn hit(state: &State, key: &str, version: Option<u64>) -> Option<Reply> {
+    version
+        .and_then(|v| crate::poll::try_hit(state, key, v))
+        .map(now)
+}
+
+/// Not a hit: the forward decision (stale, cold, expired), boxed.
+fn forward(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    req: Request<Body>,
+    key: CompactString,
+    version: Option<u64>,
+) -> Reply {
+    let state = state.clone();
+    boxed(async move { crate::poll::poll(&state, req, remote, &key, version).await })
+}
+
+/// `<host>:<key>` for `host_keys`; the Host was already screened.
+fn scoped_key(req: &Request<Body>, key: &str) -> Option<crate::inbound::ScopedKey> {
+    let host = crate::inbound::host(req).ok().flatten();
+    let host = host.or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()))?;
+    crate::inbound::ScopedKey::new(host, key)
 }
 
 fn now(resp: Response<Body>) -> Reply {

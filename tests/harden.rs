@@ -342,3 +342,98 @@ async fn raw_sse_heads_are_limited_like_hyper_and_accept_bare_lf() {
         .unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
 }
+
+// ---- 6. Host: one, well formed; fixed upstream Host; Host-scoped keys ----
+
+/// Sends raw bytes, returns everything until the server closes.
+async fn raw(addr: std::net::SocketAddr, bytes: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes.as_bytes()).await.unwrap();
+    read_all_within(&mut s, Duration::from_secs(5))
+        .await
+        .expect("server closed the connection")
+}
+
+#[tokio::test]
+async fn ambiguous_missing_or_malformed_host_is_refused() {
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &[]);
+    let cases = [
+        "GET /x HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+        "GET /x HTTP/1.1\r\nconnection: close\r\n\r\n",
+        "GET /x HTTP/1.1\r\nhost: evil/x?y\r\nconnection: close\r\n\r\n",
+        "GET /projects/p/changes?since=1 HTTP/1.1\r\nhost: u@h\r\nconnection: close\r\n\r\n",
+    ];
+    for req in cases {
+        let resp = raw(pg.public, req).await;
+        assert_eq!(status_of(&resp), "400", "{req:?} → {resp}");
+    }
+    let ok = raw(pg.public, "GET /x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&ok), "200", "HTTP/1.0 needs no Host: {ok}");
+    assert_eq!(up.hits(), 1, "only the valid request reached the app");
+}
+
+#[tokio::test]
+async fn connect_trace_and_options_star_are_answered_not_forwarded() {
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &[]);
+    let cases = [
+        (
+            "CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\nconnection: close\r\n\r\n",
+            "405",
+        ),
+        (
+            "TRACE /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+            "405",
+        ),
+        (
+            "OPTIONS * HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+            "501",
+        ),
+    ];
+    for (req, want) in cases {
+        let resp = raw(pg.public, req).await;
+        assert_eq!(status_of(&resp), want, "{req:?} → {resp}");
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn upstream_host_replaces_the_clients_host() {
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &["--upstream-host", "app.internal:9000"]);
+    let h = [("host", "tenant-a.example")];
+    let (s, _, _) = send("GET", &pg.url("/x"), &h, Vec::new()).await;
+    assert_eq!(s, StatusCode::OK);
+    let seen = up.seen.lock();
+    let hosts: Vec<_> = seen[0].1.get_all("host").iter().collect();
+    assert_eq!(hosts, ["app.internal:9000"]);
+}
+
+#[tokio::test]
+async fn host_keys_keep_each_tenants_versions_apart() {
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &["--host-keys"]);
+    let (s, body) = pg.publish("a.example:p1 5\n").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let poll = |host: &'static str| {
+        let url = pg.url("/projects/p1/changes?since=5");
+        async move { send("GET", &url, &[("host", host)], Vec::new()).await }
+    };
+    let (s, h, _) = poll("A.example").await;
+    assert_eq!(
+        (s, &h["x-pollgate"]),
+        (StatusCode::NOT_MODIFIED, &"hit".parse().unwrap())
+    );
+    assert_eq!(up.hits(), 0);
+    // Another tenant's poll of the same key is not answered from a.example's entry.
+    up.set_version("p1", 9);
+    let (s, _, _) = poll("b.example").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(up.hits(), 1);
+    let (s, _, body) = get(&pg.internal_url("/v1/versions/b.example:p1")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (_, _, body) = get(&pg.internal_url("/v1/versions/a.example:p1")).await;
+    assert!(body.contains("\"version\":5"), "{body}");
+}

@@ -85,6 +85,18 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// `10s`. Time to the upstream's response head; a hung upstream is an error.
     pub upstream_timeout: Duration,
+    /// `30s`. Longest a client may take to send a forwarded request's body
+    /// (408 beyond). Separate from `upstream_timeout`, which starts once the
+    /// body is sent: a slow client is not a slow app and must not open the breaker.
+    pub client_body_timeout: Duration,
+    /// Unset: the client's Host is forwarded (checked: one, well formed).
+    /// Set: every forwarded request carries this Host instead, so what the
+    /// app answers can never depend on a Host the client chose.
+    pub upstream_host: Option<String>,
+    /// `false`. `true`: a poll's table key is `<host>:<key>` (host lowercased),
+    /// for apps whose answer depends on Host (multi-tenant): one tenant's
+    /// polls never learn or read another's versions. Publish that form.
+    pub host_keys: bool,
     /// `5`. Consecutive upstream failures that open the circuit breaker.
     pub breaker_failures: u32,
     /// `5s`. How long the breaker stays open before one half-open probe.
@@ -155,6 +167,9 @@ impl Default for Config {
             upstream_queue_timeout: Duration::from_secs(1),
             upstream_connect_timeout: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(30),
+            upstream_host: None,
+            host_keys: false,
             breaker_failures: 5,
             breaker_open: Duration::from_secs(5),
             poll_interval: Duration::from_secs(5),

@@ -6,7 +6,8 @@
 //!   nothing to replay, and a retry could run a non-idempotent request twice.
 //!   (hyper's pool still re-sends a request that was never written because a
 //!   pooled connection turned out closed; that is safe by construction.)
-//! - **Host is preserved.** The app sees the Host the client asked for, as
+//! - **Host is preserved** (unless `upstream_host` replaces it; the public
+//!   router refused a missing, doubled or malformed one). The app sees the Host the client asked for, as
 //!   most reverse proxies do, so virtual hosts and absolute links keep working.
 //!   An HTTP/2 request has no Host header, so its `:authority` becomes Host;
 //!   only a request with neither gets the upstream's authority (set by hyper).
@@ -96,6 +97,8 @@ pub struct Client {
     /// Round-robin position; wraps harmlessly.
     cursor: AtomicUsize,
     timeout: Duration,
+    /// `upstream_host`: replaces the client's Host on every forwarded request.
+    host: Option<HeaderValue>,
     /// `client_body_timeout`: longest a client may take to deliver its body.
     body_timeout: Duration,
     cooldown: Cooldown,
@@ -135,6 +138,7 @@ impl Client {
             cursor: AtomicUsize::new(0),
             timeout: cfg.upstream_timeout,
             body_timeout: cfg.client_body_timeout,
+            host: cfg.upstream_host.as_deref().and_then(|h| h.parse().ok()),
             cooldown: Cooldown::default(),
             metrics,
         }
@@ -156,7 +160,10 @@ impl Client {
         let Some(backend) = self.pick() else {
             return Err(Error::Upstream("no upstream configured".into()));
         };
-        let (parts, body) = rewrite(req, backend, client_addr)?.into_parts();
+        let (mut parts, body) = rewrite(req, backend, client_addr)?.into_parts();
+        if let Some(host) = &self.host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
         let (body, sent) = upload::watch(body, self.body_timeout);
         let start = Instant::now();
         let res = self.head(self.http.request(Request::from_parts(parts, body)), sent);
