@@ -12,7 +12,7 @@ DEMO_PUBLIC := 127.0.0.1:8080
 DEMO_INTERNAL := 127.0.0.1:8081
 DEMO_TOKEN := demo-token
 
-.PHONY: run test test-browser fmt clippy bench loadtest loadtest-mem loadtest-snapshot loadtest-cluster build-demo
+.PHONY: run test test-browser fmt clippy bench loadtest loadtest-instructions loadtest-peers loadtest-mem loadtest-snapshot loadtest-cluster build-demo
 
 build-demo:
 	$(CARGO) build --release --bin pollgate --example demo_upstream
@@ -86,10 +86,22 @@ clippy:
 bench:
 	$(CARGO) bench
 
-# Needs wrk and taskset (apt-get install wrk util-linux). Env knobs: see the
-# top of loadtest/run.sh (LT_DURATION=10s, LT_ONLY=ceiling, ...).
+# Needs wrk, taskset and valgrind (apt-get install wrk util-linux valgrind).
+# Env knobs: see the top of loadtest/run.sh (LT_DURATION=10s, LT_ONLY=ceiling,
+# ...) and loadtest/instructions.sh (LT_IR_SERVERS, LT_IR_DURATION, ...).
+# CPU time on a shared VM is noisy; instructions per hit (callgrind) is not.
 loadtest:
 	./loadtest/run.sh
+	./loadtest/instructions.sh
+
+# User-space instructions per hit: pollgate, the naive peer, the ceiling.
+loadtest-instructions:
+	./loadtest/instructions.sh
+
+# Every peer on one workload in one interleaved run (installs nginx,
+# memcached, varnish, wrk if missing): knobs at the top of loadtest/peers.sh.
+loadtest-peers:
+	./loadtest/peers.sh
 
 loadtest-mem:
 	./loadtest/mem.sh

@@ -58,19 +58,20 @@ spawn() {
   LT_PIDS+=("$SPAWNED")
 }
 
-# wait_for DESC PID LOG CMD... — retry CMD for up to 20 s; fail early, with the
-# server's log, if the server exits. A deadline, never a fixed sleep.
+# wait_for DESC PID LOG CMD... — retry CMD for up to LT_READY_S (20) s; fail
+# early, with the server's log, if the server exits. A deadline, never a fixed sleep.
 wait_for() {
   local desc=$1 pid=$2 log=$3
   shift 3
-  local deadline=$((SECONDS + 20))
+  local limit=${LT_READY_S:-20}
+  local deadline=$((SECONDS + limit))
   until "$@" >/dev/null 2>&1; do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "--- $log" >&2
       tail -n 30 "$log" >&2 || true
       die "$desc exited during start-up"
     fi
-    [ $SECONDS -lt $deadline ] || die "$desc not ready after 20 s (log: $log)"
+    [ $SECONDS -lt $deadline ] || die "$desc not ready after $limit s (log: $log)"
     sleep 0.1
   done
 }
@@ -124,4 +125,32 @@ cpu_ticks() {
 # rss_bytes PID — resident set size from /proc/PID/status.
 rss_bytes() {
   awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"
+}
+
+# start_example NAME LOG CMD... — start a server that prints "listening on
+# ADDR" as its first line (ceiling, naive); sets SPAWNED and ADDR.
+start_example() {
+  local name=$1 log=$2
+  shift 2
+  spawn "$log" "$@"
+  wait_for "$name" "$SPAWNED" "$log" grep -q '^listening on ' "$log"
+  ADDR=$(sed -n 's/^listening on //p' "$log" | head -n1)
+}
+
+# tree_pids PID — PID and all its descendants (nginx workers, varnish's child).
+tree_pids() {
+  local p
+  echo "$1"
+  for p in $(cat "/proc/$1/task/"*/children 2>/dev/null); do
+    tree_pids "$p"
+  done
+}
+
+# tree_ticks PID — cpu_ticks summed over PID and its descendants.
+tree_ticks() {
+  local p sum=0
+  for p in $(tree_pids "$1"); do
+    sum=$((sum + $(cpu_ticks "$p" 2>/dev/null || echo 0)))
+  done
+  echo "$sum"
 }

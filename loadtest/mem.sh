@@ -3,7 +3,8 @@
 # LT_MEM_KEYS keys (default 1M, `k0000000`…) at version 1; prints ΔRSS / keys.
 # RSS includes allocator slack and the table's spare capacity: this is what
 # an operator pays per key, not the size of one entry struct.
-# LT_POLLGATE_BIN= runs that pollgate binary instead of the fresh build.
+# LT_POLLGATE_BIN= runs that pollgate binary instead of the fresh build;
+# LT_NO_BUILD=1 skips the cargo build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -11,8 +12,10 @@ cd "$(dirname "$0")/.."
 KEYS=${LT_MEM_KEYS:-1000000}
 need_tools cargo curl python3 awk split
 
-echo "building: cargo build --release --bin pollgate" >&2
-cargo build --release --bin pollgate
+if [ "${LT_NO_BUILD:-}" != 1 ]; then
+  echo "building: cargo build --release --bin pollgate" >&2
+  cargo build --release --bin pollgate
+fi
 PG_BIN=${LT_POLLGATE_BIN:-$(target_dir)/release/pollgate}
 
 port=$(free_port)

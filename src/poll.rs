@@ -129,7 +129,7 @@ const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
 /// long while push is on and admitting (push says when to poll), short otherwise.
 pub fn hit_response(state: &State, version: u64) -> Response<Body> {
     let interval = match state.hub.healthy(&state.cfg) {
-        true => state.tunables.get().poll_interval_hint_s,
+        true => state.tunables.poll_interval_hint_s(),
         false => state.cfg.poll_interval.as_secs(),
     };
     let mut resp = Response::new(Body::empty());

@@ -77,6 +77,9 @@ struct Route {
     /// rejected by two `memcmp`s instead of a segment walk.
     prefix: Box<str>,
     suffix: Box<str>,
+    /// `{key}` is the only placeholder, so a path matches exactly when it is
+    /// `prefix`, a key without `/`, `suffix`: no segment walk (the hit path's case).
+    key_only: bool,
     version: VersionFrom,
 }
 
@@ -181,11 +184,13 @@ impl Route {
         let segs = parse_path(path)?;
         let version = choose_version(&segs, query, header)?;
         let (prefix, suffix) = literal_ends(&segs);
+        let key_only = !matches!(version, VersionFrom::Path);
         Ok(Route {
             template: template.to_string(),
             segs,
             prefix,
             suffix,
+            key_only,
             version,
         })
     }
@@ -196,6 +201,16 @@ impl Route {
         if !path.starts_with(&*self.prefix) || !path.ends_with(&*self.suffix) {
             return None;
         }
+        if self.key_only {
+            // None when prefix and suffix overlap: the path is too short.
+            let key = path.get(self.prefix.len()..path.len().checked_sub(self.suffix.len())?)?;
+            return (!key.contains('/')).then_some((key, None));
+        }
+        self.walk_segments(path)
+    }
+
+    /// The general shape check, segment by segment.
+    fn walk_segments<'a>(&self, path: &'a str) -> Option<(&'a str, Option<&'a str>)> {
         let mut parts = path.strip_prefix('/')?.split('/');
         let (mut key, mut version) = ("", None);
         for seg in &self.segs {
@@ -329,14 +344,30 @@ fn choose_version(
 
 /// Value of the first `name=` parameter; a bare `name` counts as empty.
 /// Shared with push (`keys=`, `timeout=`), so both read a query alike.
+/// One pass over the bytes: this runs on every poll.
 pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .find_map(|pair| match pair.split_once('=') {
-            Some((n, v)) if n == name => Some(v),
-            None if pair == name => Some(""),
-            _ => None,
-        })
+    let (q, n) = (query.as_bytes(), name.as_bytes());
+    // A pair's name ends at its first `=`, so a name holding one never matches.
+    if n.contains(&b'=') {
+        return None;
+    }
+    let mut start = 0;
+    while start <= q.len() {
+        let end = q[start..]
+            .iter()
+            .position(|&b| b == b'&')
+            .map_or(q.len(), |i| start + i);
+        let pair = &q[start..end];
+        if pair.starts_with(n) {
+            match pair.get(n.len()) {
+                None => return Some(""),
+                Some(b'=') => return Some(&query[start + n.len() + 1..end]),
+                _ => {}
+            }
+        }
+        start = end + 1;
+    }
+    None
 }
 
 /// The version text inside the header's ETag; `Ok(None)` when absent.
@@ -393,11 +424,19 @@ pub fn check_key(key: &str) -> Result<(), &'static str> {
 
 /// Version rule: a decimal u64.
 pub fn parse_version(s: &str) -> Result<u64, &'static str> {
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-        return Err("version must be a decimal integer 0..2^64-1");
+    const RULE: &str = "version must be a decimal integer 0..2^64-1";
+    if s.is_empty() {
+        return Err(RULE);
     }
-    s.parse()
-        .map_err(|_| "version must be a decimal integer 0..2^64-1")
+    s.bytes().try_fold(0u64, |v, c| {
+        let digit = c.wrapping_sub(b'0');
+        if digit > 9 {
+            return Err(RULE);
+        }
+        v.checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(digit)))
+            .ok_or(RULE)
+    })
 }
 
 #[cfg(test)]
@@ -824,6 +863,43 @@ mod tests {
             let path = format!("/projects/{key}/state");
             let h = inm(&format!("W/\"{v}\""));
             prop_assert_eq!(r.matches(&path, None, &h), poll(2, &key, Some(v)));
+        }
+
+        /// The key-only shortcut and the segment walk agree on every path.
+        #[test]
+        fn key_only_shortcut_equals_segment_walk(
+            t in prop::sample::select(vec![
+                "/{key}?v={version}",
+                "/a/{key}?v={version}",
+                "/{key}/b?v={version}",
+                "/a/{key}/b header:If-None-Match",
+                "/a/b/{key}/c/?v={version}",
+            ]),
+            path in "[/ab{}]{0,12}",
+        ) {
+            let r = Route::parse(t).unwrap();
+            prop_assert!(r.key_only);
+            prop_assert_eq!(r.match_path(&path), r.walk_segments(&path));
+        }
+
+        /// The byte scan reads a query as splitting on `&`, then at the first `=`, does.
+        #[test]
+        fn query_param_equals_split(query in "[ab=&]{0,12}", name in "[ab=]{0,3}") {
+            let split = query.split('&').find_map(|pair| match pair.split_once('=') {
+                Some((n, v)) if n == name => Some(v),
+                None if pair == name => Some(""),
+                _ => None,
+            });
+            prop_assert_eq!(query_param(&query, &name), split);
+        }
+
+        #[test]
+        fn parse_version_equals_std_parse(s in "[0-9a+ -]{0,3}|[0-9]{18,21}") {
+            let std = match s.bytes().all(|c| c.is_ascii_digit()) {
+                true => s.parse::<u64>().ok(),
+                false => None,
+            };
+            prop_assert_eq!(parse_version(&s).ok(), std);
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The sharded version table: key → (max version ever learned, when a trusted
 //! source last confirmed it). Merge is `max`, so a version never goes backwards.
 //!
-//! Layout, chosen to stay under ~64 bytes of RSS per key at 1M keys:
+//! Layout, chosen to stay under ~48 bytes of RSS per key at 1M keys:
 //! a fixed power-of-two number of shards, each a `RwLock` over an index
-//! (`HashTable<u32>` of slot numbers, 4 bytes + 1 control byte per bucket) and
-//! slots stored in fixed-size chunks (48 bytes each: inline key + three atomics).
+//! (`HashTable<u32>` of slot numbers, 4 bytes + 1 control byte per bucket),
+//! slots stored in fixed-size chunks (24 bytes each: three atomics and the
+//! key's position) and the keys' bytes packed into 16 KiB chunks (a one-byte
+//! length, then the key: 9 bytes for an 8-byte id).
 //! Keys are never removed: versions form a join-semilattice, so there is
 //! nothing to tombstone and slot numbers stay valid forever.
 //!
@@ -16,10 +18,9 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use compact_str::CompactString;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
@@ -64,25 +65,27 @@ const CHUNK: usize = 256;
 /// sane `max_age`, even right after start-up.
 const CLOCK_OFFSET_MS: u64 = 10 * 24 * 60 * 60 * 1000;
 
-/// One key's state. The numbers are atomics so merging into an existing key
-/// needs only the shard's read lock: polls never wait behind advancing merges.
+/// One key's state: 24 bytes. The numbers are atomics so merging into an
+/// existing key needs only the shard's read lock: polls never wait behind
+/// advancing merges.
 struct Slot {
-    /// Inline up to 24 bytes, so typical ids cost no extra allocation.
-    key: CompactString,
     version: AtomicU64,
     confirmed_ms: AtomicU64,
-    /// The shard's change count when this slot last advanced (pull anti-entropy).
-    seq: AtomicU64,
+    /// The low 32 bits of the shard's change count when this slot last
+    /// advanced (pull anti-entropy; see [`Table::changed_since`] for why 32 suffice).
+    seq: AtomicU32,
+    /// Where the key's bytes are in the shard's [`Keys`].
+    key: u32,
 }
 
 impl Slot {
     /// A new key's slot; a key that was never confirmed gets 0 (expired).
-    fn new(key: &str, version: u64, confirm_ms: Option<u64>) -> Slot {
+    fn new(key: u32, version: u64, confirm_ms: Option<u64>) -> Slot {
         Slot {
-            key: CompactString::new(key),
             version: AtomicU64::new(version),
             confirmed_ms: AtomicU64::new(confirm_ms.unwrap_or(0)),
-            seq: AtomicU64::new(0),
+            seq: AtomicU32::new(0),
+            key,
         }
     }
 
@@ -115,6 +118,94 @@ impl Slot {
     }
 }
 
+/// Bits of a key position that are the offset in its chunk; the rest are the
+/// chunk number. A key never spans two chunks.
+const KEY_CHUNK_BITS: u32 = 14;
+
+/// Bytes per key chunk (16 KiB): what a shard wastes at most on key bytes,
+/// and a key longer than this gets a chunk of its own.
+const KEY_CHUNK: usize = 1 << KEY_CHUNK_BITS;
+
+/// A shard's keys, packed: each is a LEB128 length (one byte below 128) and
+/// its bytes. Chunks are never reallocated, so a position stays valid forever
+/// and growing never copies. Keys are never removed (see the module doc).
+#[derive(Default)]
+struct Keys {
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Keys {
+    /// Appends `key`; returns its position.
+    fn push(&mut self, key: &str) -> u32 {
+        let need = varint_len(key.len()) + key.len();
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|c| c.len() + need <= KEY_CHUNK.min(c.capacity()));
+        if !fits {
+            self.chunks.push(Vec::with_capacity(need.max(KEY_CHUNK)));
+        }
+        let n = self.chunks.len() - 1;
+        assert!(
+            n < 1 << (32 - KEY_CHUNK_BITS),
+            "a shard holds fewer than 4 GiB of keys"
+        );
+        let chunk = &mut self.chunks[n];
+        // Below KEY_CHUNK in a shared chunk; 0 in a chunk of its own.
+        let at = chunk.len();
+        put_varint(chunk, key.len());
+        chunk.extend_from_slice(key.as_bytes());
+        ((n << KEY_CHUNK_BITS) | at) as u32
+    }
+
+    /// The bytes of the key at `pos`.
+    fn bytes(&self, pos: u32) -> &[u8] {
+        let chunk = &self.chunks[(pos >> KEY_CHUNK_BITS) as usize];
+        let at = (pos as usize) & (KEY_CHUNK - 1);
+        let (len, head) = get_varint(&chunk[at..]);
+        &chunk[at + head..at + head + len]
+    }
+
+    fn str(&self, pos: u32) -> &str {
+        std::str::from_utf8(self.bytes(pos)).expect("keys are copied from a &str")
+    }
+
+    fn capacity(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum()
+    }
+}
+
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// `(value, bytes read)`; only ever reads what [`put_varint`] wrote.
+fn get_varint(b: &[u8]) -> (usize, usize) {
+    let (mut n, mut shift, mut i) = (0usize, 0, 0);
+    loop {
+        let byte = b[i];
+        n |= ((byte & 0x7f) as usize) << shift;
+        i += 1;
+        if byte < 0x80 {
+            return (n, i);
+        }
+        shift += 7;
+    }
+}
+
 #[derive(Default)]
 struct ShardInner {
     /// Slot numbers, hashed by their slot's key. `u32` keeps a bucket at 5 bytes.
@@ -122,13 +213,28 @@ struct ShardInner {
     /// Every chunk but the last is full; each is allocated with exactly `CHUNK` capacity
     /// and never pushed beyond it, so slots never move.
     chunks: Vec<Vec<Slot>>,
+    keys: Keys,
     len: usize,
+}
+
+/// Slot `n` of `chunks`.
+fn slot_in(chunks: &[Vec<Slot>], n: u32) -> &Slot {
+    let n = n as usize;
+    &chunks[n / CHUNK][n % CHUNK]
 }
 
 impl ShardInner {
     fn slot(&self, n: u32) -> &Slot {
-        let n = n as usize;
-        &self.chunks[n / CHUNK][n % CHUNK]
+        slot_in(&self.chunks, n)
+    }
+
+    fn key(&self, slot: &Slot) -> &str {
+        self.keys.str(slot.key)
+    }
+
+    /// Every slot with its key, in slot order.
+    fn slots(&self) -> impl Iterator<Item = (&str, &Slot)> {
+        self.chunks.iter().flatten().map(|s| (self.key(s), s))
     }
 
     fn find(&self, hash: u64, key: &str) -> Option<&Slot> {
@@ -137,22 +243,35 @@ impl ShardInner {
 
     /// The slot and its number (for the shard's recent-changes list).
     fn find_n(&self, hash: u64, key: &str) -> Option<(u32, &Slot)> {
-        let n = *self.index.find(hash, |&n| self.slot(n).key == key)?;
+        let key = key.as_bytes();
+        let n = *self
+            .index
+            .find(hash, |&n| self.keys.bytes(self.slot(n).key) == key)?;
         Some((n, self.slot(n)))
     }
 
-    /// The number of `key`'s slot, and whether it was just made by appending
-    /// `make()`. One probe either way. The caller holds the write lock.
+    /// The number of `key`'s slot, and whether it was just made for `version`
+    /// and `confirm_ms`. One probe either way. The caller holds the write lock.
     fn find_or_insert(
         &mut self,
         hash: u64,
         key: &str,
-        make: impl FnOnce() -> Slot,
+        version: u64,
+        confirm_ms: Option<u64>,
         rehash: impl Fn(&str) -> u64,
     ) -> (u32, bool) {
-        let ShardInner { index, chunks, len } = self;
-        let key_of = |n: &u32| &chunks[*n as usize / CHUNK][*n as usize % CHUNK].key;
-        let vacant = match index.entry(hash, |n| key_of(n) == key, |n| rehash(key_of(n))) {
+        let ShardInner {
+            index,
+            chunks,
+            keys,
+            len,
+        } = self;
+        let key_of = |n: &u32| keys.bytes(slot_in(chunks, *n).key);
+        let vacant = match index.entry(
+            hash,
+            |n| key_of(n) == key.as_bytes(),
+            |n| rehash(keys.str(slot_in(chunks, *n).key)),
+        ) {
             hashbrown::hash_table::Entry::Occupied(e) => return (*e.get(), false),
             hashbrown::hash_table::Entry::Vacant(v) => v,
         };
@@ -160,7 +279,8 @@ impl ShardInner {
             chunks.push(Vec::with_capacity(CHUNK));
         }
         let n = u32::try_from(*len).expect("a shard holds fewer than 2^32 keys");
-        chunks.last_mut().expect("pushed above").push(make());
+        let slot = Slot::new(keys.push(key), version, confirm_ms);
+        chunks.last_mut().expect("pushed above").push(slot);
         *len += 1;
         vacant.insert(n);
         (n, true)
@@ -169,12 +289,15 @@ impl ShardInner {
     /// Sizes an empty shard's index for `keys` keys at once, so a bulk load
     /// does not rehash it at every doubling. Only when empty: a batch of keys
     /// the shard already holds must not grow its index a step early.
-    fn reserve_if_empty(&mut self, keys: usize, rehash: impl Fn(&str) -> u64) {
+    fn reserve_if_empty(&mut self, n: usize, rehash: impl Fn(&str) -> u64) {
         if self.len == 0 {
-            let ShardInner { index, chunks, .. } = self;
-            index.reserve(keys, |n| {
-                rehash(&chunks[*n as usize / CHUNK][*n as usize % CHUNK].key)
-            });
+            let ShardInner {
+                index,
+                chunks,
+                keys,
+                ..
+            } = self;
+            index.reserve(n, |i| rehash(keys.str(slot_in(chunks, *i).key)));
         }
     }
 }
@@ -198,7 +321,7 @@ impl Changes {
     /// (read or write) and this lock.
     fn stamp(&mut self, n: u32, slot: &Slot) {
         self.seq += 1;
-        slot.seq.store(self.seq, Ordering::Release);
+        slot.seq.store(self.seq as u32, Ordering::Release);
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -300,18 +423,20 @@ impl Table {
         if changes.covers(since) {
             // No stamp can happen while we hold the lock, so a slot's seq is
             // its latest stamp here: each changed slot is visited once.
+            // Slots keep 32 bits of their seq; the recent seqs are within 256
+            // of `upto`, and a slot's is ≤ `upto`, so equal low bits are equal seqs.
             for &(seq, n) in changes.recent.iter().filter(|(seq, _)| *seq > since) {
                 let slot = inner.slot(n);
-                if slot.seq.load(Ordering::Acquire) == seq {
-                    f(&slot.key, slot.entry());
+                if slot.seq.load(Ordering::Acquire) == seq as u32 {
+                    f(inner.key(slot), slot.entry());
                 }
             }
             return upto;
         }
         drop(changes);
-        for slot in inner.chunks.iter().flatten() {
-            if slot.seq.load(Ordering::Acquire) > since {
-                f(&slot.key, slot.entry());
+        for (key, slot) in inner.slots() {
+            if changed_after(slot.seq.load(Ordering::Acquire), since, upto) {
+                f(key, slot.entry());
             }
         }
         upto
@@ -452,8 +577,7 @@ impl Table {
         for item in group {
             let (key, version, ms) = (item.key, item.version, Some(item.confirmed_ms));
             let hash = item.hash.rotate_left(32);
-            let make = || Slot::new(key, version, ms);
-            let (n, new) = inner.find_or_insert(hash, key, make, |k| self.index_hash(k));
+            let (n, new) = inner.find_or_insert(hash, key, version, ms, |k| self.index_hash(k));
             let slot = inner.slot(n);
             if new || slot.merge(version, ms).advanced() {
                 changes.stamp(n, slot);
@@ -496,13 +620,13 @@ impl Table {
     pub fn for_each(&self, mut f: impl FnMut(&str, Entry)) {
         for shard in self.shards.iter() {
             let inner = shard.inner.read();
-            for slot in inner.chunks.iter().flatten() {
-                f(&slot.key, slot.entry());
+            for (key, slot) in inner.slots() {
+                f(key, slot.entry());
             }
         }
     }
 
-    /// Approximate heap bytes held by shards (index + chunks), for metrics.
+    /// Approximate heap bytes held by shards (index, slots, keys), for metrics.
     pub fn memory_bytes(&self) -> usize {
         let per_bucket = std::mem::size_of::<u32>() + 1;
         let per_chunk = CHUNK * std::mem::size_of::<Slot>();
@@ -510,7 +634,9 @@ impl Table {
             .iter()
             .map(|s| {
                 let inner = s.inner.read();
-                inner.index.capacity() * 8 / 7 * per_bucket + inner.chunks.len() * per_chunk
+                inner.index.capacity() * 8 / 7 * per_bucket
+                    + inner.chunks.len() * per_chunk
+                    + inner.keys.capacity()
             })
             .sum()
     }
@@ -548,8 +674,7 @@ impl Table {
             return merge_slot(shard, n, slot, version, confirm_ms);
         }
         let mut inner = shard.inner.write();
-        let make = || Slot::new(key, version, confirm_ms);
-        let (n, new) = inner.find_or_insert(hash, key, make, |k| self.index_hash(k));
+        let (n, new) = inner.find_or_insert(hash, key, version, confirm_ms, |k| self.index_hash(k));
         if !new {
             return merge_slot(shard, n, inner.slot(n), version, confirm_ms);
         }
@@ -651,6 +776,16 @@ impl Advanced {
             self.advanced.push(i);
         }
     }
+}
+
+/// Whether a slot whose seq has low bits `low` may have changed after
+/// `since`, given that no seq is above `upto`. The slot's seq is taken as the
+/// highest ≤ `upto` with those low bits: never below the true one, so a
+/// change is never missed; a slot last stamped 2^32 or more changes ago may
+/// be visited again, which merging (idempotent) allows.
+fn changed_after(low: u32, since: u64, upto: u64) -> bool {
+    let back = u64::from((upto as u32).wrapping_sub(low));
+    back < upto - since
 }
 
 /// Merges into an existing slot and stamps it when it advanced.
@@ -807,6 +942,65 @@ mod tests {
     }
 
     #[test]
+    fn slot_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+    }
+
+    /// Keys of every length class land in the right chunks and read back,
+    /// including one longer than a chunk (a chunk of its own) between short ones.
+    #[test]
+    fn keys_round_trip_across_chunks() {
+        let mut keys = Keys::default();
+        let lens = [
+            0,
+            1,
+            8,
+            127,
+            128,
+            300,
+            KEY_CHUNK - 2,
+            KEY_CHUNK + 5,
+            3,
+            16_383,
+        ];
+        let mut stored = Vec::new();
+        for round in 0..40 {
+            for (i, &len) in lens.iter().enumerate() {
+                let key: String = (0..len)
+                    .map(|j| (b'a' + ((i + j + round) % 26) as u8) as char)
+                    .collect();
+                stored.push((keys.push(&key), key));
+            }
+        }
+        for (pos, key) in &stored {
+            assert_eq!(keys.str(*pos), key);
+        }
+        assert!(keys.chunks.iter().all(|c| c.len() <= c.capacity()));
+    }
+
+    #[test]
+    fn changed_after_never_misses_across_the_32_bit_wrap() {
+        let cases = [
+            (0u64, 10u64),
+            (u32::MAX as u64 - 3, u32::MAX as u64 + 9),
+            (5 << 32, (5 << 32) + 300),
+        ];
+        for (since, upto) in cases {
+            for seq in since.saturating_sub(20)..=upto {
+                let low = seq as u32;
+                assert_eq!(
+                    changed_after(low, since, upto),
+                    seq > since,
+                    "seq {seq} since {since} upto {upto}"
+                );
+            }
+        }
+        // Stamped 2^32 or more changes ago: may be visited again, never wrongly skipped.
+        let upto = (3u64 << 32) + 10;
+        assert!(changed_after(upto as u32, upto - 1, upto));
+    }
+
+    #[test]
     fn odd_keys_do_not_panic() {
         let t = Table::new();
         let long = "x".repeat(300);
@@ -928,16 +1122,16 @@ mod tests {
 
     /// Everything a merge can change, shard by shard and slot by slot, so two
     /// tables built with the same hasher can be compared exactly.
-    type Dump = Vec<(u64, Vec<(u64, u32)>, Vec<(String, u64, u64, u64)>)>;
+    type Dump = Vec<(u64, Vec<(u64, u32)>, Vec<(String, u64, u64, u32)>)>;
 
     fn dump(t: &Table) -> Dump {
         let shard = |s: &Shard| {
             let inner = s.inner.read();
             let changes = s.changes.lock();
-            let slots = inner.chunks.iter().flatten().map(|slot| {
+            let slots = inner.slots().map(|(key, slot)| {
                 let e = slot.entry();
                 let seq = slot.seq.load(Ordering::Relaxed);
-                (slot.key.to_string(), e.version, e.confirmed_ms, seq)
+                (key.to_string(), e.version, e.confirmed_ms, seq)
             });
             let recent = changes.recent.iter().copied().collect();
             (changes.seq, recent, slots.collect())

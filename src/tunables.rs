@@ -1,25 +1,225 @@
 //! Cluster-wide tunables: values every replica must agree on (a heartbeat
 //! changed on one node only once closed healthy sockets everywhere).
 //! Read lock-free on the hot path; replaced whole by admin or gossip.
+//!
+//! The `tunables!` table below is the one place a tunable is declared: its
+//! field in [`Values`], its accessor on [`Tunables`], its `PUT /v1/config`
+//! range, what gossip may carry and its seed from the local config. The
+//! admin API (`GET`/`PUT /v1/config`) and the gossip codec (fields in table
+//! order) follow the table. Adding a tunable: a row there, then its use.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
 
 use crate::config::Config;
 
-/// One consistent set of values, as shown by `GET /v1/config`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Values {
-    pub heartbeat_interval_ms: u64,
-    pub ghost_timeout_ms: u64,
+/// Declares every tunable from one row each (see the table below).
+macro_rules! tunables {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident: put $put:expr, gossip $gossip:expr, seed $seed:expr;
+    )*) => {
+        /// One consistent set of values, as shown by `GET /v1/config`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Values {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// A tunable's row in [`FIELDS`] and its place in [`Values::to_array`].
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy)]
+        enum Idx { $($name),* }
+
+        /// How many tunables there are.
+        pub const COUNT: usize = [$(stringify!($name)),*].len();
+
+        /// Every tunable, in table order (the order gossip sends them in).
+        pub const FIELDS: [Field; COUNT] = [$(Field {
+            name: stringify!($name),
+            put: $put,
+            gossip: $gossip,
+            seed: $seed,
+        }),*];
+
+        impl Values {
+            /// The values in table order.
+            pub fn to_array(&self) -> [u64; COUNT] {
+                [$(self.$name),*]
+            }
+
+            pub fn from_array(a: [u64; COUNT]) -> Values {
+                Values { $($name: a[Idx::$name as usize]),* }
+            }
+        }
+
+        impl Tunables {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> u64 {
+                    self.cells[Idx::$name as usize].load(Relaxed)
+                }
+            )*
+        }
+    };
+}
+
+tunables! {
+    /// SSE heartbeat and WebSocket ping interval, ms.
+    heartbeat_interval_ms: put 1_000..=300_000, gossip TIMER, seed |c| ms(c.heartbeat_interval);
+    /// A WebSocket without a pong this long is closed, ms.
+    ghost_timeout_ms: put 1_000..=3_600_000, gossip TIMER, seed |c| ms(c.ghost_timeout);
     /// `X-Poll-Interval` while push is healthy (long: push says when to poll).
-    pub poll_interval_hint_s: u64,
-    pub push_admission_per_s: u64,
-    pub max_age_ms: u64,
+    poll_interval_hint_s: put 1..=3_600, gossip ANY, seed |_| 60;
+    /// New push connections admitted per second, per replica.
+    push_admission_per_s: put 1..=1_000_000, gossip ANY, seed |c| c.push_admission_per_s;
+    /// An entry unconfirmed this long is revalidated upstream, ms; 0 disables.
+    max_age_ms: put 0..=86_400_000, gossip ANY, seed |c| ms(c.max_age);
+}
+
+/// Other names `GET`/`PUT /v1/config` know a field by, in a coarser unit.
+const ALIASES: [Alias; 1] = [Alias {
+    name: "max_age_s",
+    of: Idx::max_age_ms,
+    scale: 1000,
+}];
+
+/// One tunable's rules.
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    /// What `PUT /v1/config` accepts (inclusive).
+    pub put: RangeInclusive<u64>,
+    /// What a value arriving by gossip may be.
+    pub gossip: RangeInclusive<u64>,
+    /// The replica's own starting value, from its config.
+    pub seed: fn(&Config) -> u64,
+}
+
+struct Alias {
+    name: &'static str,
+    of: Idx,
+    /// The field's value is the alias's times this.
+    scale: u64,
+}
+
+/// Longest timer gossip may set: far beyond any real setting, far below
+/// where `Instant + Duration` overflows.
+const MAX_TIMER_MS: u64 = 365 * 86_400_000;
+
+/// Gossip never applies a timer of 0 (it spins every socket's ping loop) or
+/// one near u64::MAX (it panics in `Instant + Duration`). Deliberately
+/// looser than the PUT ranges: a PUT carries the replica's local seeds for
+/// the fields it does not name (e.g. a 100 ms heartbeat from config), and
+/// refusing those here would split the cluster's values.
+const TIMER: RangeInclusive<u64> = 1..=MAX_TIMER_MS;
+const ANY: RangeInclusive<u64> = 0..=u64::MAX;
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl Values {
+    /// The local config's values, before any change made in the cluster.
+    pub fn seed(cfg: &Config) -> Values {
+        Values::from_array(std::array::from_fn(|i| (FIELDS[i].seed)(cfg)))
+    }
+
+    /// `PUT /v1/config`: `fields` applied on top of `self`; fields not given
+    /// keep their values. The error names the first bad field.
+    pub fn update(self, fields: &Map<String, Json>) -> Result<Values, String> {
+        let mut next = self.to_array();
+        let mut given: [Option<&str>; COUNT] = [None; COUNT];
+        for (name, value) in fields {
+            let (i, n) = put_value(name, value)?;
+            match given[i] {
+                Some(other) if next[i] != n => {
+                    return Err(format!("{name}: disagrees with {other}"))
+                }
+                _ => (next[i], given[i]) = (n, Some(name.as_str())),
+            }
+        }
+        let next = Values::from_array(next);
+        next.check()?;
+        Ok(next)
+    }
+
+    /// Cross-field rules, also applied to values arriving by gossip.
+    pub fn check(&self) -> Result<(), String> {
+        // Strictly longer, as the `ghost_timeout` config key requires: a pong
+        // can only follow a ping.
+        if self.ghost_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(format!(
+                "ghost_timeout_ms: {} must be longer than heartbeat_interval_ms ({})",
+                self.ghost_timeout_ms, self.heartbeat_interval_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// What gossip must never apply, whatever the sender (see `TIMER`).
+    pub fn sane(&self) -> Result<(), String> {
+        for (f, n) in FIELDS.iter().zip(self.to_array()) {
+            if !f.gossip.contains(&n) {
+                return Err(out_of_range(f.name, n, &f.gossip));
+            }
+        }
+        self.check()
+    }
+
+    /// `GET /v1/config`: every field, every alias, and the stamp.
+    pub fn document(&self, stamp: &Stamp) -> Json {
+        let values = self.to_array();
+        let mut doc = Map::new();
+        for (f, n) in FIELDS.iter().zip(values) {
+            doc.insert(f.name.into(), n.into());
+        }
+        for a in &ALIASES {
+            doc.insert(a.name.into(), (values[a.of as usize] / a.scale).into());
+        }
+        let stamp = serde_json::json!({"at_ms": stamp.at_ms, "node": stamp.node});
+        doc.insert("stamp".into(), stamp);
+        Json::Object(doc)
+    }
+}
+
+/// A PUT field's row and its value in the field's unit, range-checked.
+fn put_value(name: &str, value: &Json) -> Result<(usize, u64), String> {
+    let (i, scale) = lookup(name).ok_or_else(|| {
+        let known: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
+        let aliases = ALIASES.iter().map(|a| a.name);
+        let known = known.into_iter().chain(aliases).collect::<Vec<_>>();
+        format!("{name}: unknown field (known: {})", known.join(", "))
+    })?;
+    let n = value
+        .as_u64()
+        .ok_or_else(|| format!("{name}: must be a whole number, got {value}"))?;
+    let put = &FIELDS[i].put;
+    let range = put.start().div_ceil(scale)..=put.end() / scale;
+    match range.contains(&n) {
+        true => Ok((i, n * scale)),
+        false => Err(out_of_range(name, n, &range)),
+    }
+}
+
+/// A field's row and the scale of the name it was given by.
+fn lookup(name: &str) -> Option<(usize, u64)> {
+    let field = FIELDS.iter().position(|f| f.name == name).map(|i| (i, 1));
+    let alias = || ALIASES.iter().find(|a| a.name == name);
+    field.or_else(|| alias().map(|a| (a.of as usize, a.scale)))
+}
+
+fn out_of_range(name: &str, n: u64, range: &RangeInclusive<u64>) -> String {
+    format!(
+        "{name}: {n} is out of range {}..={}",
+        range.start(),
+        range.end()
+    )
 }
 
 /// Last-writer-wins stamp: later `at_ms` wins, `node` breaks ties.
@@ -43,11 +243,8 @@ fn from_the_future(stamp: &Stamp) -> bool {
 }
 
 pub struct Tunables {
-    heartbeat_interval_ms: AtomicU64,
-    ghost_timeout_ms: AtomicU64,
-    poll_interval_hint_s: AtomicU64,
-    push_admission_per_s: AtomicU64,
-    max_age_ms: AtomicU64,
+    /// One per row of the table, in table order.
+    cells: [AtomicU64; COUNT],
     /// Serialises writers and holds the stamp of the current values.
     stamp: Mutex<Stamp>,
 }
@@ -57,31 +254,15 @@ impl Tunables {
     /// anywhere in the cluster wins over a replica's own defaults.
     pub fn from_config(cfg: &Config) -> Self {
         let t = Tunables {
-            heartbeat_interval_ms: AtomicU64::new(0),
-            ghost_timeout_ms: AtomicU64::new(0),
-            poll_interval_hint_s: AtomicU64::new(0),
-            push_admission_per_s: AtomicU64::new(0),
-            max_age_ms: AtomicU64::new(0),
+            cells: std::array::from_fn(|_| AtomicU64::new(0)),
             stamp: Mutex::new(Stamp::default()),
         };
-        t.store(&Values {
-            heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
-            ghost_timeout_ms: cfg.ghost_timeout.as_millis() as u64,
-            poll_interval_hint_s: 60,
-            push_admission_per_s: cfg.push_admission_per_s,
-            max_age_ms: cfg.max_age.as_millis() as u64,
-        });
+        t.store(&Values::seed(cfg));
         t
     }
 
     pub fn get(&self) -> Values {
-        Values {
-            heartbeat_interval_ms: self.heartbeat_interval_ms.load(Relaxed),
-            ghost_timeout_ms: self.ghost_timeout_ms.load(Relaxed),
-            poll_interval_hint_s: self.poll_interval_hint_s.load(Relaxed),
-            push_admission_per_s: self.push_admission_per_s.load(Relaxed),
-            max_age_ms: self.max_age_ms.load(Relaxed),
-        }
+        Values::from_array(std::array::from_fn(|i| self.cells[i].load(Relaxed)))
     }
 
     pub fn stamp(&self) -> Stamp {
@@ -101,27 +282,17 @@ impl Tunables {
     }
 
     fn store(&self, v: &Values) {
-        self.heartbeat_interval_ms
-            .store(v.heartbeat_interval_ms, Relaxed);
-        self.ghost_timeout_ms.store(v.ghost_timeout_ms, Relaxed);
-        self.poll_interval_hint_s
-            .store(v.poll_interval_hint_s, Relaxed);
-        self.push_admission_per_s
-            .store(v.push_admission_per_s, Relaxed);
-        self.max_age_ms.store(v.max_age_ms, Relaxed);
-    }
-
-    /// `max_age` in ms; 0 disables revalidation.
-    pub fn max_age_ms(&self) -> u64 {
-        self.max_age_ms.load(Relaxed)
+        for (cell, n) in self.cells.iter().zip(v.to_array()) {
+            cell.store(n, Relaxed);
+        }
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms.load(Relaxed))
+        Duration::from_millis(self.heartbeat_interval_ms())
     }
 
     pub fn ghost_timeout(&self) -> Duration {
-        Duration::from_millis(self.ghost_timeout_ms.load(Relaxed))
+        Duration::from_millis(self.ghost_timeout_ms())
     }
 }
 
@@ -187,99 +358,6 @@ mod tests {
         assert!(!t.apply(&v, far), "u64::MAX must not win");
         assert_eq!(t.stamp(), Stamp::default());
     }
-}
-
-// ---- validation: the one place that says which values are acceptable ----
-
-/// The accepted fields and their ranges (inclusive).
-const FIELDS: [(&str, u64, u64); 6] = [
-    ("heartbeat_interval_ms", 1_000, 300_000),
-    ("ghost_timeout_ms", 1_000, 3_600_000),
-    ("poll_interval_hint_s", 1, 3_600),
-    ("push_admission_per_s", 1, 1_000_000),
-    ("max_age_ms", 0, 86_400_000),
-    ("max_age_s", 0, 86_400),
-];
-
-/// Applies `fields` to `cur`; the error names the first bad field.
-pub fn update(
-    mut cur: Values,
-    fields: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Values, String> {
-    let mut max_age: Option<(u64, &str)> = None;
-    for (name, value) in fields {
-        let (_, lo, hi) = FIELDS
-            .iter()
-            .find(|(n, ..)| n == name)
-            .ok_or_else(|| format!("{name}: unknown field (known: {})", known()))?;
-        let n = value
-            .as_u64()
-            .ok_or_else(|| format!("{name}: must be a whole number, got {value}"))?;
-        if n < *lo || n > *hi {
-            return Err(format!("{name}: {n} is out of range {lo}..={hi}"));
-        }
-        let ms = if name == "max_age_s" { n * 1000 } else { n };
-        match name.as_str() {
-            "heartbeat_interval_ms" => cur.heartbeat_interval_ms = n,
-            "ghost_timeout_ms" => cur.ghost_timeout_ms = n,
-            "poll_interval_hint_s" => cur.poll_interval_hint_s = n,
-            "push_admission_per_s" => cur.push_admission_per_s = n,
-            _ => match max_age {
-                Some((prev, other)) if prev != ms => {
-                    return Err(format!("{name}: disagrees with {other}"))
-                }
-                _ => max_age = Some((ms, name)),
-            },
-        }
-    }
-    if let Some((ms, _)) = max_age {
-        cur.max_age_ms = ms;
-    }
-    check(&cur)?;
-    Ok(cur)
-}
-
-/// Cross-field rules, also applied to values arriving by gossip.
-pub fn check(v: &Values) -> Result<(), String> {
-    // Strictly longer, as the `ghost_timeout` config key requires: a pong
-    // can only follow a ping.
-    if v.ghost_timeout_ms <= v.heartbeat_interval_ms {
-        return Err(format!(
-            "ghost_timeout_ms: {} must be longer than heartbeat_interval_ms ({})",
-            v.ghost_timeout_ms, v.heartbeat_interval_ms
-        ));
-    }
-    Ok(())
-}
-
-/// Longest timer gossip may set: far beyond any real setting, far below
-/// where `Instant + Duration` overflows.
-const MAX_TIMER_MS: u64 = 365 * 86_400_000;
-
-/// What gossip must never apply, whatever the sender: a timer of 0 spins
-/// every socket's ping loop, one near u64::MAX panics in `Instant + Duration`.
-/// Deliberately looser than the PUT ranges: a PUT carries the replica's
-/// local seeds for the fields it does not name (e.g. a 100 ms heartbeat from
-/// config), and refusing those here would split the cluster's values.
-pub fn sane(v: &Values) -> Result<(), String> {
-    for (name, ms) in [
-        ("heartbeat_interval_ms", v.heartbeat_interval_ms),
-        ("ghost_timeout_ms", v.ghost_timeout_ms),
-    ] {
-        if !(1..=MAX_TIMER_MS).contains(&ms) {
-            return Err(format!("{name}: {ms} is out of range 1..={MAX_TIMER_MS}"));
-        }
-    }
-    check(v)
-}
-
-fn known() -> String {
-    FIELDS.map(|(n, ..)| n).join(", ")
-}
-
-#[cfg(test)]
-mod validation_tests {
-    use super::*;
 
     fn values() -> Values {
         Values {
@@ -292,7 +370,16 @@ mod validation_tests {
     }
 
     fn up(json: &str) -> Result<Values, String> {
-        update(values(), &serde_json::from_str(json).unwrap())
+        values().update(&serde_json::from_str(json).unwrap())
+    }
+
+    #[test]
+    fn seeds_come_from_the_config() {
+        let t = Tunables::from_config(&Config::default());
+        assert_eq!(t.get(), values());
+        assert_eq!(t.poll_interval_hint_s(), 60);
+        assert_eq!(t.heartbeat_interval(), Duration::from_secs(25));
+        assert_eq!(Values::from_array(values().to_array()), values());
     }
 
     #[test]
@@ -333,18 +420,47 @@ mod validation_tests {
     }
 
     #[test]
+    fn the_exact_range_and_unknown_messages() {
+        assert_eq!(
+            up(r#"{"max_age_s": 86401}"#).unwrap_err(),
+            "max_age_s: 86401 is out of range 0..=86400"
+        );
+        assert_eq!(
+            up(r#"{"push_admission_per_s": 0}"#).unwrap_err(),
+            "push_admission_per_s: 0 is out of range 1..=1000000"
+        );
+        assert_eq!(
+            up(r#"{"nope": 1}"#).unwrap_err(),
+            "nope: unknown field (known: heartbeat_interval_ms, ghost_timeout_ms, \
+             poll_interval_hint_s, push_admission_per_s, max_age_ms, max_age_s)"
+        );
+    }
+
+    #[test]
+    fn the_document_shows_every_field_alias_and_the_stamp() {
+        let stamp = Stamp {
+            at_ms: 7,
+            node: "n1".into(),
+        };
+        assert_eq!(
+            values().document(&stamp).to_string(),
+            r#"{"ghost_timeout_ms":50000,"heartbeat_interval_ms":25000,"max_age_ms":60000,"max_age_s":60,"poll_interval_hint_s":60,"push_admission_per_s":2000,"stamp":{"at_ms":7,"node":"n1"}}"#
+        );
+    }
+
+    #[test]
     fn gossiped_timers_are_sane() {
         let zero_heartbeat = Values {
             heartbeat_interval_ms: 0,
             ..values()
         };
-        let e = sane(&zero_heartbeat).unwrap_err();
+        let e = zero_heartbeat.sane().unwrap_err();
         assert!(e.contains("heartbeat_interval_ms"), "{e}");
         let huge_ghost = Values {
             ghost_timeout_ms: u64::MAX,
             ..values()
         };
-        assert!(sane(&huge_ghost).unwrap_err().contains("ghost_timeout_ms"));
+        assert!(huge_ghost.sane().unwrap_err().contains("ghost_timeout_ms"));
         // A local seed outside the PUT ranges still travels.
         let fast = Values {
             heartbeat_interval_ms: 100,
@@ -352,7 +468,7 @@ mod validation_tests {
             push_admission_per_s: 0,
             ..values()
         };
-        assert!(sane(&fast).is_ok());
-        assert!(sane(&values()).is_ok());
+        assert!(fast.sane().is_ok());
+        assert!(values().sane().is_ok());
     }
 }

@@ -5,7 +5,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use compact_str::CompactString;
 
-use crate::tunables::{Stamp, Values};
+use crate::tunables::{self, Stamp, Values};
 
 /// Bumped on any incompatible change; a peer speaking another one is refused.
 pub const FORMAT: u8 = 1;
@@ -204,14 +204,8 @@ fn header(b: &mut BytesMut, from: &str, config: &ConfigFrame) {
 fn put_config(b: &mut BytesMut, c: &ConfigFrame) {
     put_u64(b, c.stamp.at_ms);
     put_str(b, &c.stamp.node);
-    let v = &c.values;
-    for x in [
-        v.heartbeat_interval_ms,
-        v.ghost_timeout_ms,
-        v.poll_interval_hint_s,
-        v.push_admission_per_s,
-        v.max_age_ms,
-    ] {
+    // Every tunable, in the order of the table in `tunables.rs`.
+    for x in c.values.to_array() {
         put_u64(b, x);
     }
 }
@@ -359,15 +353,13 @@ impl Reader<'_> {
     fn config(&mut self) -> Result<ConfigFrame, DecodeError> {
         let at_ms = self.u64()?;
         let node = self.string()?;
+        let mut values = [0; tunables::COUNT];
+        for x in &mut values {
+            *x = self.u64()?;
+        }
         Ok(ConfigFrame {
             stamp: Stamp { at_ms, node },
-            values: Values {
-                heartbeat_interval_ms: self.u64()?,
-                ghost_timeout_ms: self.u64()?,
-                poll_interval_hint_s: self.u64()?,
-                push_admission_per_s: self.u64()?,
-                max_age_ms: self.u64()?,
-            },
+            values: Values::from_array(values),
         })
     }
 
@@ -485,6 +477,24 @@ mod tests {
         for r in replies {
             assert_eq!(decode_reply(&encode_reply(&r)).unwrap(), r);
         }
+    }
+
+    /// The tunables travel in the order they always have, whatever the
+    /// table in `tunables.rs` looks like: a reorder there breaks the wire.
+    #[test]
+    fn tunables_keep_their_wire_order() {
+        let mut want = BytesMut::new();
+        want.put_u8(FORMAT);
+        want.put_u8(TAG_ACK);
+        put_u64(&mut want, 1_700_000_000_000);
+        put_str(&mut want, "n1");
+        // heartbeat_interval_ms, ghost_timeout_ms, poll_interval_hint_s,
+        // push_admission_per_s, max_age_ms
+        for x in [25_000, 50_000, 60, 2000, 60_000] {
+            put_u64(&mut want, x);
+        }
+        let got = encode_reply(&Reply::Ack { config: config() });
+        assert_eq!(got, want.freeze());
     }
 
     #[test]

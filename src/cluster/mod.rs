@@ -200,10 +200,7 @@ pub(crate) fn current_config(t: &Tunables) -> codec::ConfigFrame {
 }
 
 pub(crate) fn apply_config(t: &Tunables, c: &codec::ConfigFrame) {
-    if c.stamp > t.stamp()
-        && crate::tunables::sane(&c.values).is_ok()
-        && t.apply(&c.values, c.stamp.clone())
-    {
+    if c.stamp > t.stamp() && c.values.sane().is_ok() && t.apply(&c.values, c.stamp.clone()) {
         tracing::info!(stamp = ?c.stamp, values = ?c.values, "cluster config applied from a peer");
     }
 }

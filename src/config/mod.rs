@@ -13,8 +13,19 @@
 //! - `cli`: the clap command and `--help`;
 //! - `parse`: the value parsers and printers, and "did you mean".
 //!
-//! Adding a key: a field here (doc: `` `default` ``, then why), its value in
-//! `Default`, a row in `keys::KEYS`; the tests check the three agree.
+//! Adding a key (the tests check that the steps agree):
+//! 1. a field of [`Config`] whose doc opens with its default as `--help`
+//!    prints it (`` `30s`. ``, `` `1MiB`. ``; "Unset: …" when it is an
+//!    `Option`), then why the field exists and why that default;
+//! 2. its value in `impl Default for Config`, the only place it is written;
+//! 3. a row in `keys::KEYS` under its heading: name (= the field), value
+//!    name, one-line help, the parser from `parse` (or a new one there,
+//!    with a test) and the printer (`dur`, `bytes`, `int`, `text`,
+//!    `redacted` for a secret); `.list()` if repeatable, `.note("…")` when
+//!    the default is unset or machine-dependent (what `--help` says instead);
+//! 4. a rule spanning several keys goes in `validate_fields`;
+//! 5. outside this folder: the README table and `deploy/pollgate.toml`
+//!    (`tests/deploy.rs` requires every key there).
 
 mod cli;
 mod keys;

@@ -6,12 +6,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use crate::body::Body;
-use crate::body::{json, typed};
+use crate::body::{json, typed, Body};
 use crate::error::Error;
 use crate::inbound::{authorize, read_body};
 use crate::state::State;
-use crate::tunables::{update, Stamp, Values};
+use crate::tunables::{Stamp, Values};
 
 use crate::cluster::auth::unix_ms;
 
@@ -28,17 +27,7 @@ pub fn get(state: &State) -> Response<Body> {
 }
 
 fn document(state: &State) -> Value {
-    let v = state.tunables.get();
-    let stamp = state.tunables.stamp();
-    serde_json::json!({
-        "heartbeat_interval_ms": v.heartbeat_interval_ms,
-        "ghost_timeout_ms": v.ghost_timeout_ms,
-        "poll_interval_hint_s": v.poll_interval_hint_s,
-        "push_admission_per_s": v.push_admission_per_s,
-        "max_age_ms": v.max_age_ms,
-        "max_age_s": v.max_age_ms / 1000,
-        "stamp": {"at_ms": stamp.at_ms, "node": stamp.node},
-    })
+    state.tunables.get().document(&state.tunables.stamp())
 }
 
 /// Partial update: fields not given keep their current values.
@@ -61,7 +50,11 @@ pub async fn put(state: &State, req: Request<Incoming>) -> Result<Response<Body>
 fn apply_admin(state: &State, fields: &Map<String, Value>) -> Result<(Values, Stamp), Error> {
     for _ in 0..ADMIN_ATTEMPTS {
         let cur = state.tunables.stamp();
-        let values = update(state.tunables.get(), fields).map_err(Error::BadRequestOwned)?;
+        let values = state
+            .tunables
+            .get()
+            .update(fields)
+            .map_err(Error::BadRequestOwned)?;
         // Strictly after the current stamp, so a change made here wins even if
         // this replica's clock is behind the one that made the last change.
         let stamp = Stamp {

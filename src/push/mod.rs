@@ -213,7 +213,7 @@ async fn serve(
 }
 
 pub(crate) fn admit(state: &State, t: Transport) -> Result<Ticket, Error> {
-    let per_s = state.tunables.get().push_admission_per_s;
+    let per_s = state.tunables.push_admission_per_s();
     state.hub.admission.admit(t, per_s)
 }
 

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# User-space instructions per hit: a number that does not move with the
+# neighbours, unlike CPU time on a shared VM. Each server runs under valgrind
+# (callgrind) pinned to one CPU; after a warm-up under load its counters are
+# zeroed (callgrind_control -z), a bounded wrk run follows, the counters are
+# dumped (callgrind_control -d) and the total is divided by wrk's request
+# count. Everything the process ran in that window counts: hyper, tokio, the
+# route, the table, metrics, timers. System calls are not user space and do
+# not count (see `strace -c` for those).
+#
+# Environment:
+#   LT_IR_SERVERS="pollgate naive ceiling"   which servers, in this order
+#   LT_IR_DURATION=5s   measured wrk run (under valgrind a server does ~1-3k req/s)
+#   LT_IR_WARMUP=2s     wrk run before the counters are zeroed
+#   LT_CONNECTIONS=64   wrk connections
+#   LT_IR_TOP=12        functions listed per server (self cost per hit)
+#   LT_IR_KEEP=         directory to keep the callgrind dumps and full
+#                       per-function listings in (callgrind_annotate)
+#   LT_POLLGATE_BIN=    measure this pollgate binary instead of the fresh build
+#   LT_NO_BUILD=1       use the binaries already built (no cargo build)
+#   LT_SERVER_CPU=0 LT_CLIENT_CPU=1   pinning, as in run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. loadtest/lib.sh
+
+LT_IR_SERVERS=${LT_IR_SERVERS:-pollgate naive ceiling}
+LT_IR_DURATION=${LT_IR_DURATION:-5s}
+LT_IR_WARMUP=${LT_IR_WARMUP:-2s}
+LT_CONNECTIONS=${LT_CONNECTIONS:-64}
+LT_IR_TOP=${LT_IR_TOP:-12}
+LT_IR_KEEP=${LT_IR_KEEP:-}
+LT_SERVER_CPU=${LT_SERVER_CPU:-0}
+LT_CLIENT_CPU=${LT_CLIENT_CPU:-$(($(nproc) > 1 ? 1 : 0))}
+# valgrind slows start-up (and the 100k-key publish) by ~50x.
+export LT_READY_S=${LT_READY_S:-120}
+KEYS=100000
+
+need_tools cargo wrk taskset curl python3 awk split valgrind callgrind_control callgrind_annotate
+
+if [ "${LT_NO_BUILD:-}" != 1 ]; then
+  echo "building: cargo build --release --bin pollgate --example naive --example ceiling" >&2
+  cargo build --release --bin pollgate --example naive --example ceiling
+fi
+TARGET=$(target_dir)
+PG_BIN=${LT_POLLGATE_BIN:-$TARGET/release/pollgate}
+[ -z "$LT_IR_KEEP" ] || mkdir -p "$LT_IR_KEEP"
+
+# exec: `spawn` runs this in a subshell, and its pid must be valgrind's own.
+under_callgrind() {
+  local name=$1
+  shift
+  exec taskset -c "$LT_SERVER_CPU" valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$LT_TMP/callgrind.$name" "$@"
+}
+
+# Starts NAME under callgrind with instrumentation off; sets SPID and URL.
+start_server() {
+  local name=$1 log="$LT_TMP/$1.log"
+  case "$name" in
+    pollgate)
+      local port iport dead
+      port=$(free_port)
+      iport=$(free_port)
+      dead=$(free_port) # nothing listens: a miss would show as a non-304
+      start_pollgate "$log" "$port" "$iport" under_callgrind pollgate -- \
+        --upstream "http://127.0.0.1:$dead" --max-age 1h
+      echo "publishing $KEYS keys at version 1 (under valgrind: slow)" >&2
+      publish_keys "$iport" "p%d" "$KEYS" 20000
+      SPID=$PG_PID URL="http://127.0.0.1:$port"
+      ;;
+    naive | ceiling)
+      start_example "$name" "$log" under_callgrind "$name" "$TARGET/release/examples/$name" \
+        --listen 127.0.0.1:0
+      SPID=$SPAWNED URL="http://$ADDR"
+      ;;
+    *) die "unknown server '$name' (pollgate, naive or ceiling)" ;;
+  esac
+}
+
+wrk_run() {
+  taskset -c "$LT_CLIENT_CPU" wrk -t1 -c"$LT_CONNECTIONS" "$@" -s loadtest/hit.lua
+}
+
+# measure NAME — fills IR[NAME] (instructions per hit) and REQS[NAME].
+declare -A IR REQS
+measure() {
+  local name=$1 out="$LT_TMP/$1.wrk"
+  start_server "$name"
+  callgrind_control -i on "$SPID" >/dev/null
+  wrk_run -d"$LT_IR_WARMUP" "$URL" >/dev/null
+  callgrind_control -z "$SPID" >/dev/null
+  wrk_run -d"$LT_IR_DURATION" "$URL" >"$out"
+  callgrind_control -d "$SPID" >/dev/null
+  kill -0 "$SPID" 2>/dev/null || die "$name died during the run"
+  # The dump on request is part 1 (callgrind.NAME.1); the one at exit is not used.
+  local dump="$LT_TMP/callgrind.$name.1"
+  wait_for "callgrind dump of $name" "$SPID" "$LT_TMP/$name.log" test -s "$dump"
+  kill "$SPID"
+  wait "$SPID" 2>/dev/null || true
+
+  local reqs non304 total
+  reqs=$(sed -n 's/.*hit.lua: requests=\([0-9]*\).*/\1/p' "$out")
+  non304=$(sed -n 's/.*non304=\([0-9]*\).*/\1/p' "$out")
+  [ -n "$reqs" ] && [ "$reqs" -gt 0 ] || die "no requests completed against $name"
+  [ "$non304" -eq 0 ] || die "$name answered $non304 non-304 responses: not the hit path"
+  total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+  [ -n "$total" ] || die "no instruction total in $dump"
+  IR[$name]=$((total / reqs))
+  REQS[$name]=$reqs
+  echo "--- $name: $total instructions / $reqs requests = ${IR[$name]} per hit" >&2
+  local listing="$LT_TMP/$name.annotate"
+  callgrind_annotate --inclusive=no --threshold=99 "$dump" >"$listing" 2>/dev/null || true
+  echo "top functions of $name (self instructions per hit):"
+  awk -v n="$reqs" -v top="$LT_IR_TOP" '
+    /^-+$/ { sep++; next }
+    sep >= 3 && $1 ~ /^[0-9,]+$/ && shown < top {
+      ir = $1; gsub(",", "", ir)
+      $1 = ""; if ($2 ~ /^\(/) $2 = ""
+      sub(/^ +/, ""); sub(/ \[.*$/, "")
+      printf "  %7.0f  %s\n", ir / n, substr($0, 1, 110); shown++ }' "$listing"
+  if [ -n "$LT_IR_KEEP" ]; then
+    cp "$dump" "$LT_IR_KEEP/callgrind.$name"
+    cp "$listing" "$LT_IR_KEEP/$name.annotate"
+  fi
+}
+
+for s in $LT_IR_SERVERS; do
+  measure "$s"
+done
+
+echo
+echo "User-space instructions per hit (callgrind; wrk -t1 -c$LT_CONNECTIONS -d$LT_IR_DURATION" \
+  "after $LT_IR_WARMUP warm-up; $KEYS keys, random key per request)"
+echo
+echo "| server | instructions per hit | requests measured |"
+echo "| --- | ---: | ---: |"
+for s in $LT_IR_SERVERS; do
+  echo "| $s | ${IR[$s]} | ${REQS[$s]} |"
+done
+if [ -n "${IR[pollgate]:-}" ] && [ -n "${IR[naive]:-}" ]; then
+  echo
+  awk -v p="${IR[pollgate]}" -v n="${IR[naive]}" 'BEGIN {
+    r = p / n; printf "pollgate / naive: %.2f (target <= 1.10: %s)\n", r, r <= 1.10 ? "met" : "MISSED" }'
+fi
