@@ -22,11 +22,18 @@ pub fn authorize<B>(token: Option<&str>, req: &Request<B>, key: &'static str) ->
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or(b"");
-    if bool::from(given.ct_eq(token.as_bytes())) {
+    // Digests of both, compared in constant time: comparing the raw bytes
+    // returns early on a length mismatch and so tells the token's length.
+    if bool::from(digest(given).ct_eq(&digest(token.as_bytes()))) {
         Ok(())
     } else {
         Err(Error::Unauthorized)
     }
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
 }
 
 /// Longest wait for a whole internal-listener body (publish, config, gossip):
@@ -152,6 +159,15 @@ mod tests {
             r = r.header(header::HOST, *h);
         }
         r.body(()).unwrap()
+    }
+
+    #[test]
+    fn bearer_must_match_exactly() {
+        let with = |v: &str| Request::builder().header(header::AUTHORIZATION, v).body(()).unwrap();
+        assert!(authorize(Some("tok"), &with("Bearer tok"), "publish_token").is_ok());
+        for bad in ["Bearer to", "Bearer tok2", "Bearer ", "tok", "Bearer TOK"] {
+            assert!(authorize(Some("tok"), &with(bad), "publish_token").is_err(), "{bad}");
+        }
     }
 
     #[test]
