@@ -26,6 +26,9 @@ pub enum Error {
     TooLarge { limit: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// This client is over its per-client limit (`client_rate_per_s`).
+    #[error("too many requests from this client")]
+    TooManyRequests { retry_after: Duration },
     /// A request form pollgate does not serve or forward.
     #[error("{0}")]
     NotImplemented(&'static str),
@@ -82,6 +85,7 @@ impl Error {
             | MethodNotAllowed
             | HeadTooLarge
             | NotImplemented(_)
+            | TooManyRequests { .. }
             | Conflict(_)
             | BodyTimeout(_)
             | GossipRefused(_) => Blame::Client,
@@ -103,6 +107,7 @@ impl Error {
             Conflict(_) => StatusCode::CONFLICT,
             HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Shed { .. } | BreakerOpen { .. } | PushBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -135,7 +140,8 @@ impl Error {
         );
         if let Error::Shed { retry_after }
         | Error::BreakerOpen { retry_after }
-        | Error::PushBusy { retry_after } = &self
+        | Error::PushBusy { retry_after }
+        | Error::TooManyRequests { retry_after } = &self
         {
             h.insert(
                 header::RETRY_AFTER,

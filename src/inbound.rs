@@ -163,10 +163,18 @@ mod tests {
 
     #[test]
     fn bearer_must_match_exactly() {
-        let with = |v: &str| Request::builder().header(header::AUTHORIZATION, v).body(()).unwrap();
+        let with = |v: &str| {
+            Request::builder()
+                .header(header::AUTHORIZATION, v)
+                .body(())
+                .unwrap()
+        };
         assert!(authorize(Some("tok"), &with("Bearer tok"), "publish_token").is_ok());
         for bad in ["Bearer to", "Bearer tok2", "Bearer ", "tok", "Bearer TOK"] {
-            assert!(authorize(Some("tok"), &with(bad), "publish_token").is_err(), "{bad}");
+            assert!(
+                authorize(Some("tok"), &with(bad), "publish_token").is_err(),
+                "{bad}"
+            );
         }
     }
 

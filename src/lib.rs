@@ -29,6 +29,8 @@
 //!   metrics, health); [`feed`]: the publish API.
 //! - [`gossip`]: replicas exchange deltas and pull anti-entropy over the
 //!   [`cluster`] core (auth, codec, outbox, peers, held by the state).
+//! - [`limit`]: per-client token buckets and upstream-slot shares
+//!   (forwarded requests and new push connections; hits are not limited).
 //! - [`snapshot`]: warm restarts: the table written to `data_dir` and loaded
 //!   at start, loaded entries revalidated spread over `max_age`.
 //! - [`app`]: wires state, advance hooks, background tasks and the server;
@@ -51,6 +53,7 @@ pub mod gossip;
 pub mod hub;
 pub mod inbound;
 pub mod internal;
+pub mod limit;
 pub mod metrics;
 pub mod poll;
 pub mod public;

@@ -55,6 +55,10 @@ pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Repl
         ));
     }
     if let Some(t) = crate::push::transport(uri.path()) {
+        let clients = &state.upstream.clients;
+        if let Err(e) = clients.admit_push(clients.client_ip(remote, req.headers())) {
+            return now(e.into_response());
+        }
         let state = state.clone();
         return boxed(async move { crate::push::handle(&state, req, t).await });
     }

@@ -437,3 +437,67 @@ async fn host_keys_keep_each_tenants_versions_apart() {
     let (_, _, body) = get(&pg.internal_url("/v1/versions/a.example:p1")).await;
     assert!(body.contains("\"version\":5"), "{body}");
 }
+
+// ---- 8. per-client limits ----
+
+fn from(client: &str) -> [(&'static str, &str); 1] {
+    [("x-forwarded-for", client)]
+}
+
+#[tokio::test]
+async fn one_client_holds_at_most_its_share_of_upstream_slots() {
+    let up = Upstream::start().await;
+    up.set_mode(common::Mode::Delay(Duration::from_millis(1500)));
+    let flags = [
+        "--client-rate-per-s",
+        "1000",
+        "--upstream-max-inflight",
+        "8",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ];
+    let pg = Pollgate::start(&up.url(), &flags);
+    let url = pg.url("/slow");
+    let (bad, good) = (from("203.0.113.1"), from("203.0.113.2"));
+    let abuse = (0..20).map(|_| send("GET", &url, &bad, Vec::new()));
+    let legit = send("GET", &url, &good, Vec::new());
+    let (abuse, legit) = tokio::join!(futures_util::future::join_all(abuse), legit);
+    let ok = abuse.iter().filter(|r| r.0 == StatusCode::OK).count();
+    let limited = abuse
+        .iter()
+        .filter(|r| r.0 == StatusCode::TOO_MANY_REQUESTS);
+    eprintln!("abusive client: {ok} of 20 forwarded (8 slots, share 2)");
+    assert_eq!(ok, 2, "one client, a quarter of 8 slots");
+    assert_eq!(limited.count(), 18);
+    assert_eq!(legit.0, StatusCode::OK, "another client still gets through");
+    let name = "pollgate_client_limited_total{what=\"forward\"}";
+    assert_eq!(pg.metric(name).await, 18.0);
+}
+
+#[tokio::test]
+async fn forwards_are_rate_limited_per_client_and_hits_are_not() {
+    let up = Upstream::start().await;
+    let flags = ["--client-rate-per-s", "2", "--client-burst", "5"];
+    let pg = Pollgate::start(&up.url(), &flags);
+    pg.publish("k 3\n").await;
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let (s, h, _) = get(&pg.url("/projects/k/changes?since=1")).await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert!(h.contains_key("retry-after"));
+        }
+        codes.push(s.as_u16());
+    }
+    assert_eq!(&codes[..5], [200; 5], "{codes:?}");
+    assert!(codes[5..].iter().all(|&c| c == 429), "{codes:?}");
+    for _ in 0..50 {
+        let (s, _, _) = get(&pg.url("/projects/k/changes?since=3")).await;
+        assert_eq!(s, StatusCode::NOT_MODIFIED, "hits are not limited");
+    }
+    // X-Forwarded-For from an untrusted peer picks no other bucket.
+    let (s, _, _) = send("GET", &pg.url("/x"), &from("198.51.100.9"), Vec::new()).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    // New push connections spend the same bucket.
+    let (s, _, _) = get(&pg.url("/pollgate/v1/wait?keys=k:3&timeout=1")).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+}

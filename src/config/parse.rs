@@ -164,6 +164,10 @@ pub(super) fn host(s: &str) -> Result<String, String> {
     }
 }
 
+pub(super) fn cidr(s: &str) -> Result<super::Cidr, String> {
+    s.parse()
+}
+
 pub(super) fn non_empty(s: &str) -> Result<String, String> {
     match s.trim().is_empty() {
         true => Err("must not be empty".into()),

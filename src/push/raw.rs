@@ -8,6 +8,7 @@
 //! untouched. The response is close-delimited (`Connection: close`, no
 //! chunking); events are the same [`sse::Stream`] the hyper path sends.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -121,7 +122,7 @@ async fn serve(state: &Arc<State>, mut tcp: TcpStream, deadline: Instant) {
         Ok(Err(e)) => return write_error(&mut tcp, e).await,
         Err(_) => return,
     };
-    let stream = match admit(state, &head) {
+    let stream = match admit(state, &head, tcp.peer_addr().ok()) {
         Ok(s) => s,
         Err(e) => return write_error(&mut tcp, e).await,
     };
@@ -165,7 +166,7 @@ pub fn head_end(head: &[u8]) -> Option<usize> {
 }
 
 /// Validates the watch (a bad one spends no token), then admits it.
-fn admit(state: &Arc<State>, head: &str) -> Result<Stream, Error> {
+fn admit(state: &Arc<State>, head: &str, peer: Option<SocketAddr>) -> Result<Stream, Error> {
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split(' ');
     let (target, version) = (parts.nth(1).unwrap_or(""), parts.next().unwrap_or(""));
@@ -174,8 +175,28 @@ fn admit(state: &Arc<State>, head: &str) -> Result<Stream, Error> {
     }
     let query = target.split_once('?').map_or("", |(_, q)| q);
     let keys = super::parse_keys(query, state.cfg.max_keys_per_watch)?;
+    if let Some(peer) = peer {
+        let clients = &state.upstream.clients;
+        clients.admit_push(clients.client_ip(peer, &forwarded_for(head)))?;
+    }
     let permit = super::admit(state, Transport::Sse)?;
     Ok(Stream::new(state, &keys, permit))
+}
+
+/// Just the `X-Forwarded-For` lines of a raw head (for the per-client limit).
+fn forwarded_for(head: &str) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for line in head.lines().skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("x-forwarded-for") {
+            if let Ok(v) = value.trim().parse() {
+                h.append("x-forwarded-for", v);
+            }
+        }
+    }
+    h
 }
 
 /// Writes the response head, then events until shutdown or the client leaves.
