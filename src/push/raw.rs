@@ -167,6 +167,17 @@ pub fn head_end(head: &[u8]) -> Option<usize> {
 
 /// Validates the watch (a bad one spends no token), then admits it.
 fn admit(state: &Arc<State>, head: &str, peer: Option<SocketAddr>) -> Result<Stream, Error> {
+    let keys = watch_keys(head, state.cfg.max_keys_per_watch)?;
+    if let Some(peer) = peer {
+        let clients = &state.upstream.clients;
+        clients.admit_push(clients.client_ip(peer, &forwarded_for(head)))?;
+    }
+    let permit = super::admit(state, Transport::Sse)?;
+    Ok(Stream::new(state, &keys, permit))
+}
+
+/// The watched keys of a raw head's request line (at most `max`).
+pub fn watch_keys(head: &str, max: usize) -> Result<Vec<super::Watch>, Error> {
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split(' ');
     let (target, version) = (parts.nth(1).unwrap_or(""), parts.next().unwrap_or(""));
@@ -174,13 +185,7 @@ fn admit(state: &Arc<State>, head: &str, peer: Option<SocketAddr>) -> Result<Str
         return Err(Error::BadRequest("malformed request line"));
     }
     let query = target.split_once('?').map_or("", |(_, q)| q);
-    let keys = super::parse_keys(query, state.cfg.max_keys_per_watch)?;
-    if let Some(peer) = peer {
-        let clients = &state.upstream.clients;
-        clients.admit_push(clients.client_ip(peer, &forwarded_for(head)))?;
-    }
-    let permit = super::admit(state, Transport::Sse)?;
-    Ok(Stream::new(state, &keys, permit))
+    super::parse_keys(query, max)
 }
 
 /// Just the `X-Forwarded-For` lines of a raw head (for the per-client limit).

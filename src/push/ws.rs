@@ -273,6 +273,21 @@ enum Command {
     Unwatch { keys: Vec<String> },
 }
 
+/// Parses and checks one client command as the connection would (its JSON
+/// shape and every key), without a connection: for the fuzz targets.
+pub fn check_command(text: &str) -> Result<usize, String> {
+    let cmd: Command = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    match cmd {
+        Command::Watch { keys } => {
+            for k in keys.keys() {
+                crate::route::check_key(k).map_err(|why| why.to_string())?;
+            }
+            Ok(keys.len())
+        }
+        Command::Unwatch { keys } => Ok(keys.len()),
+    }
+}
+
 /// A write that may take at most `limit` (`ghost_timeout`): a client that
 /// stops reading fills its socket buffer and would otherwise block us forever.
 async fn bounded(
