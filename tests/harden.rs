@@ -501,3 +501,62 @@ async fn forwards_are_rate_limited_per_client_and_hits_are_not() {
     let (s, _, _) = get(&pg.url("/pollgate/v1/wait?keys=k:3&timeout=1")).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
 }
+
+// ---- 7. snapshot failures: logged once, corrupt files pruned ----
+
+#[tokio::test]
+async fn a_snapshot_path_that_is_a_directory_is_logged_once_not_every_interval() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pollgate.snap")).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let pg = Pollgate::start(&up.url(), &["--data-dir", d, "--snapshot-interval", "50ms"]);
+    let failures = "pollgate_snapshot_write_failures_total";
+    for i in 0..100 {
+        pg.publish(&format!("k{i} 1\n")).await;
+        if pg.metric(failures).await >= 10.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // paces the publishes, not a sync
+    }
+    assert!(pg.metric(failures).await >= 10.0, "writes were retried");
+    let errors = pg
+        .log
+        .lock()
+        .iter()
+        .filter(|l| l.contains("ERROR") && l.contains("snapshot write failed"))
+        .count();
+    assert_eq!(errors, 1, "{:?}", pg.log.lock());
+}
+
+#[tokio::test]
+async fn only_the_newest_corrupt_snapshots_are_kept() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for secs in [100, 200, 300, 400, 500] {
+        let old = dir.path().join(format!("pollgate.snap.corrupt-{secs}"));
+        std::fs::write(old, b"junk").unwrap();
+    }
+    std::fs::write(dir.path().join("pollgate.snap"), b"not a snapshot at all").unwrap();
+    let d = dir.path().to_str().unwrap();
+    let pg = Pollgate::start(&up.url(), &["--data-dir", d]);
+    assert_eq!(
+        pg.metric("pollgate_snapshot_load_failures_total").await,
+        1.0
+    );
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".corrupt-"))
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left.contains(&"pollgate.snap.corrupt-500".to_string()),
+        "{left:?}"
+    );
+    assert!(
+        !left.contains(&"pollgate.snap.corrupt-100".to_string()),
+        "{left:?}"
+    );
+}
