@@ -111,7 +111,7 @@ pub fn prune_corrupt(path: &Path, keep: usize) {
             Some((secs, e.path()))
         })
         .collect();
-    found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    found.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
     for (_, old) in found.into_iter().skip(keep) {
         let _ = fs::remove_file(old);
     }
