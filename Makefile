@@ -12,7 +12,7 @@ DEMO_PUBLIC := 127.0.0.1:8080
 DEMO_INTERNAL := 127.0.0.1:8081
 DEMO_TOKEN := demo-token
 
-.PHONY: run test test-browser fmt clippy bench loadtest loadtest-instructions loadtest-peers loadtest-mem loadtest-snapshot loadtest-cluster build-demo
+.PHONY: run test test-browser fmt clippy bench loadtest loadtest-instructions loadtest-peers loadtest-mem loadtest-snapshot loadtest-cluster loadtest-redis loadtest-redis-fleet build-demo
 
 build-demo:
 	$(CARGO) build --release --bin pollgate --example demo_upstream
@@ -114,3 +114,14 @@ loadtest-snapshot:
 loadtest-cluster:
 	$(CARGO) build --release --bin pollgate --example cluster_load
 	$(RELEASE)/examples/cluster_load
+
+# Redis feed: throughput, publish→visible latency and restart cost against
+# POST /v1/versions in the same run, on a real redis-server (loopback only).
+loadtest-redis:
+	@command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
+	$(CARGO) build --release --bin pollgate --example redis_load
+	$(RELEASE)/examples/redis_load all
+
+# 1 Redis and up to 6 pollgates on one stream: Redis CPU per 1k changes/s and lag.
+loadtest-redis-fleet:
+	./loadtest/redis_fleet.sh

@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
     for keys in [100_000u64, 1_000_000] {
         let t = table(keys);
         let dir = tempfile::tempdir().unwrap();
-        let w = snapshot::write(&t, dir.path()).unwrap();
+        let w = snapshot::write(&t, dir.path(), &snapshot::Positions::default()).unwrap();
         eprintln!(
             "snapshot of {keys} keys: {} bytes, {:.1} bytes/key",
             w.bytes,
@@ -68,12 +68,16 @@ fn bench(c: &mut Criterion) {
         let text = text_of(&t);
 
         g.bench_with_input(BenchmarkId::new("write_fsync", keys), &t, |b, t| {
-            b.iter(|| snapshot::write(t, dir.path()).unwrap())
+            b.iter(|| snapshot::write(t, dir.path(), &snapshot::Positions::default()).unwrap())
         });
         g.bench_with_input(BenchmarkId::new("load", keys), &path, |b, path| {
             b.iter_batched_ref(
                 Table::new,
-                |fresh| snapshot::load(fresh, path, 60_000).unwrap().unwrap(),
+                |fresh| {
+                    snapshot::load(fresh, path, 60_000, &snapshot::Positions::default())
+                        .unwrap()
+                        .unwrap()
+                },
                 BatchSize::PerIteration,
             )
         });

@@ -247,6 +247,8 @@ export class Link {
     const added = [...keys.keys()].some((k) => !this.keys.has(k));
     const removed = [...this.keys.keys()].filter((k) => !keys.has(k));
     this.keys = new Map(keys);
+    // Nothing left to watch: drop the connection (the loop idles until a key comes).
+    if (keys.size === 0 && (this.abort || this.ws)) return this.interrupt(Out.rekey);
     if (this.ws && this.ws.readyState === 1) {
       if (removed.length) this.ws.send(JSON.stringify({ op: "unwatch", keys: removed }));
       if (added) this.ws.send(JSON.stringify({ op: "watch", keys: Object.fromEntries(this.keys) }));
@@ -316,7 +318,14 @@ export class Link {
       const t = this.o.transports[this.ti];
       this.why = null;
       const started = this.env.now();
-      const out = t ? await this.attempt(t) : await this.poll();
+      let out;
+      try {
+        out = t ? await this.attempt(t) : await this.poll();
+      } catch (e) {
+        // A bug or a browser refusing outright (a bad URL): wait, never spin.
+        console.error("pollgate client", e);
+        out = Out.down;
+      }
       if (this.closed) break;
       await this.after(this.why || out, this.env.now() - started);
     }

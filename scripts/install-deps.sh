@@ -14,6 +14,8 @@ DEB_PACKAGES=(
   fonts-liberation # readable text in the browser tests' screenshots
   nodejs          # node --test: client unit tests, browser tests
   npm             # installs playwright-core for tests/browser
+  redis-server    # tests/redis.rs: a real Redis per test (the Redis feed)
+  openssl         # tests/redis.rs: a CA and server certificate for the Redis TLS test
   systemd         # systemd-analyze verify/security of deploy/pollgate.service (tests/deploy.rs)
   prometheus      # promtool: check and unit-test deploy/prometheus/alerts.yml (tests/observability.rs)
 )

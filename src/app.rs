@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::cluster::transport;
 use crate::config::Config;
+use crate::feed::redis::{self as redis_feed, RedisHandle};
 use crate::gossip::GossipHandle;
 use crate::route::RouteError;
 use crate::server::{self, Listeners};
@@ -23,12 +24,23 @@ pub async fn run(
     let state = State::new(cfg)?;
     // Loaded before serving: a poll meeting a half-loaded table would go
     // upstream as "unknown", the stampede a warm start exists to prevent.
-    let snapshots = crate::snapshot::start(&state).await;
+    // Stream positions: loaded with the snapshot, advanced by the Redis
+    // reader, written with every snapshot.
+    let positions = Arc::new(crate::snapshot::Positions::default());
+    let snapshots = crate::snapshot::start(&state, positions.clone()).await;
     register_advance_hooks(&state, &snapshots);
     let push = crate::push::start(&state);
     // Gossip starts after the load, so the first pulls already see it.
     let cluster = GossipHandle::start(state.clone(), Arc::new(transport::Http::default()));
+    // After the load, so a stream resumes where the loaded table ends.
+    let redis = RedisHandle::start(
+        &state,
+        &redis_feed::Settings::from_config(&state.cfg),
+        positions,
+    );
     server::run(listeners, state.clone(), shutdown).await;
+    // Before the last snapshot, so it holds the last position applied.
+    redis.shutdown().await;
     cluster.shutdown().await;
     push.shutdown().await;
     // Last, so the final snapshot includes what gossip brought in.

@@ -26,7 +26,7 @@
 //!   notices for `/pollgate/v1/{watch,wait,ws}`, over the [`hub`] (watcher
 //!   registry and admission control, held by the state).
 //! - [`internal`]: the internal router (publish, lookup, config, gossip,
-//!   metrics, health); [`feed`]: the publish API.
+//!   metrics, health); [`feed`]: the publish API and the Redis feed.
 //! - [`gossip`]: replicas exchange deltas and pull anti-entropy over the
 //!   [`cluster`] core (auth, codec, outbox, peers, held by the state).
 //! - [`limit`]: per-client token buckets and upstream-slot shares
@@ -41,8 +41,10 @@
 //! env < flags), [`tunables`] (cluster-wide values, their ranges, LWW),
 //! [`metrics`], [`error`] (where an error came from; the one place it
 //! becomes a status), [`body`] (the response body and small builders),
-//! [`inbound`] (bearer tokens, bounded bodies), [`shutdown`] (the signal).
+//! [`inbound`] (bearer tokens, bounded bodies, Host), [`shutdown`] (the
+//! signal), [`alloc`] (allocator settings applied at start-up).
 
+pub mod alloc;
 pub mod app;
 pub mod body;
 pub mod cluster;

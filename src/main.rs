@@ -13,6 +13,7 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_BIND: u8 = 69;
 
 fn main() -> ExitCode {
+    pollgate::alloc::tune();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let cli = match config::load(std::env::args_os(), &env) {
         Ok(cli) => cli,

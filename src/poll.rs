@@ -69,7 +69,12 @@ pub async fn poll(
 
 fn is_fresh(state: &State, e: Entry) -> bool {
     let max_age = state.tunables.max_age_ms();
-    max_age == 0 || state.table.now_ms().saturating_sub(e.confirmed_ms) < max_age
+    max_age == 0
+        || state
+            .table
+            .now_ms()
+            .saturating_sub(state.table.confirmed_as_of(e, max_age))
+            < max_age
 }
 
 impl Poll<'_> {

@@ -9,11 +9,13 @@
 mod file;
 pub mod format;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -34,11 +36,40 @@ pub enum LoadError {
     Format(#[from] FormatError),
 }
 
+/// Where each feed (a Redis stream, by name) stands: the last ID `(ms, seq)`
+/// whose versions are in the table. Kept in the snapshot so a restart resumes
+/// right after what the loaded table already holds. The writer reads it
+/// before walking the table, so a file never claims an entry it lacks.
+#[derive(Default)]
+pub struct Positions(Mutex<BTreeMap<String, (u64, u64)>>);
+
+impl Positions {
+    pub fn get(&self, name: &str) -> Option<(u64, u64)> {
+        self.0.lock().get(name).copied()
+    }
+
+    pub fn set(&self, name: &str, pos: (u64, u64)) {
+        let mut m = self.0.lock();
+        match m.get_mut(name) {
+            Some(p) => *p = pos,
+            None => {
+                m.insert(name.to_string(), pos);
+            }
+        }
+    }
+
+    pub fn all(&self) -> Vec<(String, (u64, u64))> {
+        self.0.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
 /// What a successful load did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loaded {
     pub entries: u64,
     pub created_ms: u64,
+    /// Feed positions stored with the entries.
+    pub positions: usize,
 }
 
 /// What a successful write did.
@@ -52,17 +83,26 @@ pub struct Written {
 }
 
 /// Validates the whole file at `path` first, then merges every entry into
-/// `table` with confirmation times spread over `max_age_ms` (see [`spread`]).
-/// `Ok(None)`: there is no snapshot.
-pub fn load(table: &Table, path: &Path, max_age_ms: u64) -> Result<Option<Loaded>, LoadError> {
+/// `table` with confirmation times spread over `max_age_ms` (see [`spread`])
+/// and sets the feed positions stored with them. `Ok(None)`: no snapshot.
+pub fn load(
+    table: &Table,
+    path: &Path,
+    max_age_ms: u64,
+    positions: &Positions,
+) -> Result<Option<Loaded>, LoadError> {
     let Some(map) = file::map(path)? else {
         return Ok(None);
     };
     let snap = Snapshot::parse(&map)?;
     merge_all(table, &snap, max_age_ms, threads_for(snap.len()))?;
+    for (name, pos) in &snap.positions {
+        positions.set(name, *pos);
+    }
     Ok(Some(Loaded {
         entries: snap.len(),
         created_ms: snap.header.created_ms,
+        positions: snap.positions.len(),
     }))
 }
 
@@ -145,14 +185,18 @@ pub fn spread(now_ms: u64, max_age_ms: u64, rng: &mut fastrand::Rng) -> u64 {
     now_ms.saturating_sub(max_age_ms) + rng.u64(0..max_age_ms)
 }
 
-/// Serialises `table` (one shard read lock at a time) and atomically replaces
-/// the snapshot in `dir`. Blocking: run it off the async threads.
-pub fn write(table: &Table, dir: &Path) -> std::io::Result<Written> {
+/// Serialises `table` (one shard read lock at a time) with the feed
+/// `positions` and atomically replaces the snapshot in `dir`. Blocking: run
+/// it off the async threads.
+pub fn write(table: &Table, dir: &Path, positions: &Positions) -> std::io::Result<Written> {
     let created_ms = unix_ms();
     let mut enc = Encoder::with_capacity(table.len());
+    // Before the walk: every entry up to these positions is in the table
+    // now, so the walk records it (versions only grow).
+    enc.set_positions(&positions.all());
     table.for_each(|key, e| enc.push(key, e.version));
-    let (header, records, keys) = enc.finish(created_ms);
-    let bytes = file::write_atomically(dir, &[&header, records, keys])?;
+    let (header, [records, keys, tail]) = enc.finish(created_ms);
+    let bytes = file::write_atomically(dir, &[&header, records, keys, tail])?;
     Ok(Written {
         entries: enc.len(),
         bytes,
@@ -161,7 +205,7 @@ pub fn write(table: &Table, dir: &Path) -> std::io::Result<Written> {
     })
 }
 
-fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -195,7 +239,7 @@ pub struct SnapshotHandle {
 /// Registers the metrics, and with `data_dir`: loads the snapshot (before the
 /// caller starts serving, so no poll meets a half-loaded table and falls
 /// through to the upstream as "unknown"), then starts the writer.
-pub async fn start(state: &Arc<State>) -> SnapshotHandle {
+pub async fn start(state: &Arc<State>, positions: Arc<Positions>) -> SnapshotHandle {
     let stats = Arc::new(SnapshotStats::default());
     register_metrics(state, &stats);
     let disabled = |stats| SnapshotHandle {
@@ -213,10 +257,17 @@ pub async fn start(state: &Arc<State>) -> SnapshotHandle {
             return disabled(stats);
         }
     };
-    load_at_start(state, &stats, &dir).await;
+    load_at_start(state, &stats, &dir, &positions).await;
     let (stop_tx, stop_rx) = oneshot::channel();
     let every = state.cfg.snapshot_interval;
-    let task = tokio::spawn(run(state.clone(), stats.clone(), dir, every, stop_rx));
+    let task = tokio::spawn(run(
+        state.clone(),
+        stats.clone(),
+        dir,
+        positions,
+        every,
+        stop_rx,
+    ));
     SnapshotHandle {
         task: Some((task, stop_tx)),
         stats,
@@ -251,12 +302,14 @@ async fn run(
     state: Arc<State>,
     stats: Arc<SnapshotStats>,
     dir: PathBuf,
+    positions: Arc<Positions>,
     every: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
     if every.is_zero() {
         let _ = stop.await;
-        return write_if_changed(&state, &stats, &dir, &mut FailureLog::default()).await;
+        return write_if_changed(&state, &stats, &dir, &positions, &mut FailureLog::default())
+            .await;
     }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     // A slow disk must not cause back-to-back catch-up writes.
@@ -264,11 +317,11 @@ async fn run(
     let mut quiet = FailureLog::default();
     loop {
         tokio::select! {
-            _ = tick.tick() => write_if_changed(&state, &stats, &dir, &mut quiet).await,
+            _ = tick.tick() => write_if_changed(&state, &stats, &dir, &positions, &mut quiet).await,
             _ = &mut stop => break,
         }
     }
-    write_if_changed(&state, &stats, &dir, &mut quiet).await;
+    write_if_changed(&state, &stats, &dir, &positions, &mut quiet).await;
 }
 
 /// A write that keeps failing (a snapshot path that is a directory, a full
@@ -308,15 +361,16 @@ async fn write_if_changed(
     state: &Arc<State>,
     stats: &SnapshotStats,
     dir: &Path,
+    positions: &Arc<Positions>,
     quiet: &mut FailureLog,
 ) {
     let changes = stats.changes.load(Ordering::Acquire);
     if changes == stats.written.load(Ordering::Acquire) {
         return;
     }
-    let (st, d) = (state.clone(), dir.to_path_buf());
+    let (st, d, p) = (state.clone(), dir.to_path_buf(), positions.clone());
     let started = Instant::now();
-    let res = tokio::task::spawn_blocking(move || write(&st.table, &d)).await;
+    let res = tokio::task::spawn_blocking(move || write(&st.table, &d, &p)).await;
     let file = snapshot_path(dir);
     match res {
         Ok(Ok(w)) => {
@@ -354,18 +408,23 @@ impl SnapshotStats {
 
 /// Loads on a blocking thread; on a bad file logs why, moves it aside and
 /// leaves the table cold. Never fails start-up.
-async fn load_at_start(state: &Arc<State>, stats: &SnapshotStats, dir: &Path) {
+async fn load_at_start(
+    state: &Arc<State>,
+    stats: &SnapshotStats,
+    dir: &Path,
+    positions: &Arc<Positions>,
+) {
     let path = snapshot_path(dir);
-    let (st, p) = (state.clone(), path.clone());
+    let (st, p, pos) = (state.clone(), path.clone(), positions.clone());
     let started = Instant::now();
     let max_age = state.tunables.max_age_ms();
-    let res = tokio::task::spawn_blocking(move || load(&st.table, &p, max_age)).await;
+    let res = tokio::task::spawn_blocking(move || load(&st.table, &p, max_age, &pos)).await;
     match res {
         Ok(Ok(Some(l))) => {
             stats.entries_loaded.store(l.entries, Ordering::Relaxed);
             stats.created_ms.store(l.created_ms, Ordering::Relaxed);
             let age_s = unix_ms().saturating_sub(l.created_ms) / 1000;
-            tracing::info!(file = %path.display(), entries = l.entries, age_s, took_ms = started.elapsed().as_millis() as u64, "snapshot loaded; entries revalidate over max_age");
+            tracing::info!(file = %path.display(), entries = l.entries, positions = l.positions, age_s, took_ms = started.elapsed().as_millis() as u64, "snapshot loaded; entries revalidate over max_age");
         }
         Ok(Ok(None)) => tracing::info!(file = %path.display(), "no snapshot; starting cold"),
         Ok(Err(e)) => load_failed(stats, &path, &e),
@@ -497,13 +556,21 @@ mod tests {
     fn write_then_load_gives_the_same_table() {
         let dir = tempfile::tempdir().unwrap();
         let t = table_of(1000);
-        let w = write(&t, dir.path()).unwrap();
+        let w = write(&t, dir.path(), &Positions::default()).unwrap();
         assert_eq!((w.entries, w.skipped), (1000, 0));
         let back = Table::new();
-        let l = load(&back, &snapshot_path(dir.path()), 60_000)
-            .unwrap()
-            .unwrap();
-        assert_eq!((l.entries, l.created_ms), (1000, w.created_ms));
+        let l = load(
+            &back,
+            &snapshot_path(dir.path()),
+            60_000,
+            &Positions::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (l.entries, l.created_ms, l.positions),
+            (1000, w.created_ms, 0)
+        );
         assert_eq!(contents(&back), contents(&t));
     }
 
@@ -524,12 +591,34 @@ mod tests {
     }
 
     #[test]
+    fn feed_positions_round_trip_with_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let pos = Positions::default();
+        pos.set("versions", (1_700_000_000_000, 2));
+        pos.set("other", (5, 0));
+        write(&table_of(10), dir.path(), &pos).unwrap();
+        let back = Positions::default();
+        let t = Table::new();
+        let l = load(&t, &snapshot_path(dir.path()), 1_000, &back)
+            .unwrap()
+            .unwrap();
+        assert_eq!((l.entries, l.positions), (10, 2));
+        assert_eq!(back.all(), pos.all());
+    }
+
+    #[test]
     fn loading_max_merges_into_a_live_table() {
         let dir = tempfile::tempdir().unwrap();
-        write(&table_of(10), dir.path()).unwrap();
+        write(&table_of(10), dir.path(), &Positions::default()).unwrap();
         let t = Table::new();
         t.merge("k5", 1_000, true);
-        load(&t, &snapshot_path(dir.path()), 60_000).unwrap();
+        load(
+            &t,
+            &snapshot_path(dir.path()),
+            60_000,
+            &Positions::default(),
+        )
+        .unwrap();
         assert_eq!(t.get("k5").unwrap().version, 1_000, "never goes back");
         assert_eq!(t.get("k4").unwrap().version, 12);
     }
@@ -539,13 +628,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Table::new();
         let p = snapshot_path(dir.path());
-        assert!(load(&t, &p, 0).unwrap().is_none());
-        write(&table_of(100), dir.path()).unwrap();
+        assert!(load(&t, &p, 0, &Positions::default()).unwrap().is_none());
+        write(&table_of(100), dir.path(), &Positions::default()).unwrap();
         let mut bytes = std::fs::read(&p).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x20;
         std::fs::write(&p, &bytes).unwrap();
-        assert!(matches!(load(&t, &p, 0), Err(LoadError::Format(_))));
+        assert!(matches!(
+            load(&t, &p, 0, &Positions::default()),
+            Err(LoadError::Format(_))
+        ));
         assert!(
             t.is_empty(),
             "nothing merged from a file that failed validation"
@@ -555,11 +647,17 @@ mod tests {
     #[test]
     fn loaded_entries_expire_spread_over_max_age() {
         let dir = tempfile::tempdir().unwrap();
-        write(&table_of(10_000), dir.path()).unwrap();
+        write(&table_of(10_000), dir.path(), &Positions::default()).unwrap();
         let t = Table::new();
         let max_age = 60_000;
         let now = t.now_ms();
-        load(&t, &snapshot_path(dir.path()), max_age).unwrap();
+        load(
+            &t,
+            &snapshot_path(dir.path()),
+            max_age,
+            &Positions::default(),
+        )
+        .unwrap();
         // Expiry = confirmed + max_age, relative to the load: 10 buckets of 6 s.
         let mut buckets = [0u32; 10];
         t.for_each(|_, e| {

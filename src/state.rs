@@ -19,6 +19,8 @@ use crate::upstream::{Coalescer, Upstream};
 pub enum VersionSource {
     Publish,
     Upstream,
+    /// A Redis channel message or stream entry (`feed::redis`).
+    Redis,
 }
 
 pub struct State {
@@ -69,6 +71,7 @@ impl State {
         match source {
             VersionSource::Publish => self.metrics.versions_learned_publish.inc(),
             VersionSource::Upstream => self.metrics.versions_learned_upstream.inc(),
+            VersionSource::Redis => self.metrics.versions_learned_redis.inc(),
         }
         let m = self.table.merge(key, version, true);
         if m.advanced() {

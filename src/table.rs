@@ -367,6 +367,11 @@ pub struct Table {
     hook_count: AtomicUsize,
     /// Random per table (per process): shard counts from another epoch mean nothing.
     epoch: u64,
+    /// A feed that holds every change (a complete Redis stream) vouches that
+    /// every entry confirmed at or after `vouched_from` was still current at
+    /// `vouched_upto` (see [`Table::vouch`]). `u64::MAX`: nobody vouches.
+    vouched_from: AtomicU64,
+    vouched_upto: AtomicU64,
 }
 
 impl Table {
@@ -389,6 +394,8 @@ impl Table {
             hooks: RwLock::new(Vec::new()),
             hook_count: AtomicUsize::new(0),
             epoch: fastrand::u64(1..),
+            vouched_from: AtomicU64::new(u64::MAX),
+            vouched_upto: AtomicU64::new(0),
         }
     }
 
@@ -445,6 +452,46 @@ impl Table {
     /// Monotonic milliseconds; starts well above zero so `now - max_age` never underflows.
     pub fn now_ms(&self) -> u64 {
         CLOCK_OFFSET_MS + self.start.elapsed().as_millis() as u64
+    }
+
+    /// A complete feed caught up at `upto_ms` (table clock) and missed no
+    /// change since `from_ms`: an entry confirmed at or after `from_ms` then
+    /// needs no revalidation before `upto_ms + max_age`. Only such a feed may
+    /// call this; a gap moves `from_ms` forward, an outage stops `upto_ms`.
+    pub fn vouch(&self, from_ms: u64, upto_ms: u64) {
+        self.vouched_from.store(from_ms, Ordering::Release);
+        self.vouched_upto.fetch_max(upto_ms, Ordering::AcqRel);
+    }
+
+    /// When `e` was last known current: its own confirmation, or the
+    /// vouching feed's if that covers it. Never-confirmed entries (0) stay 0.
+    /// The feed's time is moved back by a per-entry amount in `[0, max_age/2)`:
+    /// when the feed stops (Redis down), the entries it vouched for expire
+    /// spread over the second half of `max_age` instead of all at one moment.
+    /// The feed renews at least every `max_age/4`, so none expires meanwhile.
+    pub fn confirmed_as_of(&self, e: Entry, max_age_ms: u64) -> u64 {
+        let from = self.vouched_from.load(Ordering::Acquire);
+        if e.confirmed_ms == 0 || e.confirmed_ms < from {
+            return e.confirmed_ms;
+        }
+        // Own confirmations are spread (publishes, snapshot load): a cheap,
+        // stable per-entry jitter without hashing the key.
+        let jitter = e.confirmed_ms.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let back = jitter % (max_age_ms / 2).max(1);
+        let upto = self.vouched_upto.load(Ordering::Acquire);
+        e.confirmed_ms.max(upto.saturating_sub(back))
+    }
+
+    /// Lowers every entry's confirmation to at most `cap()` (drawn per entry):
+    /// after a feed lost changes, nothing it confirmed can be trusted, and a
+    /// spread cap makes the revalidations trickle instead of arriving at once.
+    pub fn cap_confirmations(&self, mut cap: impl FnMut() -> u64) {
+        for shard in self.shards.iter() {
+            let inner = shard.inner.read();
+            for slot in inner.chunks.iter().flatten() {
+                slot.confirmed_ms.fetch_min(cap(), Ordering::AcqRel);
+            }
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {
@@ -807,6 +854,50 @@ impl Default for Table {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_vouching_feed_covers_entries_confirmed_since_its_start() {
+        let t = Table::new();
+        t.merge_at("old", 1, 100);
+        t.merge_at("new", 1, 500);
+        t.merge("never", 1, false);
+        // max_age 1: no jitter, so the rule shows plainly.
+        let as_of = |k| t.confirmed_as_of(t.get(k).unwrap(), 1);
+        assert_eq!(
+            (as_of("old"), as_of("new")),
+            (100, 500),
+            "nobody vouches yet"
+        );
+        t.vouch(200, 900);
+        assert_eq!((as_of("old"), as_of("new"), as_of("never")), (100, 900, 0));
+        t.vouch(0, 800);
+        assert_eq!(as_of("old"), 900, "upto never goes back");
+        t.cap_confirmations(|| 50);
+        assert_eq!(t.get("new").unwrap().confirmed_ms, 50);
+        t.vouch(1_000, 1_000);
+        assert_eq!(as_of("new"), 50, "a gap after it: not covered");
+    }
+
+    #[test]
+    fn vouched_entries_expire_spread_over_the_second_half_of_max_age() {
+        let t = Table::new();
+        for i in 0..1000 {
+            t.merge_at(&format!("k{i}"), 1, 1_000 + i * 7);
+        }
+        t.vouch(0, 100_000);
+        let max_age = 10_000;
+        let mut backs = Vec::new();
+        t.for_each(|_, e| backs.push(100_000 - t.confirmed_as_of(e, max_age)));
+        assert!(
+            backs.iter().all(|&b| b < max_age / 2),
+            "never more than half"
+        );
+        let spread = backs.iter().filter(|&&b| b < max_age / 4).count();
+        assert!(
+            (350..650).contains(&spread),
+            "about half in each quarter: {spread}"
+        );
+    }
 
     #[test]
     fn clock_starts_high_and_is_monotonic() {

@@ -127,3 +127,57 @@ test("an SSE answer that never sends a byte (a buffering proxy) moves to long-po
   const paths = srv.hits.map((h) => h.path);
   assert.deepEqual(paths.slice(0, 4), ["/pollgate/v1/watch", "/pollgate/v1/watch", "/pollgate/v1/watch", "/pollgate/v1/wait"]);
 });
+
+test("a stream's last retry: (pollgate's shutdown hint) is waited out before reconnecting", async (t) => {
+  const srv = await serve((req, res, hits) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    if (hits.length === 1) return res.end("retry: 800\n: server shutting down, reconnect later\n\n");
+    res.write("retry: 1000\n\n");
+  });
+  t.after(srv.close);
+  const pg = solo({ url: `${srv.base}/pollgate/v1/` });
+  t.after(() => pg.close());
+  pg.watch("a", 1, () => {});
+  await until(() => srv.hits.length === 2, "the reconnect");
+  assert.ok(srv.hits[1].at - srv.hits[0].at >= 800, `${srv.hits[1].at - srv.hits[0].at} ms`);
+});
+
+test("401: a fresh token is asked for and sent on the next attempt", async (t) => {
+  const auths = [];
+  const srv = await serve((req, res) => {
+    auths.push(req.headers.authorization);
+    if (req.headers.authorization !== "Bearer t2") return res.writeHead(401).end();
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write('retry: 1000\n\nevent: stale\ndata: {"key":"a","version":2}\n\n');
+  });
+  t.after(srv.close);
+  let n = 0;
+  const got = [];
+  const pg = solo({ url: `${srv.base}/pollgate/v1/`, token: async () => `t${++n}`, firstRetryMs: 50 });
+  t.after(() => pg.close());
+  pg.watch("a", 1, (x) => got.push(x.version));
+  await until(() => got.length === 1, "the notice with the second token");
+  assert.deepEqual(auths, ["Bearer t1", "Bearer t2"]);
+});
+
+test("polling with every tab hidden: at most one round per hiddenPollMs", async (t) => {
+  const srv = await serve((req, res) => {
+    if (req.url.startsWith("/pollgate/")) return res.writeHead(404).end();
+    res.writeHead(304, { "x-poll-interval": "1" }).end();
+  });
+  t.after(srv.close);
+  const document = { visibilityState: "hidden", addEventListener() {}, removeEventListener() {} };
+  const pg = connect({
+    shareTabs: false,
+    env: { window: undefined, document },
+    url: `${srv.base}/pollgate/v1/`,
+    transports: ["sse"],
+    hiddenPollMs: 1500,
+    pollUrl: (k, v) => `${srv.base}/projects/${k}/changes?since=${v}`,
+  });
+  t.after(() => pg.close());
+  pg.watch("a", 1, () => {});
+  await until(() => srv.hits.filter((h) => h.path.startsWith("/projects/")).length >= 2, "two polls", 5000);
+  const polls = srv.hits.filter((h) => h.path.startsWith("/projects/")).map((h) => h.at);
+  assert.ok(polls[1] - polls[0] >= 1450, `hidden: ${polls[1] - polls[0]} ms apart, not the 1 s hint`);
+});

@@ -85,6 +85,7 @@ const AUTH: &str = "Publish and admin";
 const CLUSTER: &str = "Cluster";
 const OPS: &str = "Storage and logs";
 const PUSH: &str = "Push";
+const REDIS: &str = "Redis feed";
 
 #[rustfmt::skip]
 pub(super) static KEYS: &[Key] = &[
@@ -174,6 +175,16 @@ pub(super) static KEYS: &[Key] = &[
         |c, v| one(v, at_least_one).map(|x| c.max_keys_per_watch = x), |c| int(c.max_keys_per_watch as u64)),
     key("wait_max_timeout", PUSH, "DURATION", "Longest long-poll timeout honoured; longer ones are capped",
         |c, v| one(v, positive_duration).map(|x| c.wait_max_timeout = x), |c| dur(c.wait_max_timeout)),
+    key("redis_url", REDIS, "URL", "Redis to read versions from: redis://[:password@]host:port/db, rediss:// for TLS",
+        |c, v| one(v, redis_url).map(|x| c.redis_url = Some(x)), |c| redis_url_text(&c.redis_url)).note("unset: no Redis feed"),
+    key("redis_channel", REDIS, "NAME", "PUB/SUB channel whose messages are publish bodies (lossy while disconnected)",
+        |c, v| all(v, non_empty).map(|x| c.redis_channel = x), |c| texts(c.redis_channel.iter())).list().note("none"),
+    key("redis_stream", REDIS, "NAME", "Stream of entries key+version or body, read from the last applied ID (kept in the snapshot)",
+        |c, v| all(v, stream_name).map(|x| c.redis_stream = x), |c| texts(c.redis_stream.iter())).list().note("none"),
+    key("redis_stream_complete", REDIS, "BOOL", "The app writes every change to redis_stream: a caught-up gap-free reader keeps entries confirmed",
+        |c, v| one(v, boolean).map(|x| c.redis_stream_complete = x), |c| Some(Value::Boolean(c.redis_stream_complete))),
+    key("redis_tls_ca", REDIS, "FILE", "PEM CA certificate(s) to verify a rediss:// server with instead of the system roots",
+        |c, v| one(v, non_empty).map(|x| c.redis_tls_ca = Some(x.into())), |c| c.redis_tls_ca.as_ref().and_then(|d| text(d.display()))).note("unset: system roots"),
 ];
 
 pub(super) fn key_index(name: &str) -> Option<usize> {

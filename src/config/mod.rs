@@ -156,6 +156,21 @@ pub struct Config {
     pub max_keys_per_watch: usize,
     /// `60s`. Longest long-poll `timeout` honoured; larger ones are capped.
     pub wait_max_timeout: Duration,
+
+    /// Unset: no Redis feed. `redis://[:password@]host:port/db`, `rediss://`
+    /// for TLS: where the app (or anything) writes version changes once for
+    /// every pollgate to read.
+    pub redis_url: Option<String>,
+    /// None. PUB/SUB channels; a message is a publish body. Lossy.
+    pub redis_channel: Vec<String>,
+    /// None. Streams read from the last applied ID (kept in the snapshot).
+    pub redis_stream: Vec<String>,
+    /// `false`. The app writes every change to `redis_stream`: a caught-up,
+    /// gap-free reader keeps entries confirmed, and a gap-free restart needs
+    /// no revalidation wave. Only the app can promise it, so it says so here.
+    pub redis_stream_complete: bool,
+    /// Unset: the system roots. PEM CA a `rediss://` server is verified with.
+    pub redis_tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +225,11 @@ impl Default for Config {
             push_max_connections: 100_000,
             max_keys_per_watch: 100,
             wait_max_timeout: Duration::from_secs(60),
+            redis_url: None,
+            redis_channel: Vec::new(),
+            redis_stream: Vec::new(),
+            redis_stream_complete: false,
+            redis_tls_ca: None,
         }
     }
 }
@@ -291,6 +311,7 @@ impl Config {
             (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
                 .then(|| PEER_WITHOUT_KEY.into()),
             (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
+            self.redis_feed_mismatch(),
         ];
         failed.into_iter().flatten().collect()
     }
@@ -313,6 +334,26 @@ impl Config {
             );
         }
         errs
+    }
+
+    /// `redis_url` and something to read come together.
+    fn redis_feed_mismatch(&self) -> Option<String> {
+        let reads = !(self.redis_channel.is_empty() && self.redis_stream.is_empty());
+        match (self.redis_url.is_some(), reads) {
+            (true, false) => {
+                Some("redis_url set but no redis_channel or redis_stream: nothing to read".into())
+            }
+            (false, true) => Some("redis_channel/redis_stream given but redis_url unset".into()),
+            _ if self.redis_stream_complete && self.redis_stream.is_empty() => {
+                Some("redis_stream_complete needs at least one redis_stream".into())
+            }
+            _ => (self.redis_tls_ca.is_some()
+                && !self
+                    .redis_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("rediss://")))
+            .then(|| "redis_tls_ca needs a rediss:// redis_url".into()),
+        }
     }
 
     /// Both listeners on one port of one address (or of the wildcard).

@@ -257,6 +257,31 @@ pub(super) fn bytes(n: u64) -> Option<Value> {
 }
 
 /// An integer, or its text when it does not fit TOML's i64 (parsed back alike).
+/// A `redis://` or `rediss://` URL as the Redis client reads it.
+pub(super) fn redis_url(s: &str) -> Result<String, String> {
+    if s.contains(REDACTED) {
+        return secret(REDACTED);
+    }
+    crate::feed::redis::check_url(s).map(|()| s.to_string())
+}
+
+/// A URL with a password is a secret: shown as the placeholder.
+pub(super) fn redis_url_text(url: &Option<String>) -> Option<Value> {
+    let url = url.as_ref()?;
+    match url.contains('@') {
+        true => text(REDACTED),
+        false => text(url),
+    }
+}
+
+/// A stream's position is kept under its name in the snapshot (≤ 1 KiB).
+pub(super) fn stream_name(s: &str) -> Result<String, String> {
+    match s.is_empty() || s.len() > crate::snapshot::format::MAX_POSITION_NAME {
+        true => Err("must be 1 to 1024 bytes".into()),
+        false => Ok(s.to_string()),
+    }
+}
+
 pub(super) fn int(n: u64) -> Option<Value> {
     Some(i64::try_from(n).map_or_else(|_| Value::String(n.to_string()), Value::Integer))
 }

@@ -1,4 +1,5 @@
-//! Trusted sources of versions besides the upstream's header: today the
-//! publish API ([`publish`]); optional feeds (Redis) would sit beside it.
+//! Trusted sources of versions besides the upstream's header: the publish
+//! API ([`publish`]) and the Redis feed ([`redis`]: channels and streams).
 
 pub mod publish;
+pub mod redis;

@@ -8,7 +8,13 @@ use crate::route::check_key;
 /// rather than the payload.
 pub const MAGIC: [u8; 8] = *b"PGSNAP\r\n";
 /// Bumped on any layout change; a newer file is refused, never guessed at.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 adds the feed positions after the key area; a file without
+/// positions is still written as version 1, so an older pollgate reads it.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this pollgate still reads.
+pub const FIRST_FORMAT_VERSION: u32 = 1;
+/// Longest feed name (a Redis stream key) a position is kept for.
+pub const MAX_POSITION_NAME: usize = 1024;
 pub const HEADER_LEN: usize = 48;
 /// version u64, key offset u32, key length u16, padding u16 (zero).
 pub const RECORD_LEN: usize = 16;
@@ -22,7 +28,7 @@ pub enum FormatError {
     ShortHeader { len: usize },
     #[error("wrong magic: not a pollgate snapshot")]
     Magic,
-    #[error("format version {0} is not one this pollgate reads (it reads {FORMAT_VERSION})")]
+    #[error("format version {0} is not one this pollgate reads (it reads {FIRST_FORMAT_VERSION} to {FORMAT_VERSION})")]
     Version(u32),
     #[error("header length {0}, expected {HEADER_LEN}")]
     HeaderLen(u32),
@@ -44,11 +50,18 @@ pub enum FormatError {
     Key { index: u64, rule: &'static str },
     #[error("the key area has {extra} bytes after the last key")]
     TrailingKeys { extra: usize },
+    #[error("the feed positions section is malformed")]
+    Positions,
 }
+
+/// A feed's name and where it stands: a Redis stream ID as `(ms, seq)`.
+pub type Position = (String, (u64, u64));
 
 /// A validated header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// 1: records and keys; 2: and feed positions after them.
+    pub format: u32,
     pub count: u64,
     /// Unix milliseconds when the writer started serialising.
     pub created_ms: u64,
@@ -60,7 +73,7 @@ impl Header {
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
-        h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[8..12].copy_from_slice(&self.format.to_le_bytes());
         h[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
         h[16..24].copy_from_slice(&self.count.to_le_bytes());
         h[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
@@ -81,9 +94,9 @@ impl Header {
         if h[0..8] != MAGIC {
             return Err(FormatError::Magic);
         }
-        match u32_at(h, 8) {
-            FORMAT_VERSION => {}
-            v => return Err(FormatError::Version(v)),
+        let format = u32_at(h, 8);
+        if !(FIRST_FORMAT_VERSION..=FORMAT_VERSION).contains(&format) {
+            return Err(FormatError::Version(format));
         }
         match u32_at(h, 12) {
             n if n as usize == HEADER_LEN => {}
@@ -94,6 +107,7 @@ impl Header {
             return Err(FormatError::HeaderChecksum { stored, computed });
         }
         Ok(Header {
+            format,
             count: u64_at(h, 16),
             created_ms: u64_at(h, 24),
             payload_len: u64_at(h, 32),
@@ -126,6 +140,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub struct Encoder {
     records: Vec<u8>,
     keys: Vec<u8>,
+    /// Version 2's tail: the positions, then their length (u32); empty: version 1.
+    tail: Vec<u8>,
     count: u64,
     /// Keys the table held that a loader would refuse (never expected: every
     /// source checks keys); left out so one bad key cannot void a whole file.
@@ -169,22 +185,45 @@ impl Encoder {
         self.count == 0
     }
 
-    /// Header, records, key area: the file's three parts in order.
-    pub fn finish(&self, created_ms: u64) -> ([u8; HEADER_LEN], &[u8], &[u8]) {
-        let checksum = crc32c::crc32c_append(crc32c::crc32c(&self.records), &self.keys);
+    /// Where each feed (a Redis stream, by name) stood when the table walk
+    /// started: every entry up to there is in the records. Names longer than
+    /// [`MAX_POSITION_NAME`] are left out (the feed then starts over from 0).
+    pub fn set_positions(&mut self, positions: &[Position]) {
+        self.tail.clear();
+        for (name, (ms, seq)) in positions
+            .iter()
+            .filter(|(n, _)| n.len() <= MAX_POSITION_NAME)
+        {
+            self.tail
+                .extend_from_slice(&(name.len() as u16).to_le_bytes());
+            self.tail.extend_from_slice(name.as_bytes());
+            self.tail.extend_from_slice(&ms.to_le_bytes());
+            self.tail.extend_from_slice(&seq.to_le_bytes());
+        }
+        if !self.tail.is_empty() {
+            let len = self.tail.len() as u32;
+            self.tail.extend_from_slice(&len.to_le_bytes());
+        }
+    }
+
+    /// Header, records, key area, positions: the file's parts in order.
+    pub fn finish(&self, created_ms: u64) -> ([u8; HEADER_LEN], [&[u8]; 3]) {
+        let parts = [&self.records[..], &self.keys, &self.tail];
+        let checksum = parts.iter().fold(0, |c, p| crc32c::crc32c_append(c, p));
         let header = Header {
+            format: if self.tail.is_empty() { 1 } else { 2 },
             count: self.count,
             created_ms,
-            payload_len: (self.records.len() + self.keys.len()) as u64,
+            payload_len: parts.iter().map(|p| p.len() as u64).sum(),
             checksum,
         };
-        (header.to_bytes(), &self.records, &self.keys)
+        (header.to_bytes(), parts)
     }
 
     /// The whole file in one buffer (tests, benches).
     pub fn to_vec(&self, created_ms: u64) -> Vec<u8> {
-        let (h, r, k) = self.finish(created_ms);
-        [&h[..], r, k].concat()
+        let (h, [r, k, t]) = self.finish(created_ms);
+        [&h[..], r, k, t].concat()
     }
 }
 
@@ -196,6 +235,8 @@ pub struct Snapshot<'a> {
     pub header: Header,
     records: &'a [u8],
     keys: &'a [u8],
+    /// Feed positions (version 2), validated by `parse`.
+    pub positions: Vec<Position>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -215,12 +256,17 @@ impl<'a> Snapshot<'a> {
                 computed,
             });
         }
+        let (payload, positions) = match header.format {
+            1 => (payload, Vec::new()),
+            _ => split_positions(payload)?,
+        };
         let split = records_len(header.count, payload.len())?;
         let (records, keys) = payload.split_at(split);
         let snap = Snapshot {
             header,
             records,
             keys,
+            positions,
         };
         snap.validate()?;
         Ok(snap)
@@ -298,6 +344,28 @@ impl<'a> Snapshot<'a> {
     }
 }
 
+/// Version 2: `(records + keys, positions)`. The payload ends with the
+/// positions' length (u32) after them; every name must be UTF-8 and the
+/// entries must fill the section exactly.
+fn split_positions(payload: &[u8]) -> Result<(&[u8], Vec<Position>), FormatError> {
+    let len_at = payload.len().checked_sub(4).ok_or(FormatError::Positions)?;
+    let len = u32_at(payload, len_at) as usize;
+    let start = len_at.checked_sub(len).ok_or(FormatError::Positions)?;
+    let mut rest = &payload[start..len_at];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let name_len = usize::from(u16_at(rest.get(..2).ok_or(FormatError::Positions)?, 0));
+        let end = 2 + name_len + 16;
+        let entry = rest.get(..end).ok_or(FormatError::Positions)?;
+        let name =
+            std::str::from_utf8(&entry[2..2 + name_len]).map_err(|_| FormatError::Positions)?;
+        let at = 2 + name_len;
+        out.push((name.to_string(), (u64_at(entry, at), u64_at(entry, at + 8))));
+        rest = &rest[end..];
+    }
+    Ok((&payload[..start], out))
+}
+
 /// Bytes taken by `count` records, if they fit in `payload` bytes.
 fn records_len(count: u64, payload: usize) -> Result<usize, FormatError> {
     usize::try_from(count)
@@ -344,6 +412,7 @@ mod tests {
             .chain(keys.iter().copied())
             .collect();
         let h = Header {
+            format: 1,
             count,
             created_ms: 0,
             payload_len: payload.len() as u64,
@@ -359,6 +428,86 @@ mod tests {
         r[12..14].copy_from_slice(&len.to_le_bytes());
         r[14..16].copy_from_slice(&pad.to_le_bytes());
         r
+    }
+
+    fn with_positions(entries: &[(String, u64)], pos: &[(String, (u64, u64))]) -> Vec<u8> {
+        let mut e = Encoder::default();
+        for (k, v) in entries {
+            e.push(k, *v);
+        }
+        e.set_positions(pos);
+        e.to_vec(7)
+    }
+
+    #[test]
+    fn positions_make_a_version_2_file_and_come_back() {
+        let pos = vec![
+            ("versions".to_string(), (1_700_000_000_000, 3)),
+            ("ü".to_string(), (0, 1)),
+        ];
+        let file = with_positions(&small(), &pos);
+        let snap = Snapshot::parse(&file).unwrap();
+        assert_eq!(snap.header.format, 2);
+        assert_eq!(snap.positions, pos);
+        assert_eq!(decode(&file).unwrap(), small());
+        let file = with_positions(&[], &pos);
+        assert_eq!(Snapshot::parse(&file).unwrap().positions, pos);
+        // No positions: a version 1 file, which an older pollgate reads.
+        let file = with_positions(&small(), &[]);
+        assert_eq!(Snapshot::parse(&file).unwrap().header.format, 1);
+    }
+
+    #[test]
+    fn every_change_to_a_version_2_file_is_an_error() {
+        let file = with_positions(&small(), &[("s".to_string(), (5, 6))]);
+        for len in 0..file.len() {
+            assert!(Snapshot::parse(&file[..len]).is_err(), "truncated to {len}");
+        }
+        for i in 0..file.len() {
+            let mut f = file.clone();
+            f[i] ^= 0x01;
+            assert!(Snapshot::parse(&f).is_err(), "byte {i} changed");
+        }
+    }
+
+    #[test]
+    fn checksummed_but_malformed_positions_are_refused() {
+        let forge2 = |tail: &[u8]| {
+            let payload: Vec<u8> = rec(1, 0, 1, 0)
+                .iter()
+                .chain(b"a")
+                .chain(tail)
+                .copied()
+                .collect();
+            let h = Header {
+                format: 2,
+                count: 1,
+                created_ms: 0,
+                payload_len: payload.len() as u64,
+                checksum: crc32c::crc32c(&payload),
+            };
+            [&h.to_bytes()[..], &payload].concat()
+        };
+        // Length past the start, a name running past the section, bad UTF-8, no length at all.
+        for tail in [
+            &[0xff, 0, 0, 0][..],
+            &[9, 0, b's', 1, 0, 0, 0][..],
+            &[
+                1, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 19, 0, 0, 0,
+            ][..],
+        ] {
+            assert_eq!(
+                Snapshot::parse(&forge2(tail)).unwrap_err(),
+                FormatError::Positions,
+                "{tail:?}"
+            );
+        }
+        assert!(Snapshot::parse(&forge2(&[1, 0])).is_err());
+        let good = [&[1, 0, b's'][..], &[0; 16], &[19, 0, 0, 0]].concat();
+        assert_eq!(
+            Snapshot::parse(&forge2(&good)).unwrap().positions,
+            vec![("s".to_string(), (0, 0))]
+        );
     }
 
     #[test]
@@ -422,8 +571,8 @@ mod tests {
         f[0] = b'X';
         assert_eq!(decode(&f), Err(FormatError::Magic));
         let mut f = file.clone();
-        f[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(decode(&f), Err(FormatError::Version(2)));
+        f[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(decode(&f), Err(FormatError::Version(3)));
         let mut f = file.clone();
         f[12] = 64;
         assert_eq!(decode(&f), Err(FormatError::HeaderLen(64)));

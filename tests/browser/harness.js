@@ -12,12 +12,12 @@ import { chromium } from "playwright-core";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const TARGET = process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, "target");
-const PROFILE = process.env.POLLGATE_PROFILE || "debug";
+const PROFILE = process.env.BROWSER_TEST_PROFILE || "debug";
 
 /** Binaries under test: built by `cargo test` / `cargo build --bin pollgate --example demo_upstream`. */
 export const BIN = {
-  pollgate: process.env.POLLGATE_BIN || path.join(TARGET, PROFILE, "pollgate"),
-  upstream: process.env.DEMO_UPSTREAM_BIN || path.join(TARGET, PROFILE, "examples", "demo_upstream"),
+  pollgate: process.env.BROWSER_TEST_POLLGATE || path.join(TARGET, PROFILE, "pollgate"),
+  upstream: process.env.BROWSER_TEST_UPSTREAM || path.join(TARGET, PROFILE, "examples", "demo_upstream"),
 };
 
 export const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -36,7 +36,7 @@ export const CHROMIUM_ARGS = [
 export const PUBLISH_TOKEN = "browser-test-token";
 
 /** Where screenshots go (look at them: they are the evidence a page really rendered). */
-export const SHOTS = process.env.POLLGATE_SHOTS || path.join(ROOT, "target", "browser-shots");
+export const SHOTS = process.env.BROWSER_TEST_SHOTS || path.join(ROOT, "target", "browser-shots");
 
 /**
  * `{ skip }` for node:test when Chromium is missing, outside CI only: in CI
@@ -66,7 +66,9 @@ class Proc {
     if (!existsSync(bin)) throw new Error(`${bin} missing: run cargo build --bin pollgate --example demo_upstream`);
     this.lines = [];
     this.waiters = [];
-    this.child = spawn(bin, args, { env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    // pollgate reads POLLGATE_* (and refuses unknown ones): the test's flags alone configure it.
+    const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("POLLGATE_")));
+    this.child = spawn(bin, args, { env: { ...base, RUST_LOG: "info", NO_COLOR: "1", ...env }, stdio: ["ignore", "pipe", "pipe"] });
     this.exited = new Promise((r) => this.child.on("exit", (code, sig) => r({ code, sig })));
     for (const s of [this.child.stdout, this.child.stderr]) {
       let buf = "";

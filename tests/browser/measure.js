@@ -2,7 +2,8 @@
 // browser contexts). Usage, from the repository root:
 //
 //   cargo build --release --bin pollgate --example demo_upstream
-//   POLLGATE_PROFILE=release node tests/browser/measure.js [tabs|storm|latency ...]
+//   BROWSER_TEST_PROFILE=release node tests/browser/measure.js [tabs|storm|latency ...]
+//   BROWSER_TEST_PROFILE=release MEASURE_DOWN_MS=30000 node tests/browser/measure.js storm
 //
 // Prints markdown tables; every figure has its baseline measured in the same run.
 import { performance } from "node:perf_hooks";
@@ -82,10 +83,12 @@ window.ready = true;
  */
 async function storm() {
   const N = 50;
-  const DOWN_MS = 5000;
+  // MEASURE_DOWN_MS=30000 for a longer outage (then only the default admission).
+  const DOWN_MS = Number(process.env.MEASURE_DOWN_MS || 5000);
   const ADMISSION = ["--push-admission-per-s", "10", "--push-admission-burst", "10"];
   const rows = [];
-  for (const [kind, restartArgs] of [["client", []], ["plain", []], ["client", ADMISSION], ["plain", ADMISSION]]) {
+  const runs = [["client", []], ["plain", []], ["client", ADMISSION], ["plain", ADMISSION]];
+  for (const [kind, restartArgs] of DOWN_MS > 5000 ? runs.slice(0, 2) : runs) {
     const e = await env();
     await e.pg.publish("p1 1\n");
     const pages = [];

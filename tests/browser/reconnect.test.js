@@ -163,3 +163,27 @@ test("SSE not served (404): the client uses the WebSocket and notices arrive", o
   const text = await (await fetch(`${env.pg.internalUrl}/metrics`)).text();
   assert.match(text, /pollgate_push_connections\{transport="ws"\} 1/);
 });
+
+test("offline pauses (the connection is dropped), online resumes within about a second", opts, async (t) => {
+  const env = await start();
+  t.after(env.close);
+  await env.pg.publish("p1 1\n");
+  const context = await env.browser.newContext();
+  const page = await openPage(context, env.origin, clientPage());
+  await page.waitForFunction(() => window.ready);
+  await page.evaluate(() => watch("p1", 1));
+  await until(async () => (await env.pg.metric("pollgate_push_connections")) === 1, "connected");
+  await context.setOffline(true);
+  await until(() => page.evaluate(() => pg.info.state === "offline"), "offline", 2000);
+  await until(async () => (await env.pg.metric("pollgate_push_connections")) === 0, "the connection dropped", 3000);
+  const before = env.proxy.log.length;
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(env.proxy.log.length, before, "no attempts while offline");
+  const t0 = Date.now();
+  await context.setOffline(false);
+  await until(async () => (await env.pg.metric("pollgate_push_connections")) === 1, "back online", 3000);
+  const ms = Date.now() - t0;
+  await env.pg.publish("p1 2\n");
+  await until(() => page.evaluate(() => (got.p1 || []).some((n) => n[0] === 2)), "a notice after resuming", 2000);
+  assert.ok(ms < 2500, `resumed after ${ms} ms`);
+});
