@@ -36,6 +36,7 @@ fn bench(c: &mut Criterion) {
         .sample_size(30);
     for keys in [1_000u64, 100_000, 1_000_000] {
         let state = State::new(Config::default()).unwrap();
+        let conn = std::sync::Arc::new(pollgate::auth::ConnCache::default());
         for k in 0..keys {
             state.learn(&format!("p{k}"), 1, VersionSource::Publish);
         }
@@ -43,7 +44,7 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 || request(fastrand::u64(0..keys)),
                 |req| {
-                    let resp = pollgate::public::route(&state, remote, req)
+                    let resp = pollgate::public::route(&state, remote, &conn, req)
                         .now_or_never()
                         .map(|r| r.unwrap_or_else(|e| match e {}));
                     assert_eq!(resp.unwrap().status(), StatusCode::NOT_MODIFIED);

@@ -14,6 +14,9 @@ local npaths = 100000
 local requests = {}
 
 local expect = tonumber(os.getenv("LT_EXPECT_STATUS") or "304")
+-- LT_AUTHORIZATION: sent as the Authorization header (pollgate with auth on).
+local authorization = os.getenv("LT_AUTHORIZATION")
+local headers = authorization and { ["Authorization"] = authorization } or nil
 non304 = 0
 first_bad = 0
 id = 0 -- set per thread by setup(), so threads draw different keys
@@ -22,7 +25,7 @@ function init(args)
   math.randomseed(os.time() * 1000 + id)
   for i = 1, npaths do
     local key = math.random(0, nkeys - 1)
-    requests[i] = wrk.format("GET", "/projects/p" .. key .. "/changes?since=1")
+    requests[i] = wrk.format("GET", "/projects/p" .. key .. "/changes?since=1", headers)
   end
 end
 

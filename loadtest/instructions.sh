@@ -9,7 +9,10 @@
 # not count (see `strace -c` for those).
 #
 # Environment:
-#   LT_IR_SERVERS="pollgate naive ceiling"   which servers, in this order
+#   LT_IR_SERVERS="pollgate naive ceiling"   which servers, in this order;
+#                       pollgate-auth is pollgate with auth_jwt_secret set and
+#                       every request carrying a token covering its key
+#                       (Authorization: Bearer; verified once per connection)
 #   LT_IR_DURATION=5s   measured wrk run (under valgrind a server does ~1-3k req/s)
 #   LT_IR_WARMUP=2s     wrk run before the counters are zeroed
 #   LT_CONNECTIONS=64   wrk connections
@@ -56,6 +59,7 @@ under_callgrind() {
 # Starts NAME under callgrind with instrumentation off; sets SPID and URL.
 start_server() {
   local name=$1 log="$LT_TMP/$1.log"
+  unset LT_AUTHORIZATION
   case "$name" in
     pollgate)
       local port iport dead
@@ -66,6 +70,20 @@ start_server() {
         --upstream "http://127.0.0.1:$dead" --max-age 1h
       echo "publishing $KEYS keys at version 1 (under valgrind: slow)" >&2
       publish_keys "$iport" "p%d" "$KEYS" 20000
+      SPID=$PG_PID URL="http://127.0.0.1:$port"
+      ;;
+    pollgate-auth)
+      local port iport dead secret
+      port=$(free_port)
+      iport=$(free_port)
+      dead=$(free_port)
+      secret=loadtest-secret-loadtest-secret-0123
+      start_pollgate "$log" "$port" "$iport" under_callgrind pollgate-auth -- \
+        --upstream "http://127.0.0.1:$dead" --max-age 1h --auth-jwt-secret "$secret"
+      echo "publishing $KEYS keys at version 1 (under valgrind: slow)" >&2
+      publish_keys "$iport" "p%d" "$KEYS" 20000
+      LT_AUTHORIZATION="Bearer $(hs256_token "$secret" '{"keys":["p*"],"exp":'$(($(date +%s) + 3600))'}')"
+      export LT_AUTHORIZATION
       SPID=$PG_PID URL="http://127.0.0.1:$port"
       ;;
     naive | ceiling)
@@ -137,6 +155,11 @@ echo "| --- | ---: | ---: |"
 for s in $LT_IR_SERVERS; do
   echo "| $s | ${IR[$s]} | ${REQS[$s]} |"
 done
+if [ -n "${IR[pollgate]:-}" ] && [ -n "${IR[pollgate-auth]:-}" ]; then
+  echo
+  awk -v a="${IR[pollgate-auth]}" -v p="${IR[pollgate]}" 'BEGIN {
+    r = a / p; printf "pollgate-auth / pollgate: %.3f (target <= 1.05: %s)\n", r, r <= 1.05 ? "met" : "MISSED" }'
+fi
 if [ -n "${IR[pollgate]:-}" ] && [ -n "${IR[naive]:-}" ]; then
   echo
   awk -v p="${IR[pollgate]}" -v n="${IR[naive]}" 'BEGIN {

@@ -154,3 +154,15 @@ tree_ticks() {
   done
   echo "$sum"
 }
+
+# hs256_token SECRET CLAIMS_JSON — a JWT signed with SECRET (HS256), as an
+# app would issue one; for load tests of the authorized hit path.
+hs256_token() {
+  python3 - "$1" "$2" <<'PY'
+import base64, hashlib, hmac, sys
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(sys.argv[2].encode())
+sig = hmac.new(sys.argv[1].encode(), head.encode(), hashlib.sha256).digest()
+print(head + "." + b64(sig))
+PY
+}

@@ -18,6 +18,7 @@ DEB_PACKAGES=(
   openssl         # tests/redis.rs: a CA and server certificate for the Redis TLS test
   systemd         # systemd-analyze verify/security of deploy/pollgate.service (tests/deploy.rs)
   prometheus      # promtool: check and unit-test deploy/prometheus/alerts.yml (tests/observability.rs)
+  openssl         # tests/auth.rs makes its RSA and Ed25519 keys with `openssl genpkey`
 )
 
 # npm projects whose node_modules the tests need.

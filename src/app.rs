@@ -4,14 +4,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::auth::ReloadHandle;
 use crate::cluster::transport;
 use crate::config::Config;
 use crate::feed::redis::{self as redis_feed, RedisHandle};
 use crate::gossip::GossipHandle;
-use crate::route::RouteError;
 use crate::server::{self, Listeners};
 use crate::snapshot::SnapshotHandle;
-use crate::state::State;
+use crate::state::{StartError, State};
 
 /// Runs pollgate on bound `listeners` until `shutdown` resolves and every
 /// part has stopped. Background tasks are started here, each as a handle
@@ -20,7 +20,7 @@ pub async fn run(
     cfg: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), RouteError> {
+) -> Result<(), StartError> {
     let state = State::new(cfg)?;
     // Loaded before serving: a poll meeting a half-loaded table would go
     // upstream as "unknown", the stampede a warm start exists to prevent.
@@ -30,6 +30,7 @@ pub async fn run(
     let snapshots = crate::snapshot::start(&state, positions.clone()).await;
     register_advance_hooks(&state, &snapshots);
     let push = crate::push::start(&state);
+    let jwks = ReloadHandle::start(state.auth.clone(), state.shutdown.subscribe());
     // Gossip starts after the load, so the first pulls already see it.
     let cluster = GossipHandle::start(state.clone(), Arc::new(transport::Http::default()));
     // After the load, so a stream resumes where the loaded table ends.
@@ -38,11 +39,17 @@ pub async fn run(
         &redis_feed::Settings::from_config(&state.cfg),
         positions,
     );
+    let reloading = state.clone();
+    let sighup = crate::reload::SighupHandle::start(move || {
+        crate::reload::log(&reloading.live.reload());
+    });
     server::run(listeners, state.clone(), shutdown).await;
+    sighup.shutdown().await;
     // Before the last snapshot, so it holds the last position applied.
     redis.shutdown().await;
     cluster.shutdown().await;
     push.shutdown().await;
+    jwks.shutdown().await;
     // Last, so the final snapshot includes what gossip brought in.
     snapshots.shutdown().await;
     Ok(())

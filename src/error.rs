@@ -20,6 +20,9 @@ pub enum Error {
     Unauthorized,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The caller's token does not cover this key.
+    #[error("token does not cover key {0:?}")]
+    NotCovered(compact_str::CompactString),
     #[error("not found")]
     NotFound,
     #[error("body larger than {limit} bytes")]
@@ -80,6 +83,7 @@ impl Error {
             | BadRequestOwned(_)
             | Unauthorized
             | Forbidden(_)
+            | NotCovered(_)
             | NotFound
             | TooLarge { .. }
             | MethodNotAllowed
@@ -100,7 +104,7 @@ impl Error {
         match self {
             BadRequest(_) | BadRequestOwned(_) => StatusCode::BAD_REQUEST,
             Unauthorized | GossipRefused(_) => StatusCode::UNAUTHORIZED,
-            Forbidden(_) => StatusCode::FORBIDDEN,
+            Forbidden(_) | NotCovered(_) => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

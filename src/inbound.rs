@@ -9,25 +9,30 @@ use subtle::ConstantTimeEq;
 
 use crate::error::Error;
 
-/// Bearer check in constant time. No token configured → 403 saying how to set one.
-pub fn authorize<B>(token: Option<&str>, req: &Request<B>, key: &'static str) -> Result<(), Error> {
-    let Some(token) = token else {
+/// Bearer check in constant time against every accepted token (several
+/// during a rotation). None configured → 403 saying how to set one.
+pub fn authorize<B>(tokens: &[String], req: &Request<B>, key: &'static str) -> Result<(), Error> {
+    if tokens.is_empty() {
         return Err(Error::Forbidden(match key {
             "admin_token" => "admin is disabled: set admin_token (--admin-token or POLLGATE_ADMIN_TOKEN)",
             _ => "publishing is disabled: set publish_token (--publish-token or POLLGATE_PUBLISH_TOKEN)",
         }));
-    };
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or(b"");
-    // Digests of both, compared in constant time: comparing the raw bytes
-    // returns early on a length mismatch and so tells the token's length.
-    if bool::from(digest(given).ct_eq(&digest(token.as_bytes()))) {
-        Ok(())
-    } else {
-        Err(Error::Unauthorized)
+    // Every token is compared, so the time does not tell which one matched;
+    // as SHA-256 digests, since comparing raw bytes returns early on a length
+    // mismatch and so tells a token's length.
+    let given = digest(given);
+    let matched = tokens.iter().fold(subtle::Choice::from(0), |m, t| {
+        m | given.ct_eq(&digest(t.as_bytes()))
+    });
+    match bool::from(matched) {
+        true => Ok(()),
+        false => Err(Error::Unauthorized),
     }
 }
 
@@ -169,10 +174,10 @@ mod tests {
                 .body(())
                 .unwrap()
         };
-        assert!(authorize(Some("tok"), &with("Bearer tok"), "publish_token").is_ok());
+        assert!(authorize(&["tok".to_string()], &with("Bearer tok"), "publish_token").is_ok());
         for bad in ["Bearer to", "Bearer tok2", "Bearer ", "tok", "Bearer TOK"] {
             assert!(
-                authorize(Some("tok"), &with(bad), "publish_token").is_err(),
+                authorize(&["tok".to_string()], &with(bad), "publish_token").is_err(),
                 "{bad}"
             );
         }

@@ -5,7 +5,7 @@
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::{text, typed, Body};
+use crate::body::{json, text, typed, Body};
 use crate::error::Error;
 use crate::feed::publish;
 use crate::gossip::api as cluster_api;
@@ -14,11 +14,14 @@ use crate::state::State;
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let res = match (req.method(), path) {
+        (&Method::GET, "/") => Ok(crate::status::page()),
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, "/readyz") => Ok(readyz(state)),
         (&Method::POST, "/v1/versions") => publish::post(state, req).await,
         (_, "/v1/versions") => Err(Error::MethodNotAllowed),
+        (&Method::POST, "/v1/reload") => reload(state, &req),
+        (_, "/v1/reload") => Err(Error::MethodNotAllowed),
         (&Method::GET, "/v1/config") => Ok(cluster_api::get(state)),
         (&Method::PUT, "/v1/config") => cluster_api::put(state, req).await,
         (_, "/v1/config") => Err(Error::MethodNotAllowed),
@@ -44,6 +47,26 @@ fn metrics(state: &State) -> Response<Body> {
         "text/plain; version=0.0.4; charset=utf-8",
         state.metrics.render(),
     )
+}
+
+/// `POST /v1/reload` (admin token): what SIGHUP does, with the outcome as
+/// JSON — 200 `{"changed":[..],"restart_needed":[..]}`, or 400 with every
+/// error of a refused config (nothing changed).
+fn reload(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    crate::inbound::authorize(state.live.secrets().admin.as_slice(), req, "admin_token")?;
+    let result = state.live.reload();
+    crate::reload::log(&result);
+    Ok(match result {
+        Ok(a) => json(
+            StatusCode::OK,
+            serde_json::json!({"changed": a.changed, "restart_needed": a.restart_needed})
+                .to_string(),
+        ),
+        Err(e) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": e.to_string()}).to_string(),
+        ),
+    })
 }
 
 fn readyz(state: &State) -> Response<Body> {

@@ -42,13 +42,15 @@
 //! [`metrics`], [`error`] (where an error came from; the one place it
 //! becomes a status), [`body`] (the response body and small builders),
 //! [`inbound`] (bearer tokens, bounded bodies, Host), [`shutdown`] (the
-//! signal), [`alloc`] (allocator settings applied at start-up).
+//! signal), [`alloc`] (allocator settings applied at start-up: memory per key).
 
 pub mod alloc;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod cluster;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod feed;
 pub mod gossip;
@@ -60,11 +62,13 @@ pub mod metrics;
 pub mod poll;
 pub mod public;
 pub mod push;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;
+pub mod status;
 pub mod table;
 #[doc(hidden)]
 pub mod testkit;

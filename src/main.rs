@@ -15,7 +15,12 @@ const EXIT_BIND: u8 = 69;
 fn main() -> ExitCode {
     pollgate::alloc::tune();
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let cli = match config::load(std::env::args_os(), &env) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    pollgate::reload::set_source(pollgate::reload::Source {
+        args: args.clone(),
+        env: env.clone(),
+    });
+    let cli = match config::load(args, &env) {
         Ok(cli) => cli,
         Err(LoadError::Display(s)) => {
             print!("{s}");

@@ -93,9 +93,11 @@ pub enum Outcome {
     Passthrough,
     /// Bad key or version: 400.
     BadRequest,
+    /// No token covering the key (auth on): forwarded, the app decides.
+    Unauthorized,
 }
 
-const OUTCOMES: [(Outcome, &str); 9] = [
+const OUTCOMES: [(Outcome, &str); 10] = [
     (Outcome::Hit, "hit"),
     (Outcome::Stale, "stale"),
     (Outcome::Unknown, "unknown"),
@@ -105,6 +107,7 @@ const OUTCOMES: [(Outcome, &str); 9] = [
     (Outcome::Shed, "shed"),
     (Outcome::Passthrough, "passthrough"),
     (Outcome::BadRequest, "bad_request"),
+    (Outcome::Unauthorized, "unauthorized"),
 ];
 
 /// Result of one upstream attempt.

@@ -201,6 +201,27 @@ fn respond(state: &State, res: Result<Response<Incoming>, Error>) -> Response<Bo
     }
 }
 
+/// A poll whose caller has no token covering its key: the app decides, as
+/// if pollgate were not there. Never answered from memory, never coalesced
+/// with authorized polls, and the version the app reports is learned only
+/// when the app let the caller see it (2xx or 304).
+pub async fn unauthorized(
+    state: &State,
+    req: Request<Body>,
+    remote: SocketAddr,
+    key: &str,
+) -> Response<Body> {
+    state.metrics.request(Outcome::Unauthorized);
+    let res = state.upstream.forward(req, remote).await;
+    if let Ok(resp) = &res {
+        let s = resp.status();
+        if s.is_success() || s == StatusCode::NOT_MODIFIED {
+            learn_from(state, key, resp);
+        }
+    }
+    respond(state, res)
+}
+
 /// Not a poll: proxied unchanged (through the same guard).
 pub async fn passthrough(state: &State, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
     state.metrics.request(Outcome::Passthrough);

@@ -1,5 +1,7 @@
 //! The public listener's one router: each request is decided once to be a
 //! push transport, a poll (hit from memory or forward), or pass-through.
+//! With auth on, a poll is a hit only for a token covering its key; CORS
+//! preflights to poll routes and push endpoints are answered here.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,12 +11,14 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 use futures_util::future::{ready, Either, Ready};
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::auth::ConnCache;
 use crate::body::Body;
+use crate::cors::Cors;
 use crate::error::Error;
 use crate::metrics::Outcome;
 use crate::route::Match;
@@ -26,8 +30,7 @@ pub type Answer = Result<Response<Body>, Infallible>;
 pub type Reply = Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer> + Send>>>;
 
 /// Before hyper sees a new connection: SSE watches are taken off hyper
-/// (see `push::raw`). `None`: the connection was served or is finished;
-/// otherwise the deadline its first request head must meet.
+/// (see `push::raw`). `None`: the connection was served or is finished.
 pub async fn intercept(
     state: &Arc<State>,
     tcp: TcpStream,
@@ -36,31 +39,44 @@ pub async fn intercept(
     crate::push::raw::intercept(state, tcp, stop).await
 }
 
-/// Routes one request from the public listener.
-pub fn respond(state: &Arc<State>, remote: SocketAddr, req: Request<Incoming>) -> Reply {
-    route(state, remote, req.map(Body::Incoming))
+/// Routes one request from the public listener. `conn` remembers the
+/// connection's last verified token (see [`crate::auth::ConnCache`]).
+pub fn respond(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    conn: &Arc<ConnCache>,
+    req: Request<Incoming>,
+) -> Reply {
+    route(state, remote, conn, req.map(Body::Incoming))
 }
 
-/// Routes one request: push transport, poll, or pass-through.
-pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Reply {
+/// Routes one request: CORS preflight, push transport, poll, or pass-through.
+pub fn route(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    conn: &Arc<ConnCache>,
+    req: Request<Body>,
+) -> Reply {
+    if let Some(cors) = preflight_of_ours(state, &req) {
+        return now(cors.preflight(req.headers()));
+    }
     if let Err(e) = crate::inbound::screen(&req) {
         state.metrics.request(Outcome::BadRequest);
         return now(e.into_response());
     }
     let uri = req.uri();
     if uri.path() == crate::push::client_js::PATH {
-        return now(crate::push::client_js::response(
-            req.method(),
-            req.headers(),
-        ));
+        let js = crate::push::client_js::response(req.method(), req.headers());
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        return now(with_cors(state, origin, js));
     }
     if let Some(t) = crate::push::transport(uri.path()) {
         let clients = &state.upstream.clients;
         if let Err(e) = clients.admit_push(clients.client_ip(remote, req.headers())) {
             return now(e.into_response());
         }
-        let state = state.clone();
-        return boxed(async move { crate::push::handle(&state, req, t).await });
+        let (state, conn) = (state.clone(), conn.clone());
+        return boxed(async move { crate::push::handle(&state, &conn, req, t).await });
     }
     match state.routes.matches(uri.path(), uri.query(), req.headers()) {
         Match::Poll { key, version, .. } if state.cfg.host_keys => {
@@ -68,25 +84,11 @@ pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Repl
                 state.metrics.request(Outcome::BadRequest);
                 return now(Error::BadRequest("host:key must fit the key rules").into_response());
             };
-            if let Some(hit) = hit(state, scoped.as_str(), version) {
-                return hit;
-            }
-            forward(
-                state,
-                remote,
-                req,
-                CompactString::new(scoped.as_str()),
-                version,
-            )
+            poll_route(state, remote, conn, &req, scoped.as_str(), version)
+                .unwrap_or_else(|how| how.run(state, remote, req))
         }
-        Match::Poll { key, version, .. } => {
-            if let Some(hit) = hit(state, key, version) {
-                return hit;
-            }
-            // Keys are ≤ 128 bytes; ≤ 24 stay inline (no allocation).
-            let key = CompactString::new(key);
-            forward(state, remote, req, key, version)
-        }
+        Match::Poll { key, version, .. } => poll_route(state, remote, conn, &req, key, version)
+            .unwrap_or_else(|how| how.run(state, remote, req)),
         Match::Bad(reason) => {
             state.metrics.request(Outcome::BadRequest);
             now(Error::BadRequest(reason).into_response())
@@ -99,30 +101,111 @@ pub fn route(state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Repl
     }
 }
 
-/// A hit from memory, answered at once.
-fn hit(state: &State, key: &str, version: Option<u64>) -> Option<Reply> {
-    version
-        .and_then(|v| crate::poll::try_hit(state, key, v))
-        .map(now)
-}
-
-/// Not a hit: the forward decision (stale, cold, expired), boxed.
-fn forward(
-    state: &Arc<State>,
-    remote: SocketAddr,
-    req: Request<Body>,
-    key: CompactString,
-    version: Option<u64>,
-) -> Reply {
-    let state = state.clone();
-    boxed(async move { crate::poll::poll(&state, req, remote, &key, version).await })
-}
-
-/// `<host>:<key>` for `host_keys`; the Host was already screened.
+/// `<host>:<key>` for `host_keys` (the Host was already screened); with
+/// auth on, a token must cover this scoped key.
 fn scoped_key(req: &Request<Body>, key: &str) -> Option<crate::inbound::ScopedKey> {
     let host = crate::inbound::host(req).ok().flatten();
     let host = host.or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()))?;
     crate::inbound::ScopedKey::new(host, key)
+}
+
+/// `Some` for a CORS preflight to a poll route or `/pollgate/v1/*` while
+/// `cors_origins` is set; anything else (pass-through included) goes on.
+fn preflight_of_ours<'a>(state: &'a State, req: &Request<Body>) -> Option<&'a Cors> {
+    let cors = state.cors.as_ref()?;
+    if !Cors::is_preflight(req.method(), req.headers()) {
+        return None;
+    }
+    let uri = req.uri();
+    let ours = uri.path().starts_with("/pollgate/v1/")
+        || matches!(
+            state.routes.matches(uri.path(), uri.query(), req.headers()),
+            Match::Poll { .. }
+        );
+    ours.then_some(cors)
+}
+
+/// How a poll that memory cannot answer goes on (owning what it needs, so
+/// the request can move into the future).
+struct Onward {
+    key: CompactString,
+    version: Option<u64>,
+    authorized: bool,
+    origin: Option<HeaderValue>,
+}
+
+/// A poll: `Ok` when memory answers it now (the hit path: no allocation
+/// beyond the answer's headers), `Err` with how it goes upstream.
+fn poll_route(
+    state: &State,
+    _remote: SocketAddr,
+    conn: &ConnCache,
+    req: &Request<Body>,
+    key: &str,
+    version: Option<u64>,
+) -> Result<Reply, Onward> {
+    let origin = match &state.cors {
+        Some(_) => req.headers().get(header::ORIGIN).cloned(),
+        None => None,
+    };
+    let authorized = match &state.auth {
+        None => true,
+        Some(auth) => {
+            let token = auth.token(req.headers(), req.uri().query());
+            conn.check(auth, token, key).is_ok()
+        }
+    };
+    if authorized {
+        if let Some(hit) = version.and_then(|v| crate::poll::try_hit(state, key, v)) {
+            return Ok(now(with_cors(state, origin, hit)));
+        }
+    }
+    Err(Onward {
+        // Keys are ≤ 128 bytes; ≤ 24 stay inline (no allocation).
+        key: CompactString::new(key),
+        version,
+        authorized,
+        origin,
+    })
+}
+
+impl Onward {
+    /// Forwards (the token taken out of the query first); a caller without
+    /// a token covering the key goes to the app as it came, and the app's
+    /// own auth decides.
+    fn run(self, state: &Arc<State>, remote: SocketAddr, req: Request<Body>) -> Reply {
+        let state = state.clone();
+        boxed(async move {
+            let req = without_token(&state, req);
+            let resp = match self.authorized {
+                true => crate::poll::poll(&state, req, remote, &self.key, self.version).await,
+                false => crate::poll::unauthorized(&state, req, remote, &self.key).await,
+            };
+            with_cors(&state, self.origin, resp)
+        })
+    }
+}
+
+/// The request with any `token=` taken out of its query (when auth is on).
+fn without_token(state: &State, mut req: Request<Body>) -> Request<Body> {
+    if state.auth.is_some() {
+        if let Some(uri) = crate::auth::carrier::strip_token(req.uri()) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+/// Adds CORS headers for a listed `origin` to one of pollgate's answers.
+pub fn with_cors(
+    state: &State,
+    origin: Option<HeaderValue>,
+    mut resp: Response<Body>,
+) -> Response<Body> {
+    if let Some(cors) = &state.cors {
+        cors.decorate(origin, resp.headers_mut());
+    }
+    resp
 }
 
 fn now(resp: Response<Body>) -> Reply {

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::auth::ConnCache;
 use crate::config::Config;
 use crate::public::Reply;
 use crate::shutdown::stopping;
@@ -143,7 +144,9 @@ async fn serve(
         },
         Side::Internal => (stream, builder),
     };
-    let svc = service_fn(move |req| respond(&state, side, remote, req));
+    // Per connection: a keep-alive client's token is verified once.
+    let conn_cache = Arc::new(ConnCache::default());
+    let svc = service_fn(move |req| respond(&state, side, remote, &conn_cache, req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let res = tokio::select! {
@@ -178,9 +181,15 @@ fn head_within(
 }
 
 /// The internal listener's requests are never hits: always a boxed future.
-fn respond(state: &Arc<State>, side: Side, remote: SocketAddr, req: Request<Incoming>) -> Reply {
+fn respond(
+    state: &Arc<State>,
+    side: Side,
+    remote: SocketAddr,
+    conn: &Arc<ConnCache>,
+    req: Request<Incoming>,
+) -> Reply {
     match side {
-        Side::Public => crate::public::respond(state, remote, req),
+        Side::Public => crate::public::respond(state, remote, conn, req),
         Side::Internal => {
             let state = state.clone();
             Either::Right(Box::pin(async move {

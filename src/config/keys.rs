@@ -85,6 +85,7 @@ const AUTH: &str = "Publish and admin";
 const CLUSTER: &str = "Cluster";
 const OPS: &str = "Storage and logs";
 const PUSH: &str = "Push";
+const PUBLIC_AUTH: &str = "Public authorization and CORS";
 const REDIS: &str = "Redis feed";
 
 #[rustfmt::skip]
@@ -139,10 +140,20 @@ pub(super) static KEYS: &[Key] = &[
         |c, v| one(v, duration).map(|x| c.coalesce_wait = x), |c| dur(c.coalesce_wait)),
     key("poll_interval", POLL, "DURATION", "X-Poll-Interval hint on fresh answers while push is off or refusing; while push is healthy the hint is the cluster-wide poll_interval_hint_s (60s by default, GET/PUT /v1/config)",
         |c, v| one(v, positive_duration).map(|x| c.poll_interval = x), |c| dur(c.poll_interval)),
-    key("publish_token", AUTH, "TOKEN", "Bearer token for POST /v1/versions",
-        |c, v| one(v, secret).map(|x| c.publish_token = Some(x)), |c| redacted(&c.publish_token)).note("unset: publishing refused"),
-    key("admin_token", AUTH, "TOKEN", "Bearer token for PUT /v1/config",
+    key("publish_token", AUTH, "TOKEN", "Bearer token for POST /v1/versions; repeat it to accept several while rotating (reloadable)",
+        |c, v| all(v, secret).map(|x| c.publish_token = x), |c| redacted_all(&c.publish_token)).list().note("unset: publishing refused"),
+    key("admin_token", AUTH, "TOKEN", "Bearer token for PUT /v1/config and POST /v1/reload (reloadable)",
         |c, v| one(v, secret).map(|x| c.admin_token = Some(x)), |c| redacted(&c.admin_token)).note("unset: admin refused"),
+    key("auth_jwt_secret", PUBLIC_AUTH, "SECRET", "HS256 secret (32+ bytes) the app signs public-listener tokens with; repeat to rotate",
+        |c, v| all(v, jwt_secret).map(|x| c.auth_jwt_secret = x), |c| redacted_all(&c.auth_jwt_secret)).list().note("none: no HS256 tokens"),
+    key("auth_jwks", PUBLIC_AUTH, "FILE", "JWKS file of public keys (RS256, ES256, EdDSA), re-read when it changes or on SIGHUP",
+        |c, v| one(v, non_empty).map(|x| c.auth_jwks = Some(x.into())), |c| c.auth_jwks.as_ref().and_then(|d| text(d.display()))).note("unset"),
+    key("auth_audience", PUBLIC_AUTH, "NAME", "A token's aud must name this",
+        |c, v| one(v, word).map(|x| c.auth_audience = Some(x)), |c| c.auth_audience.as_ref().and_then(text)).note("unset: aud not checked"),
+    key("auth_cookie", PUBLIC_AUTH, "NAME", "Cookie a public-listener token may travel in",
+        |c, v| one(v, word).map(|x| c.auth_cookie = x), |c| text(&c.auth_cookie)),
+    key("cors_origins", PUBLIC_AUTH, "ORIGIN", "Origin (https://app.example.com, or *) whose browsers may poll and watch",
+        |c, v| all(v, origin).map(|x| c.cors_origins = x), |c| texts(c.cors_origins.iter())).list().note("none: no CORS headers"),
     key("publish_max_body", AUTH, "SIZE", "Publish bodies larger than this get 413",
         |c, v| one(v, body_size).map(|x| c.publish_max_body = x), |c| bytes(c.publish_max_body)),
     key("peer", CLUSTER, "ADDR", "Another replica's internal address as host:port",
@@ -250,3 +261,18 @@ pub fn to_toml(cfg: &Config) -> String {
 
 const TOML_HEADER: &str = "# pollgate effective configuration (--print-config).\n\
 # Secrets are shown as \"<set>\", never their value: replace them before reuse.\n";
+
+/// Keys whose effective value differs between two configs: what a reload
+/// compares. Secrets are compared by value (their printed form is redacted).
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    let secret_changed = |name: &str| match name {
+        "publish_token" => old.publish_token != new.publish_token,
+        "admin_token" => old.admin_token != new.admin_token,
+        "cluster_key" => old.cluster_key != new.cluster_key,
+        _ => false,
+    };
+    KEYS.iter()
+        .filter(|k| (k.get)(old) != (k.get)(new) || secret_changed(k.name))
+        .map(|k| k.name)
+        .collect()
+}

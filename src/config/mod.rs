@@ -39,7 +39,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use keys::{to_toml, REDACTED};
+pub use keys::{changed_keys, to_toml, REDACTED};
+pub use parse::{check_redis_url, MAX_STREAM_NAME};
 
 /// The effective configuration. Field docs give the default and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,10 +56,26 @@ pub struct Config {
     pub route: Vec<String>,
     /// `X-Pollgate-Version`. Upstream response header carrying the key's version.
     pub version_header: http::HeaderName,
-    /// Unset: publishing refused (403) rather than open to anyone.
-    pub publish_token: Option<String>,
+    /// Empty: publishing refused (403) rather than open to anyone. Several:
+    /// any of them is accepted, so a token is rotated without a moment in
+    /// which the app's old or new token is refused (reloadable).
+    pub publish_token: Vec<String>,
     /// Unset: admin refused.
     pub admin_token: Option<String>,
+    /// None. HS256 secrets the app signs public-listener tokens with; any
+    /// listed one verifies, so a secret rotates by listing old and new.
+    pub auth_jwt_secret: Vec<String>,
+    /// Unset. JWKS file of public keys (RS256, ES256, EdDSA); re-read when it
+    /// changes or on SIGHUP. With a secret or this, a poll is answered from
+    /// memory only for a token covering its key, and push needs one.
+    pub auth_jwks: Option<PathBuf>,
+    /// Unset: `aud` not checked. When set, a token's `aud` must name it.
+    pub auth_audience: Option<String>,
+    /// `pollgate_token`. Cookie a token may travel in (EventSource cannot
+    /// set headers; a cookie keeps the token out of URLs).
+    pub auth_cookie: String,
+    /// None. Origins (exact, or `*`) whose browsers may poll and watch.
+    pub cors_origins: Vec<String>,
     /// `60s`. An entry unconfirmed this long is revalidated upstream; bounds
     /// how long a lost publish can hide a change. Zero disables.
     pub max_age: Duration,
@@ -187,8 +204,13 @@ impl Default for Config {
             upstream: vec![http::Uri::from_static("http://127.0.0.1:3000")],
             route: vec!["/projects/{key}/changes?since={version}".to_string()],
             version_header: http::HeaderName::from_static("x-pollgate-version"),
-            publish_token: None,
+            publish_token: Vec::new(),
             admin_token: None,
+            auth_jwt_secret: Vec::new(),
+            auth_jwks: None,
+            auth_audience: None,
+            auth_cookie: "pollgate_token".to_string(),
+            cors_origins: Vec::new(),
             max_age: Duration::from_secs(60),
             upstream_max_inflight: 256,
             peer: Vec::new(),
@@ -311,6 +333,9 @@ impl Config {
             (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
                 .then(|| PEER_WITHOUT_KEY.into()),
             (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
+            self.auth_jwks
+                .as_deref()
+                .and_then(|p| crate::auth::keys::check_file(p).err()),
             self.redis_feed_mismatch(),
         ];
         failed.into_iter().flatten().collect()

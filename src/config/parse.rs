@@ -262,7 +262,7 @@ pub(super) fn redis_url(s: &str) -> Result<String, String> {
     if s.contains(REDACTED) {
         return secret(REDACTED);
     }
-    crate::feed::redis::check_url(s).map(|()| s.to_string())
+    check_redis_url(s).map(|()| s.to_string())
 }
 
 /// A URL with a password is a secret: shown as the placeholder.
@@ -274,9 +274,20 @@ pub(super) fn redis_url_text(url: &Option<String>) -> Option<Value> {
     }
 }
 
+/// Longest stream name: its position is kept under that name in the snapshot.
+pub const MAX_STREAM_NAME: usize = 1024;
+
+/// Checks a `redis_url` the way the client will read it (scheme, host, db,
+/// password), so a typo is a config error before any port is bound.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| format!("not a redis:// or rediss:// URL: {e}"))
+}
+
 /// A stream's position is kept under its name in the snapshot (≤ 1 KiB).
 pub(super) fn stream_name(s: &str) -> Result<String, String> {
-    match s.is_empty() || s.len() > crate::snapshot::format::MAX_POSITION_NAME {
+    match s.is_empty() || s.len() > MAX_STREAM_NAME {
         true => Err("must be 1 to 1024 bytes".into()),
         false => Ok(s.to_string()),
     }
@@ -288,6 +299,36 @@ pub(super) fn int(n: u64) -> Option<Value> {
 
 pub(super) fn redacted(secret: &Option<String>) -> Option<Value> {
     secret.as_ref().and_then(|_| text(REDACTED))
+}
+
+/// A repeatable secret: one placeholder per value; unset when there is none.
+pub(super) fn redacted_all(secrets: &[String]) -> Option<Value> {
+    (!secrets.is_empty())
+        .then(|| texts(secrets.iter().map(|_| REDACTED)))
+        .flatten()
+}
+
+/// HS256 needs a key at least as long as its output to be worth its name.
+pub(super) fn jwt_secret(s: &str) -> Result<String, String> {
+    let s = secret(s)?;
+    match s.len() < 32 {
+        true => Err("must be at least 32 bytes".into()),
+        false => Ok(s),
+    }
+}
+
+/// `*`, or scheme://host[:port] as a browser sends it in `Origin`.
+pub(super) fn origin(s: &str) -> Result<String, String> {
+    let s = s.trim_end_matches('/');
+    let ok = s == "*"
+        || (s.starts_with("http://") || s.starts_with("https://"))
+            && !s
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+    match ok {
+        true => Ok(s.to_string()),
+        false => Err("must be * or an origin such as https://app.example.com".into()),
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -319,7 +319,7 @@ fn print_config_redacts_secrets() {
     assert!(cli.print_config);
     let out = to_toml(&cli.config);
     assert!(!out.contains("s3cret"), "{out}");
-    assert!(out.contains("publish_token = \"<set>\""), "{out}");
+    assert!(out.contains("publish_token = [\"<set>\"]"), "{out}");
     assert!(out.contains("cluster_key = \"<set>\""), "{out}");
     assert!(!to_toml(&Config::default()).contains("\npublish_token ="));
     let file = TempToml::new(&out);

@@ -31,7 +31,7 @@ pub async fn post(state: &State, req: Request<Incoming>) -> Result<Response<Body
 }
 
 async fn accept(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-    authorize(state.cfg.publish_token.as_deref(), &req, "publish_token")?;
+    authorize(&state.live.secrets().publish, &req, "publish_token")?;
     let is_json = is_json(&req);
     let body = read_body(req, state.cfg.publish_max_body).await?;
     let items = if is_json {

@@ -32,7 +32,7 @@ fn document(state: &State) -> Value {
 
 /// Partial update: fields not given keep their current values.
 pub async fn put(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-    authorize(state.cfg.admin_token.as_deref(), &req, "admin_token")?;
+    authorize(state.live.secrets().admin.as_slice(), &req, "admin_token")?;
     let body = read_body(req, MAX_CONFIG_BODY).await?;
     let fields: Map<String, Value> = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequestOwned(format!("expected a JSON object of tunables: {e}")))?;

@@ -30,8 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use compact_str::CompactString;
-use http::{Method, Request, Response};
+use http::{header, HeaderMap, Method, Request, Response};
 
+use crate::auth::{ConnCache, Grant, Refusal};
 use crate::body::Body;
 use crate::error::Error;
 use crate::hub::{Admission, NoticeStats, Registry};
@@ -172,16 +173,26 @@ pub fn transport(path: &str) -> Option<Transport> {
     }
 }
 
-/// Public entry for `/pollgate/v1/{watch,wait,ws}`.
-pub async fn handle(state: &Arc<State>, req: Request<Body>, t: Transport) -> Response<Body> {
-    serve(state, req, t)
+/// Public entry for `/pollgate/v1/{watch,wait,ws}`; `conn` remembers the
+/// connection's verified token.
+pub async fn handle(
+    state: &Arc<State>,
+    conn: &ConnCache,
+    req: Request<Body>,
+    t: Transport,
+) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let resp = serve(state, conn, req, t)
         .await
-        .unwrap_or_else(Error::into_response)
+        .unwrap_or_else(Error::into_response);
+    crate::public::with_cors(state, origin, resp)
 }
 
-/// Validates first (a bad request spends no admission token), then admits.
+/// Validates and authorizes first (a refused request spends no admission
+/// token), then admits.
 async fn serve(
     state: &Arc<State>,
+    conn: &ConnCache,
     req: Request<Body>,
     t: Transport,
 ) -> Result<Response<Body>, Error> {
@@ -192,24 +203,76 @@ async fn serve(
         return Err(Error::MethodNotAllowed);
     }
     let query = req.uri().query().unwrap_or("");
+    let grant = |keys: &[Watch]| authorize(state, conn, req.headers(), query, keys, true);
     match t {
         Transport::Sse => {
             let keys = parse_keys(query, state.cfg.max_keys_per_watch)?;
+            let grant = grant(&keys)?;
             let permit = admit(state, t)?;
-            Ok(sse::response(state, &keys, permit))
+            Ok(sse::response(state, &keys, grant.as_deref(), permit))
         }
         Transport::Wait => {
             let keys = parse_keys(query, state.cfg.max_keys_per_watch)?;
-            let timeout = wait::parse_timeout(query, state.cfg.wait_max_timeout)?;
+            let mut timeout = wait::parse_timeout(query, state.cfg.wait_max_timeout)?;
+            let grant = grant(&keys)?;
+            // A long-poll never outlives its token: it ends (304) when it expires.
+            if let Some(g) = &grant {
+                timeout = timeout.min(g.remaining());
+            }
             let permit = admit(state, t)?;
             Ok(wait::answer(state, &keys, timeout, permit).await)
         }
         Transport::Ws => {
             let accept = ws::check_handshake(&req)?;
+            // Keys come later, in watch commands: each is checked then.
+            let cookies = same_or_trusted_origin(state, req.headers());
+            let grant = authorize(state, conn, req.headers(), query, &[], cookies)?;
             let permit = admit(state, t)?;
-            Ok(ws::upgrade(state, req, &accept, permit))
+            Ok(ws::upgrade(state, req, &accept, grant, permit))
         }
     }
+}
+
+/// With auth on: the request's grant (`401` without a valid token), and a
+/// `403` naming the first of `keys` it does not cover. `None`: auth is off.
+/// `cookies`: whether a token in the cookie counts.
+pub(crate) fn authorize(
+    state: &State,
+    conn: &ConnCache,
+    headers: &HeaderMap,
+    query: &str,
+    keys: &[Watch],
+    cookies: bool,
+) -> Result<Option<Arc<Grant>>, Error> {
+    let Some(auth) = &state.auth else {
+        return Ok(None);
+    };
+    let token = match cookies {
+        true => auth.token(headers, Some(query)),
+        false => auth.token_not_cookie(headers, Some(query)),
+    };
+    let grant = conn.grant(auth, token).map_err(|_| Error::Unauthorized)?;
+    if let Some(key) = grant.first_uncovered(keys.iter().map(|w| &w.0)) {
+        auth.count(Some(Refusal::Forbidden));
+        return Err(Error::NotCovered(key.clone()));
+    }
+    Ok(Some(grant))
+}
+
+/// A WebSocket handshake from no page (no `Origin`), a page of pollgate's
+/// own origin, or one listed exactly in `cors_origins`: only these may use
+/// the user's cookie (cross-site WebSocket hijacking has no CORS to stop it).
+fn same_or_trusted_origin(state: &State, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).map(|h| h.as_bytes());
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, a)| a.as_bytes());
+    (host.is_some() && host == authority) || state.cors.as_ref().is_some_and(|c| c.trusts(origin))
 }
 
 pub(crate) fn admit(state: &State, t: Transport) -> Result<Ticket, Error> {

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 use super::sse::{self, Stream};
 use super::Transport;
+use crate::auth::ConnCache;
 use crate::body::Body;
 use crate::error::Error;
 use crate::shutdown::stopping;
@@ -119,21 +121,22 @@ fn peek_now(tcp: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
 async fn serve(state: &Arc<State>, mut tcp: TcpStream, deadline: Instant) {
     let head = match tokio::time::timeout_at(deadline, read_head(&mut tcp, state)).await {
         Ok(Ok(head)) => head,
-        Ok(Err(e)) => return write_error(&mut tcp, e).await,
+        Ok(Err(e)) => return write_error(state, &mut tcp, e, None).await,
         Err(_) => return,
     };
+    let origin = head.headers.get(header::ORIGIN).cloned();
     let stream = match admit(state, &head, tcp.peer_addr().ok()) {
         Ok(s) => s,
-        Err(e) => return write_error(&mut tcp, e).await,
+        Err(e) => return write_error(state, &mut tcp, e, origin).await,
     };
     drop(head);
-    stream_events(state, tcp, stream).await;
+    stream_events(state, tcp, stream, origin).await;
 }
 
 /// Reads the request head: at most `max_header_size` bytes (431 beyond, as
 /// hyper answers), ended by an empty line, CRLF or bare LF (RFC 9112 §2.2
 /// lets a recipient accept a bare LF, and hyper does). The rest is ignored.
-async fn read_head(tcp: &mut TcpStream, state: &State) -> Result<String, Error> {
+async fn read_head(tcp: &mut TcpStream, state: &State) -> Result<Head, Error> {
     let max = state.cfg.max_header_size;
     let mut head = Vec::with_capacity(512);
     while head_end(&head).is_none() {
@@ -151,7 +154,7 @@ async fn read_head(tcp: &mut TcpStream, state: &State) -> Result<String, Error> 
             return Err(Error::BadRequest("request head incomplete"));
         }
     }
-    String::from_utf8(head).map_err(|_| Error::BadRequest("request head is not UTF-8"))
+    parse_head(&head)
 }
 
 /// Where the head ends: after the first empty line (`\n\n` or `\n\r\n`).
@@ -165,51 +168,74 @@ pub fn head_end(head: &[u8]) -> Option<usize> {
         })
 }
 
-/// Validates the watch (a bad one spends no token), then admits it.
-fn admit(state: &Arc<State>, head: &str, peer: Option<SocketAddr>) -> Result<Stream, Error> {
-    let keys = watch_keys(head, state.cfg.max_keys_per_watch)?;
+/// Validates and authorizes the watch (a refused one spends no token),
+/// then admits it.
+fn admit(state: &Arc<State>, head: &Head, peer: Option<SocketAddr>) -> Result<Stream, Error> {
+    let query = head.target.split_once('?').map_or("", |(_, q)| q);
+    let keys = super::parse_keys(query, state.cfg.max_keys_per_watch)?;
     if let Some(peer) = peer {
         let clients = &state.upstream.clients;
-        clients.admit_push(clients.client_ip(peer, &forwarded_for(head)))?;
+        clients.admit_push(clients.client_ip(peer, &head.headers))?;
     }
+    // A fresh cache: this connection makes exactly one request.
+    let conn = ConnCache::default();
+    let grant = super::authorize(state, &conn, &head.headers, query, &keys, true)?;
     let permit = super::admit(state, Transport::Sse)?;
-    Ok(Stream::new(state, &keys, permit))
+    Ok(Stream::new(state, &keys, grant.as_deref(), permit))
 }
 
-/// The watched keys of a raw head's request line (at most `max`).
-pub fn watch_keys(head: &str, max: usize) -> Result<Vec<super::Watch>, Error> {
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (target, version) = (parts.nth(1).unwrap_or(""), parts.next().unwrap_or(""));
-    if !version.starts_with("HTTP/1.") {
-        return Err(Error::BadRequest("malformed request line"));
+/// The watched keys of a raw head (at most `max`), as this path reads
+/// them; for the fuzz targets.
+pub fn watch_keys(head: &[u8], max: usize) -> Result<usize, Error> {
+    let head = parse_head(head)?;
+    let query = head.target.split_once('?').map_or("", |(_, q)| q);
+    Ok(super::parse_keys(query, max)?.len())
+}
+
+/// The parts of a request head this path reads.
+struct Head {
+    target: String,
+    headers: HeaderMap,
+}
+
+/// Most request heads carry fewer; more is refused rather than grown.
+const MAX_HEADERS: usize = 64;
+
+fn parse_head(bytes: &[u8]) -> Result<Head, Error> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut raw);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) if req.version == Some(1) => {}
+        _ => return Err(Error::BadRequest("malformed request head")),
     }
-    let query = target.split_once('?').map_or("", |(_, q)| q);
-    super::parse_keys(query, max)
-}
-
-/// Just the `X-Forwarded-For` lines of a raw head (for the per-client limit).
-fn forwarded_for(head: &str) -> http::HeaderMap {
-    let mut h = http::HeaderMap::new();
-    for line in head.lines().skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        if name.trim().eq_ignore_ascii_case("x-forwarded-for") {
-            if let Ok(v) = value.trim().parse() {
-                h.append("x-forwarded-for", v);
-            }
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes());
+        let value = HeaderValue::from_bytes(h.value);
+        if let (Ok(n), Ok(v)) = (name, value) {
+            headers.append(n, v);
         }
     }
-    h
+    let target = req.path.unwrap_or("").to_string();
+    Ok(Head { target, headers })
 }
 
 /// Writes the response head, then events until shutdown or the client leaves.
-async fn stream_events(state: &State, mut tcp: TcpStream, mut stream: Stream) {
+async fn stream_events(
+    state: &State,
+    mut tcp: TcpStream,
+    mut stream: Stream,
+    origin: Option<HeaderValue>,
+) {
     let mut head = String::from("HTTP/1.1 200 OK\r\n");
     for (name, value) in sse::HEADERS {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
+    let mut cors = HeaderMap::new();
+    if let Some(c) = &state.cors {
+        c.decorate(origin, &mut cors);
+    }
+    write_headers(&mut head, &cors);
     head.push_str("connection: close\r\n\r\n");
     if write(state, &mut tcp, head.as_bytes()).await.is_err() {
         return;
@@ -244,17 +270,15 @@ async fn write(state: &State, tcp: &mut TcpStream, bytes: &[u8]) -> Result<(), (
 }
 
 /// The same response [`Error::into_response`] gives the hyper path, written by hand.
-async fn write_error(tcp: &mut TcpStream, e: Error) {
-    let (parts, body) = e.into_response().into_parts();
+async fn write_error(state: &State, tcp: &mut TcpStream, e: Error, origin: Option<HeaderValue>) {
+    let resp = crate::public::with_cors(state, origin, e.into_response());
+    let (parts, body) = resp.into_parts();
     let body = match body {
         Body::Full(Some(b)) => b,
         _ => Bytes::new(),
     };
     let mut head = format!("HTTP/1.1 {}\r\n", parts.status);
-    for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes());
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
+    write_headers(&mut head, &parts.headers);
     head.push_str(&format!(
         "content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -262,4 +286,11 @@ async fn write_error(tcp: &mut TcpStream, e: Error) {
     let _ = tcp.write_all(head.as_bytes()).await;
     let _ = tcp.write_all(&body).await;
     let _ = tcp.shutdown().await;
+}
+
+fn write_headers(head: &mut String, headers: &HeaderMap) {
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
 }

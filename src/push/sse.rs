@@ -1,7 +1,8 @@
 //! `GET /pollgate/v1/watch?keys=a:3,b:7`: Server-Sent Events. Opens with a
 //! jittered `retry:`, then `event: stale` / `data: {"key":"a","version":5}`
 //! per notice, a `: hb` comment every heartbeat, and on shutdown a last
-//! `retry:` spread over the grace period before the stream ends.
+//! `retry:` spread over the grace period before the stream ends. With auth
+//! on, a stream ends with `event: expired` when its token does.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Watch;
+use crate::auth::Grant;
 use crate::body::Body;
 use crate::hub::{Subscription, Ticket};
 use crate::shutdown::stopping;
@@ -34,9 +36,15 @@ pub const HEADERS: [(&str, &str); 3] = [
     ("x-accel-buffering", "no"),
 ];
 
-/// Starts a stream for `keys` as a hyper body; `permit` is held until the client goes away.
-pub fn response(state: &Arc<State>, keys: &[Watch], permit: Ticket) -> Response<Body> {
-    let stream = Stream::new(state, keys, permit);
+/// Starts a stream for `keys` as a hyper body; `permit` is held until the
+/// client goes away, `grant` (auth on) ends the stream when it expires.
+pub fn response(
+    state: &Arc<State>,
+    keys: &[Watch],
+    grant: Option<&Grant>,
+    permit: Ticket,
+) -> Response<Body> {
+    let stream = Stream::new(state, keys, grant, permit);
     let frames = futures_util::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
         Some((Ok::<_, Infallible>(Frame::data(chunk)), s))
@@ -48,6 +56,10 @@ pub fn response(state: &Arc<State>, keys: &[Watch], permit: Ticket) -> Response<
     }
     resp
 }
+
+/// The last event of a stream whose token ran out: the client fetches a
+/// fresh token and reconnects.
+const EXPIRED: &str = "event: expired\ndata: {\"reason\":\"token expired\"}\n\n";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -62,13 +74,20 @@ pub struct Stream {
     sub: Subscription,
     stop: watch::Receiver<bool>,
     next_heartbeat: Instant,
+    /// When the token runs out: the stream says `event: expired` and ends.
+    expires: Option<Instant>,
     phase: Phase,
     _permit: Ticket,
 }
 
 impl Stream {
     /// Subscribes to `keys`; a key already past its version is pending at once.
-    pub fn new(state: &Arc<State>, keys: &[Watch], permit: Ticket) -> Stream {
+    pub fn new(
+        state: &Arc<State>,
+        keys: &[Watch],
+        grant: Option<&Grant>,
+        permit: Ticket,
+    ) -> Stream {
         let mut sub = state.hub.registry.subscribe();
         for (k, v) in keys {
             sub.watch(&state.table, k, *v);
@@ -78,6 +97,7 @@ impl Stream {
             sub,
             stop: state.shutdown.subscribe(),
             next_heartbeat: Instant::now() + state.tunables.heartbeat_interval(),
+            expires: grant.map(|g| Instant::now() + g.remaining()),
             phase: Phase::Start,
             _permit: permit,
         }
@@ -97,8 +117,17 @@ impl Stream {
         Some(Bytes::from(chunk))
     }
 
-    /// Waits for notices, the heartbeat or shutdown, whichever comes first.
+    /// Waits for notices, the heartbeat, the token's expiry or shutdown,
+    /// whichever comes first.
     async fn wait(&mut self) -> String {
+        let expires = self.expires;
+        let expiry = async move {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
@@ -106,6 +135,11 @@ impl Stream {
                     self.phase = Phase::Done;
                     let ms = super::shutdown_retry_ms(self.state.cfg.grace_period);
                     return format!("retry: {ms}\n: server shutting down, reconnect later\n\n");
+                }
+                _ = &mut expiry => {
+                    // `data` is required: EventSource drops an event without it.
+                    self.phase = Phase::Done;
+                    return EXPIRED.to_string();
                 }
                 _ = self.sub.changed() => {
                     let events = self.events();

@@ -6,6 +6,11 @@
 //! a close frame with a reason (1003 binary, 1007 bad UTF-8, 1008 bad
 //! command, 1009 too big), never a panic. On shutdown: close 1012 with
 //! reason `retry_ms=N`, N spread over the grace period.
+//!
+//! With auth on, the token is checked at the handshake (`401` without one);
+//! a watch of a key it does not cover gets `{"op":"error","key":..,
+//! "error":"forbidden"}` and the session goes on; when the token expires
+//! the session is closed with 4001.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::auth::Grant;
 use crate::body::Body;
 use crate::error::Error;
 use crate::hub::{Subscription, Ticket};
@@ -66,13 +72,14 @@ pub fn upgrade(
     state: &Arc<State>,
     req: Request<Body>,
     accept: &str,
+    grant: Option<Arc<Grant>>,
     permit: Ticket,
 ) -> Response<Body> {
     let upgrading = hyper::upgrade::on(req);
     let st = state.clone();
     state.hub.spawn_stream(async move {
         match upgrading.await {
-            Ok(io) => session(st, io, permit).await,
+            Ok(io) => session(st, io, grant, permit).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -89,7 +96,7 @@ pub fn upgrade(
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
-async fn session(state: Arc<State>, io: Upgraded, _permit: Ticket) {
+async fn session(state: Arc<State>, io: Upgraded, grant: Option<Arc<Grant>>, _permit: Ticket) {
     let cfg = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
@@ -101,6 +108,9 @@ async fn session(state: Arc<State>, io: Upgraded, _permit: Ticket) {
         stop: state.shutdown.subscribe(),
         next_ping: now + state.tunables.heartbeat_interval(),
         last_seen: now,
+        expires: grant.as_ref().map(|g| now + g.remaining()),
+        grant,
+        refused: Vec::new(),
         state,
         ws,
     };
@@ -117,6 +127,8 @@ enum End {
     Ghost,
     /// The server is shutting down.
     Shutdown,
+    /// The token ran out: close 4001, the client reconnects with a fresh one.
+    Expired,
     /// The client broke the protocol: close with this code and reason.
     Refuse(CloseCode, String),
 }
@@ -129,16 +141,36 @@ struct Session {
     next_ping: Instant,
     /// Last frame of any kind from the client (pongs included).
     last_seen: Instant,
+    /// Auth on: what the token covers; watches of other keys are refused.
+    grant: Option<Arc<Grant>>,
+    /// When the token runs out (auth on).
+    expires: Option<Instant>,
+    /// Error messages for refused watches, sent before anything else.
+    refused: Vec<String>,
 }
 
 impl Session {
     async fn run(&mut self) -> End {
         loop {
+            if !self.refused.is_empty() {
+                let r = send_refusals(&mut self.ws, &mut self.refused, &self.state).await;
+                if let Err(end) = r {
+                    return end;
+                }
+            }
             let ghost_at = self.last_seen + self.state.tunables.ghost_timeout();
             let wake = self.next_ping.min(ghost_at);
+            let expires = self.expires;
+            let expiry = async move {
+                match expires {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let step = tokio::select! {
                 biased;
                 _ = stopping(&mut self.stop) => Err(End::Shutdown),
+                _ = expiry => Err(End::Expired),
                 msg = self.ws.next() => self.on_message(msg),
                 _ = self.sub.changed() => self.send_notices().await,
                 _ = tokio::time::sleep_until(wake) => self.on_timer(ghost_at).await,
@@ -191,9 +223,24 @@ impl Session {
             return Err(refuse(CloseCode::Policy, &why));
         }
         for (k, v) in keys {
-            self.sub.watch(&self.state.table, &k, v);
+            match &self.grant {
+                Some(g) if !g.covers(&k) => self.refuse_key(&k),
+                _ => self.sub.watch(&self.state.table, &k, v),
+            }
         }
         Ok(())
+    }
+
+    /// A key the token does not cover: an error message, and the session
+    /// goes on for the keys it may watch.
+    fn refuse_key(&mut self, key: &str) {
+        if let Some(auth) = &self.state.auth {
+            auth.count(Some(crate::auth::Refusal::Forbidden));
+        }
+        // Keys passed check_key: [A-Za-z0-9._:-], nothing to escape.
+        self.refused.push(format!(
+            "{{\"op\":\"error\",\"key\":\"{key}\",\"error\":\"forbidden\",\"message\":\"token does not cover key\"}}"
+        ));
     }
 
     /// Writes every pending notice. A client too slow to take them within
@@ -247,6 +294,7 @@ impl Session {
                 let ms = super::shutdown_retry_ms(self.state.cfg.grace_period);
                 (CloseCode::Restart, format!("retry_ms={ms}"))
             }
+            End::Expired => (CloseCode::from(TOKEN_EXPIRED), "token expired".to_string()),
             End::Refuse(code, reason) => (code, reason),
         };
         let frame = CloseFrame {
@@ -286,6 +334,21 @@ pub fn check_command(text: &str) -> Result<usize, String> {
         }
         Command::Unwatch { keys } => Ok(keys.len()),
     }
+}
+
+/// Close code for "your token expired": the client refreshes and reconnects.
+const TOKEN_EXPIRED: u16 = 4001;
+
+/// Sends the queued refusals (bounded like every write).
+async fn send_refusals(ws: &mut Ws, refused: &mut Vec<String>, state: &State) -> Result<(), End> {
+    let msgs = std::mem::take(refused);
+    let send = async {
+        for m in msgs {
+            ws.feed(Message::text(m)).await?;
+        }
+        ws.flush().await
+    };
+    bounded(state.tunables.ghost_timeout(), send).await
 }
 
 /// A write that may take at most `limit` (`ghost_timeout`): a client that

@@ -14,7 +14,7 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format this pollgate still reads.
 pub const FIRST_FORMAT_VERSION: u32 = 1;
 /// Longest feed name (a Redis stream key) a position is kept for.
-pub const MAX_POSITION_NAME: usize = 1024;
+pub const MAX_POSITION_NAME: usize = crate::config::MAX_STREAM_NAME;
 pub const HEADER_LEN: usize = 48;
 /// version u64, key offset u32, key length u16, padding u16 (zero).
 pub const RECORD_LEN: usize = 16;

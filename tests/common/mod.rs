@@ -178,9 +178,14 @@ impl Pollgate {
     }
 
     pub fn start_args(args: &[&str]) -> Pollgate {
+        Self::start_logging(args, "info")
+    }
+
+    /// Like `start_args`, logging at `filter` (`RUST_LOG`), e.g. `debug`.
+    pub fn start_logging(args: &[&str], filter: &str) -> Pollgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pollgate"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .env_remove("POLLGATE_PUBLISH_TOKEN")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

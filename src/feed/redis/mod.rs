@@ -62,13 +62,7 @@ impl Settings {
     }
 }
 
-/// Checks a `redis_url` the way the client will read it (scheme, host, db,
-/// password), so a typo is a config error before any port is bound.
-pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|e| format!("not a redis:// or rediss:// URL: {e}"))
-}
+pub use crate::config::check_redis_url as check_url;
 
 /// A client for `url`, trusting `tls_ca` (PEM) instead of the system roots.
 fn client(url: &str, tls_ca: Option<&std::path::Path>) -> Result<redis::Client, String> {

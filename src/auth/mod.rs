@@ -1,0 +1,220 @@
+//! Authorization on the public listener: a JWT issued by the app says which
+//! keys its bearer may learn versions of. Without one a hit is never
+//! answered from memory (the poll goes to the app, whose auth decides) and
+//! push refuses to watch.
+//!
+//! - [`keys`]: the verification keys (HS256 secrets; a JWKS file, re-read
+//!   when it changes or on SIGHUP by [`ReloadHandle`]).
+//! - [`grant`]: a verified token's `keys` and expiry; allocation-free matching.
+//! - [`carrier`]: where a token travels (header, `token` query parameter,
+//!   cookie), and removing it from a query before forwarding.
+//!
+//! A verified token is cached per connection ([`ConnCache`]): a keep-alive
+//! client pays for the signature once, then a string compare per poll.
+//! A token is never logged: errors name the failure, never the token.
+
+pub mod carrier;
+pub mod grant;
+pub mod keys;
+mod reload;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use parking_lot::Mutex;
+
+use crate::metrics::Counter;
+pub use grant::Grant;
+pub use keys::Keys;
+pub use reload::ReloadHandle;
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_S: u64 = 5;
+
+/// Why a request is not authorized; also the `result` label of
+/// `pollgate_auth_total` (with `ok`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No token in the header, the query or the cookie.
+    Missing,
+    /// Malformed, wrong signature, unknown key, wrong audience, not yet valid.
+    Invalid,
+    /// Past `exp` (plus the leeway).
+    Expired,
+    /// Valid, but it does not cover the key asked for.
+    Forbidden,
+}
+
+const RESULTS: [&str; 5] = ["ok", "missing", "invalid", "expired", "forbidden"];
+
+/// What the config says about authorization.
+pub struct Settings<'a> {
+    pub secrets: &'a [String],
+    pub jwks: Option<&'a Path>,
+    pub audience: Option<&'a str>,
+    pub cookie: &'a str,
+}
+
+pub struct Auth {
+    keys: Keys,
+    audience: Option<String>,
+    cookie: String,
+    /// `ok` counts tokens verified (once per connection that keeps its
+    /// token); refusals count requests.
+    results: [Counter; RESULTS.len()],
+}
+
+impl Auth {
+    /// `None` when no secret and no JWKS is configured: authorization is off.
+    pub fn new(s: &Settings) -> Result<Option<Auth>, String> {
+        if s.secrets.is_empty() && s.jwks.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Auth {
+            keys: Keys::new(s.secrets, s.jwks)?,
+            audience: s.audience.map(str::to_string),
+            cookie: s.cookie.to_string(),
+            results: Default::default(),
+        }))
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The request's token, wherever it travels.
+    pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+        carrier::find(headers, query, &self.cookie)
+    }
+
+    /// The token from the header or the query only. For a WebSocket opened
+    /// by a page of a foreign origin: the browser sends the user's cookies
+    /// along, and no CORS check stands between that page and the notices.
+    pub fn token_not_cookie<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+    ) -> Option<&'a str> {
+        carrier::find(headers, query, "")
+    }
+
+    /// Verifies a token (signature, `exp`, `nbf`, `aud`) into a grant;
+    /// counts `ok` (the caller counts refusals, with the ones it adds).
+    pub fn verify(&self, token: &str) -> Result<Grant, Refusal> {
+        let g = self.verify_uncounted(token)?;
+        self.count(None);
+        Ok(g)
+    }
+
+    fn verify_uncounted(&self, token: &str) -> Result<Grant, Refusal> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid)?;
+        let candidates = self.keys.candidates(header.alg, header.kid.as_deref());
+        let mut verdict = Err(Refusal::Invalid);
+        for (alg, key) in &candidates.keys {
+            match jsonwebtoken::decode::<grant::Claims>(token, key, &self.validation(*alg)) {
+                Ok(data) => return Ok(Grant::from_claims(data.claims)),
+                // The signature verified before the claims were checked.
+                Err(e) if *e.kind() == ErrorKind::ExpiredSignature => {
+                    verdict = Err(Refusal::Expired)
+                }
+                Err(_) => {}
+            }
+        }
+        verdict
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = LEEWAY_S;
+        v.validate_nbf = true;
+        if let Some(aud) = &self.audience {
+            v.set_audience(&[aud]);
+            v.set_required_spec_claims(&["exp", "aud"]);
+        }
+        v
+    }
+
+    /// Counts one result: `None` is `ok`.
+    pub fn count(&self, r: Option<Refusal>) {
+        let i = match r {
+            None => 0,
+            Some(r) => r as usize + 1,
+        };
+        self.results[i].inc();
+    }
+
+    pub fn render_metrics(&self, o: &mut String) {
+        let rows = RESULTS
+            .iter()
+            .zip(&self.results)
+            .map(|(n, c)| (*n, c.get()));
+        #[rustfmt::skip]
+        crate::metrics::family(o, "counter", "pollgate_auth_total", "Token checks on the public listener by result.", "result", rows);
+    }
+}
+
+/// Unix seconds now: `exp` and `nbf` are in those.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The token a connection last presented and what it grants. A keep-alive
+/// client sends the same token on every poll: comparing it with this one
+/// costs a `memcmp`, verifying it again would cost a signature check.
+#[derive(Default)]
+pub struct ConnCache {
+    last: Mutex<Option<(Box<str>, Arc<Grant>)>>,
+}
+
+impl ConnCache {
+    /// The grant for this request's token (verified, or remembered); a
+    /// refusal is counted.
+    pub fn grant(&self, auth: &Auth, token: Option<&str>) -> Result<Arc<Grant>, Refusal> {
+        counted(auth, self.grant_uncounted(auth, token))
+    }
+
+    /// The hit path's check: is `key` covered by this request's token?
+    /// No allocation and no refcount traffic when the token is remembered.
+    pub fn check(&self, auth: &Auth, token: Option<&str>, key: &str) -> Result<(), Refusal> {
+        let known = token.and_then(|t| self.with_known(t, |g| (g.live(now_unix()), g.covers(key))));
+        let r = match known {
+            Some((true, true)) => return Ok(()),
+            Some((false, _)) => Err(Refusal::Expired),
+            Some((true, false)) => Err(Refusal::Forbidden),
+            None => self
+                .grant_uncounted(auth, token)
+                .and_then(|g| g.covers(key).then_some(()).ok_or(Refusal::Forbidden)),
+        };
+        counted(auth, r)
+    }
+
+    fn grant_uncounted(&self, auth: &Auth, token: Option<&str>) -> Result<Arc<Grant>, Refusal> {
+        let t = token.ok_or(Refusal::Missing)?;
+        if let Some(g) = self.with_known(t, Arc::clone) {
+            return g.live(now_unix()).then_some(g).ok_or(Refusal::Expired);
+        }
+        let g = Arc::new(auth.verify(t)?);
+        *self.last.lock() = Some((t.into(), g.clone()));
+        Ok(g)
+    }
+
+    /// `f` of the grant remembered for `token`, if it is the last one seen.
+    fn with_known<R>(&self, token: &str, f: impl FnOnce(&Arc<Grant>) -> R) -> Option<R> {
+        let last = self.last.lock();
+        let (known, g) = last.as_ref()?;
+        (**known == *token).then(|| f(g))
+    }
+}
+
+fn counted<T>(auth: &Auth, r: Result<T, Refusal>) -> Result<T, Refusal> {
+    if let Err(e) = &r {
+        auth.count(Some(*e));
+    }
+    r
+}
