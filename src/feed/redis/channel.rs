@@ -73,7 +73,7 @@ impl Reader {
                     None => break tracing::warn!("Redis channel connection lost; reconnecting"),
                 },
                 _ = ping.tick() => {
-                    let alive = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<String>()).await;
+                    let alive = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
                         break tracing::warn!("Redis channel connection stopped answering; reconnecting");
                     }
