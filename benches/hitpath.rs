@@ -12,7 +12,11 @@ use pollgate::state::{State, VersionSource};
 
 fn request(key: u64) -> Request<Body> {
     let uri = format!("/projects/p{key}/changes?since=1");
-    Request::get(uri).body(Body::empty()).unwrap()
+    // An HTTP/1.1 request without Host is refused (400), so the bench sends one.
+    Request::get(uri)
+        .header("host", "app.example")
+        .body(Body::empty())
+        .unwrap()
 }
 
 fn ceiling() -> Response<Body> {

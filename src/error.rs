@@ -29,6 +29,18 @@ pub enum Error {
     TooLarge { limit: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// This client is over its per-client limit (`client_rate_per_s`).
+    #[error("too many requests from this client")]
+    TooManyRequests { retry_after: Duration },
+    /// A request form pollgate does not serve or forward.
+    #[error("{0}")]
+    NotImplemented(&'static str),
+    /// The request head is larger than `max_header_size`.
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// The request lost against a concurrent change; retrying may succeed.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// The body did not arrive in time (a slow sender must not hold a connection).
     #[error("request body not received within {0:?}")]
     BodyTimeout(Duration),
@@ -75,6 +87,10 @@ impl Error {
             | NotFound
             | TooLarge { .. }
             | MethodNotAllowed
+            | HeadTooLarge
+            | NotImplemented(_)
+            | TooManyRequests { .. }
+            | Conflict(_)
             | BodyTimeout(_)
             | GossipRefused(_) => Blame::Client,
             Shed { .. } | BreakerOpen { .. } | UpstreamTimeout | Upstream(_) => Blame::Upstream,
@@ -92,6 +108,10 @@ impl Error {
             NotFound => StatusCode::NOT_FOUND,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Conflict(_) => StatusCode::CONFLICT,
+            HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Shed { .. } | BreakerOpen { .. } | PushBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -124,7 +144,8 @@ impl Error {
         );
         if let Error::Shed { retry_after }
         | Error::BreakerOpen { retry_after }
-        | Error::PushBusy { retry_after } = &self
+        | Error::PushBusy { retry_after }
+        | Error::TooManyRequests { retry_after } = &self
         {
             h.insert(
                 header::RETRY_AFTER,
@@ -138,10 +159,14 @@ impl Error {
     }
 }
 
-/// A retry hint spread over `[base, 2·base)` so refused clients do not come back together.
+/// A `Retry-After` in whole seconds (the header has no fractions), uniform
+/// over `[b, 2b + 1]` where `b` is `base` rounded up to at least 1 s. Jitter
+/// below a second would be truncated away and every refused client would
+/// come back at the same second; the range widens as `base` (which callers
+/// grow with their backlog) does.
 pub fn jittered(base: Duration) -> Duration {
-    let ms = base.as_millis().max(1000) as u64;
-    Duration::from_millis(ms + fastrand::u64(0..ms))
+    let b = base.as_millis().div_ceil(1000).max(1) as u64;
+    Duration::from_secs(fastrand::u64(b..=2 * b + 1))
 }
 
 #[cfg(test)]
@@ -162,5 +187,18 @@ mod tests {
         assert_eq!(body_of(int).await, "internal error\n");
         let bad = Error::BadRequest("key must be 1-128 bytes");
         assert_eq!(body_of(bad).await, "key must be 1-128 bytes\n");
+    }
+
+    #[test]
+    fn retry_hints_spread_over_whole_seconds() {
+        let seen: std::collections::BTreeSet<u64> = (0..200)
+            .map(|_| jittered(Duration::from_millis(100)))
+            .inspect(|d| assert_eq!(d.subsec_nanos(), 0))
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2, 3]);
+        let wide = (0..200).map(|_| jittered(Duration::from_secs(5)).as_secs());
+        assert!(wide.clone().all(|s| (5..=11).contains(&s)));
+        assert!(wide.max() > Some(8));
     }
 }

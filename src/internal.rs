@@ -26,7 +26,9 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::PUT, "/v1/config") => cluster_api::put(state, req).await,
         (_, "/v1/config") => Err(Error::MethodNotAllowed),
         // `/v1/cluster/push` is the pre-0.2 name of `deltas`, kept for rolling upgrades.
-        (&Method::POST, "/v1/cluster/deltas" | "/v1/cluster/pull" | "/v1/cluster/push") => {
+        (&Method::POST, "/v1/cluster/deltas" | "/v1/cluster/pull" | "/v1/cluster/push")
+            if state.cluster.serves_gossip =>
+        {
             cluster_api::gossip(state, req).await
         }
         (&Method::GET, p) if p.starts_with("/v1/versions/") => {

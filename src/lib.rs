@@ -29,6 +29,8 @@
 //!   metrics, health); [`feed`]: the publish API and the Redis feed.
 //! - [`gossip`]: replicas exchange deltas and pull anti-entropy over the
 //!   [`cluster`] core (auth, codec, outbox, peers, held by the state).
+//! - [`limit`]: per-client token buckets and upstream-slot shares
+//!   (forwarded requests and new push connections; hits are not limited).
 //! - [`snapshot`]: warm restarts: the table written to `data_dir` and loaded
 //!   at start, loaded entries revalidated spread over `max_age`.
 //! - [`app`]: wires state, advance hooks, background tasks and the server;
@@ -39,8 +41,8 @@
 //! env < flags), [`tunables`] (cluster-wide values, their ranges, LWW),
 //! [`metrics`], [`error`] (where an error came from; the one place it
 //! becomes a status), [`body`] (the response body and small builders),
-//! [`inbound`] (bearer tokens, bounded bodies), [`shutdown`] (the signal),
-//! [`alloc`] (allocator settings applied at start-up: memory per key).
+//! [`inbound`] (bearer tokens, bounded bodies, Host), [`shutdown`] (the
+//! signal), [`alloc`] (allocator settings applied at start-up: memory per key).
 
 pub mod alloc;
 pub mod app;
@@ -55,6 +57,7 @@ pub mod gossip;
 pub mod hub;
 pub mod inbound;
 pub mod internal;
+pub mod limit;
 pub mod metrics;
 pub mod poll;
 pub mod public;

@@ -35,7 +35,7 @@ pub async fn intercept(
     state: &Arc<State>,
     tcp: TcpStream,
     stop: &mut watch::Receiver<bool>,
-) -> Option<TcpStream> {
+) -> Option<(TcpStream, tokio::time::Instant)> {
     crate::push::raw::intercept(state, tcp, stop).await
 }
 
@@ -60,6 +60,10 @@ pub fn route(
     if let Some(cors) = preflight_of_ours(state, &req) {
         return now(cors.preflight(req.headers()));
     }
+    if let Err(e) = crate::inbound::screen(&req) {
+        state.metrics.request(Outcome::BadRequest);
+        return now(e.into_response());
+    }
     let uri = req.uri();
     if uri.path() == crate::push::client_js::PATH {
         let js = crate::push::client_js::response(req.method(), req.headers());
@@ -67,10 +71,22 @@ pub fn route(
         return now(with_cors(state, origin, js));
     }
     if let Some(t) = crate::push::transport(uri.path()) {
+        let clients = &state.upstream.clients;
+        if let Err(e) = clients.admit_push(clients.client_ip(remote, req.headers())) {
+            return now(e.into_response());
+        }
         let (state, conn) = (state.clone(), conn.clone());
         return boxed(async move { crate::push::handle(&state, &conn, req, t).await });
     }
     match state.routes.matches(uri.path(), uri.query(), req.headers()) {
+        Match::Poll { key, version, .. } if state.cfg.host_keys => {
+            let Some(scoped) = scoped_key(&req, key) else {
+                state.metrics.request(Outcome::BadRequest);
+                return now(Error::BadRequest("host:key must fit the key rules").into_response());
+            };
+            poll_route(state, remote, conn, &req, scoped.as_str(), version)
+                .unwrap_or_else(|how| how.run(state, remote, req))
+        }
         Match::Poll { key, version, .. } => poll_route(state, remote, conn, &req, key, version)
             .unwrap_or_else(|how| how.run(state, remote, req)),
         Match::Bad(reason) => {
@@ -83,6 +99,14 @@ pub fn route(
         }
         Match::None => now(Error::NotFound.into_response()),
     }
+}
+
+/// `<host>:<key>` for `host_keys` (the Host was already screened); with
+/// auth on, a token must cover this scoped key.
+fn scoped_key(req: &Request<Body>, key: &str) -> Option<crate::inbound::ScopedKey> {
+    let host = crate::inbound::host(req).ok().flatten();
+    let host = host.or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()))?;
+    crate::inbound::ScopedKey::new(host, key)
 }
 
 /// `Some` for a CORS preflight to a poll route or `/pollgate/v1/*` while

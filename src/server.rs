@@ -137,12 +137,12 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let stream = match side {
+    let (stream, builder) = match side {
         Side::Public => match crate::public::intercept(&state, stream, &mut stop).await {
-            Some(s) => s,
+            Some((s, head_by)) => (s, head_within(builder, &state.cfg, head_by)),
             None => return,
         },
-        Side::Internal => stream,
+        Side::Internal => (stream, builder),
     };
     // Per connection: a keep-alive client's token is verified once.
     let conn_cache = Arc::new(ConnCache::default());
@@ -159,6 +159,25 @@ async fn serve(
     if let Err(e) = res {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
+}
+
+/// The builder for a connection whose first head must arrive by `by`: the
+/// shared one, unless sniffing (see `push::raw`) already used part of
+/// `header_read_timeout` — then a copy with only the rest (rare: only a
+/// client stalling inside `GET /pollgate/v1/watch` pays for the copy).
+fn head_within(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    cfg: &Config,
+    by: tokio::time::Instant,
+) -> Arc<auto::Builder<TokioExecutor>> {
+    let left = by.saturating_duration_since(tokio::time::Instant::now());
+    if left + Duration::from_millis(100) >= cfg.header_read_timeout {
+        return builder;
+    }
+    let mut b = (*builder).clone();
+    b.http1()
+        .header_read_timeout(left.max(Duration::from_millis(1)));
+    Arc::new(b)
 }
 
 /// The internal listener's requests are never hits: always a boxed future.

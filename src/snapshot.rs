@@ -306,21 +306,53 @@ async fn run(
     every: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let write = || write_if_changed(&state, &stats, &dir, &positions);
     if every.is_zero() {
         let _ = stop.await;
-        return write().await;
+        return write_if_changed(&state, &stats, &dir, &positions, &mut FailureLog::default())
+            .await;
     }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     // A slow disk must not cause back-to-back catch-up writes.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quiet = FailureLog::default();
     loop {
         tokio::select! {
-            _ = tick.tick() => write().await,
+            _ = tick.tick() => write_if_changed(&state, &stats, &dir, &positions, &mut quiet).await,
             _ = &mut stop => break,
         }
     }
-    write().await;
+    write_if_changed(&state, &stats, &dir, &positions, &mut quiet).await;
+}
+
+/// A write that keeps failing (a snapshot path that is a directory, a full
+/// disk) is logged at ERROR once, then at most every [`FAILURE_LOG_EVERY`]
+/// while it lasts, and once more when it recovers; the metric counts each.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(300);
+
+impl FailureLog {
+    fn failed(&mut self, file: &Path, e: &dyn std::fmt::Display) {
+        if self.last.is_some_and(|t| t.elapsed() < FAILURE_LOG_EVERY) {
+            self.suppressed += 1;
+            tracing::debug!(file = %file.display(), error = %e, "snapshot write failed again");
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        tracing::error!(file = %file.display(), error = %e, suppressed, "snapshot write failed; will retry (logged again in 5 min if it persists)");
+        self.last = Some(Instant::now());
+    }
+
+    fn succeeded(&mut self, file: &Path) {
+        if self.last.take().is_some() {
+            tracing::info!(file = %file.display(), "snapshot writes work again");
+        }
+        self.suppressed = 0;
+    }
 }
 
 /// Writes on a blocking thread when anything advanced since the last write.
@@ -330,6 +362,7 @@ async fn write_if_changed(
     stats: &SnapshotStats,
     dir: &Path,
     positions: &Arc<Positions>,
+    quiet: &mut FailureLog,
 ) {
     let changes = stats.changes.load(Ordering::Acquire);
     if changes == stats.written.load(Ordering::Acquire) {
@@ -343,6 +376,7 @@ async fn write_if_changed(
         Ok(Ok(w)) => {
             stats.written.store(changes, Ordering::Release);
             stats.record_write(&w, started.elapsed());
+            quiet.succeeded(&file);
             if w.skipped > 0 {
                 tracing::warn!(
                     skipped = w.skipped,
@@ -353,7 +387,7 @@ async fn write_if_changed(
         }
         Ok(Err(e)) => {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(file = %file.display(), error = %e, "snapshot write failed; will retry");
+            quiet.failed(&file, &e);
         }
         Err(e) => {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
@@ -401,6 +435,10 @@ async fn load_at_start(
     }
 }
 
+/// Corrupt snapshots kept for inspection; older ones are deleted, so a
+/// replica that keeps meeting corrupt files cannot fill its disk with them.
+const KEEP_CORRUPT: usize = 3;
+
 fn load_failed(stats: &SnapshotStats, path: &Path, e: &LoadError) {
     stats.load_failures.fetch_add(1, Ordering::Relaxed);
     let LoadError::Format(_) = e else {
@@ -409,6 +447,7 @@ fn load_failed(stats: &SnapshotStats, path: &Path, e: &LoadError) {
     };
     match file::move_aside(path, unix_ms() / 1000) {
         Ok(to) => {
+            file::prune_corrupt(path, KEEP_CORRUPT);
             tracing::error!(file = %path.display(), reason = %e, moved_to = %to.display(), "snapshot corrupt; moved aside, starting cold")
         }
         Err(mv) => {

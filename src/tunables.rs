@@ -229,6 +229,19 @@ pub struct Stamp {
     pub node: String,
 }
 
+/// A stamp further ahead of this replica's clock than this is refused: the
+/// skew replicas may have, and no more. Without the bound one stamp of
+/// `u64::MAX` would win every later comparison and freeze the config for
+/// good (no admin change could ever be newer).
+pub const MAX_STAMP_SKEW_MS: u64 = 60_000;
+
+fn from_the_future(stamp: &Stamp) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    stamp.at_ms > now.saturating_add(MAX_STAMP_SKEW_MS)
+}
+
 pub struct Tunables {
     /// One per row of the table, in table order.
     cells: [AtomicU64; COUNT],
@@ -256,10 +269,11 @@ impl Tunables {
         self.stamp.lock().clone()
     }
 
-    /// Applies `v` if `stamp` is newer than the current one (LWW). Returns whether it did.
+    /// Applies `v` if `stamp` is newer than the current one (LWW) and not
+    /// from the future (see [`MAX_STAMP_SKEW_MS`]). Returns whether it did.
     pub fn apply(&self, v: &Values, stamp: Stamp) -> bool {
         let mut cur = self.stamp.lock();
-        if stamp <= *cur {
+        if stamp <= *cur || from_the_future(&stamp) {
             return false;
         }
         self.store(v);
@@ -330,6 +344,19 @@ mod tests {
             "same stamp is a no-op"
         );
         assert_eq!(t.max_age_ms(), 2);
+    }
+
+    #[test]
+    fn stamps_from_the_future_are_refused() {
+        let t = Tunables::from_config(&Config::default());
+        let mut v = t.get();
+        v.max_age_ms = 7;
+        let far = Stamp {
+            at_ms: u64::MAX,
+            node: "evil".into(),
+        };
+        assert!(!t.apply(&v, far), "u64::MAX must not win");
+        assert_eq!(t.stamp(), Stamp::default());
     }
 
     fn values() -> Values {

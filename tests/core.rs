@@ -292,17 +292,17 @@ async fn hung_upstream_times_out_with_504() {
 #[tokio::test]
 async fn breaker_opens_on_failures_and_recovers() {
     let up = Upstream::start().await;
-    up.set_mode(Mode::Status(500));
+    // 502/503/504 count (a 500 is the app's answer, see tests/harden.rs).
+    up.set_mode(Mode::Status(503));
     let pg = Pollgate::start(
         &up.url(),
         &["--breaker-failures", "3", "--breaker-open", "300ms"],
     );
     pg.publish("b 9\n").await;
     for _ in 0..3 {
-        assert_eq!(
-            get(&pg.url(&poll_path("b", 1))).await.0,
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
+        let (s, h, _) = get(&pg.url(&poll_path("b", 1))).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!h.contains_key("retry-after"), "the app's own 503");
     }
     let (s, h, _) = get(&pg.url(&poll_path("b", 1))).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);

@@ -160,7 +160,9 @@ fn worst_hit_allocs(cfg: pollgate::config::Config, authorization: Option<String>
     let conn = Arc::new(pollgate::auth::ConnCache::default());
     let mut worst = 0;
     for i in 0..101 {
-        let mut req = http::Request::get("/projects/p42/changes?since=7");
+        // HTTP/1.1 without Host is refused (RFC 9112 §3.2), as on the wire.
+        let mut req =
+            http::Request::get("/projects/p42/changes?since=7").header("host", "app.example");
         if let Some(a) = &authorization {
             req = req.header("authorization", a.as_str());
         }

@@ -64,6 +64,10 @@ pub struct Cluster {
     pub(crate) node_id: String,
     /// Peers configured: gossip runs and readiness waits for a first pull.
     pub enabled: bool,
+    /// Whether the gossip endpoints exist at all: only with a `cluster_key`,
+    /// or `insecure_cluster` together with `peer`. Without it anyone who
+    /// reaches the internal listener could forge frames with the empty key.
+    pub serves_gossip: bool,
     pub(crate) auth: Auth,
     pub(crate) outbox: Arc<Outbox>,
     /// False until a first complete pull from a peer (or no peer was reachable
@@ -83,6 +87,7 @@ impl Cluster {
         Cluster {
             node_id: cfg.node_id.clone(),
             enabled,
+            serves_gossip: cfg.cluster_key.is_some() || (enabled && cfg.insecure_cluster),
             auth: Auth::new(cfg.cluster_key.as_deref()),
             outbox: Arc::new(Outbox::new(cfg.peer.len() > FANOUT)),
             caught_up: AtomicBool::new(!enabled),

@@ -113,6 +113,29 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// `10s`. Time to the upstream's response head; a hung upstream is an error.
     pub upstream_timeout: Duration,
+    /// `30s`. Longest a client may take to send a forwarded request's body
+    /// (408 beyond). Separate from `upstream_timeout`, which starts once the
+    /// body is sent: a slow client is not a slow app and must not open the breaker.
+    pub client_body_timeout: Duration,
+    /// Unset: the client's Host is forwarded (checked: one, well formed).
+    /// Set: every forwarded request carries this Host instead, so what the
+    /// app answers can never depend on a Host the client chose.
+    pub upstream_host: Option<String>,
+    /// `false`. `true`: a poll's table key is `<host>:<key>` (host lowercased),
+    /// for apps whose answer depends on Host (multi-tenant): one tenant's
+    /// polls never learn or read another's versions. Publish that form.
+    pub host_keys: bool,
+    /// `0` (off). Forwarded requests and new push connections per second one
+    /// client address may make; beyond, 429 with a jittered `Retry-After`.
+    /// With it on, one client also holds at most a quarter of the upstream
+    /// slots. Hits from memory are never limited.
+    pub client_rate_per_s: u64,
+    /// `0` (= 2 × `client_rate_per_s`). Tokens a client may spend at once.
+    pub client_burst: u64,
+    /// None. Peers (`10.0.0.0/8`, `192.0.2.7`) whose `X-Forwarded-For` names
+    /// the client to limit; anyone else is limited by its own address, so a
+    /// client cannot pick its own bucket.
+    pub trusted_proxies: Vec<Cidr>,
     /// `5`. Consecutive upstream failures that open the circuit breaker.
     pub breaker_failures: u32,
     /// `5s`. How long the breaker stays open before one half-open probe.
@@ -203,6 +226,12 @@ impl Default for Config {
             upstream_queue_timeout: Duration::from_secs(1),
             upstream_connect_timeout: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(30),
+            upstream_host: None,
+            host_keys: false,
+            client_rate_per_s: 0,
+            client_burst: 0,
+            trusted_proxies: Vec::new(),
             breaker_failures: 5,
             breaker_open: Duration::from_secs(5),
             poll_interval: Duration::from_secs(5),
@@ -371,3 +400,47 @@ const GHOST_TOO_SHORT: &str =
     "ghost_timeout must be longer than heartbeat_interval: a pong can only follow a ping";
 const PEER_WITHOUT_KEY: &str =
     "peer given but cluster_key unset: gossip must be authenticated (set cluster_key, or insecure_cluster = true to run without)";
+
+/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.net, ip) {
+            (V4(n), V4(a)) => masked(u32::from(n).into(), u32::from(a).into(), self.prefix, 32),
+            (V6(n), V6(a)) => masked(u128::from(n), u128::from(a), self.prefix, 128),
+            _ => false,
+        }
+    }
+}
+
+fn masked(net: u128, addr: u128, prefix: u8, bits: u8) -> bool {
+    let shift = u32::from(bits - prefix);
+    shift >= 128 || (net >> shift) == (addr >> shift)
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        const WHY: &str = "is not an address or address/prefix like 10.0.0.0/8";
+        let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+        let net: std::net::IpAddr = a.trim().parse().map_err(|_| WHY.to_string())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or(WHY)?,
+        };
+        Ok(Cidr { net, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}

@@ -152,6 +152,22 @@ pub(super) fn peer(s: &str) -> Result<String, String> {
     }
 }
 
+/// A Host header value for the upstream: `host[:port]`, nothing else.
+pub(super) fn host(s: &str) -> Result<String, String> {
+    const WHY: &str = "is not a host[:port] like app.internal or app.internal:8080";
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    match plain && s.parse::<http::uri::Authority>().is_ok() {
+        true => Ok(s.to_string()),
+        false => Err(WHY.into()),
+    }
+}
+
+pub(super) fn cidr(s: &str) -> Result<super::Cidr, String> {
+    s.parse()
+}
+
 pub(super) fn non_empty(s: &str) -> Result<String, String> {
     match s.trim().is_empty() {
         true => Err("must not be empty".into()),

@@ -16,6 +16,9 @@ use crate::cluster::auth::unix_ms;
 
 /// Largest config PUT body; the document is a handful of numbers.
 const MAX_CONFIG_BODY: u64 = 16 << 10;
+/// Gossip landing between read and apply this many times in a row is not a
+/// race any more but a stamp this replica cannot beat.
+const ADMIN_ATTEMPTS: usize = 8;
 /// Largest gossip request: push batches and pull requests are far smaller.
 const MAX_GOSSIP_BODY: u64 = 16 << 20;
 
@@ -41,9 +44,11 @@ pub async fn put(state: &State, req: Request<Incoming>) -> Result<Response<Body>
 
 /// Applies `fields` on top of the current values with a stamp strictly after
 /// the current one. A gossiped change can land between reading and applying;
-/// then the update is recomputed on the newer values rather than dropped.
+/// then the update is recomputed on the newer values rather than dropped, a
+/// bounded number of times: a stamp that can never be beaten must give an
+/// error, not a spinning handler.
 fn apply_admin(state: &State, fields: &Map<String, Value>) -> Result<(Values, Stamp), Error> {
-    loop {
+    for _ in 0..ADMIN_ATTEMPTS {
         let cur = state.tunables.stamp();
         let values = state
             .tunables
@@ -60,6 +65,9 @@ fn apply_admin(state: &State, fields: &Map<String, Value>) -> Result<(Values, St
             return Ok((values, stamp));
         }
     }
+    Err(Error::Conflict(
+        "cluster config kept changing while this change was applied; retry",
+    ))
 }
 
 /// `POST /v1/cluster/{deltas,pull}`: a sealed frame in, a sealed frame out.

@@ -8,12 +8,12 @@
 //! untouched. The response is close-delimited (`Connection: close`, no
 //! chunking); events are the same [`sse::Stream`] the hyper path sends.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -28,27 +28,25 @@ use crate::state::State;
 
 const PREFIX: &[u8] = b"GET /pollgate/v1/watch";
 
-/// How often a partly arrived request line is peeked again (peeking cannot
-/// wait for *more* bytes; this only happens when the first segment is tiny).
-const REPEEK: Duration = Duration::from_millis(5);
-
 /// Serves the connection here if it opens with an SSE watch; otherwise hands
-/// it back (unread) for hyper. `None`: the connection is finished.
+/// it back (unread) for hyper, with the time left for its head: sniffing and
+/// hyper's own header read together stay within `header_read_timeout`.
+/// `None`: the connection is finished.
 pub async fn intercept(
     state: &Arc<State>,
     tcp: TcpStream,
     stop: &mut watch::Receiver<bool>,
-) -> Option<TcpStream> {
-    if !state.cfg.push {
-        return Some(tcp);
-    }
+) -> Option<(TcpStream, Instant)> {
     let deadline = Instant::now() + state.cfg.header_read_timeout;
+    if !state.cfg.push {
+        return Some((tcp, deadline));
+    }
     let is_watch = tokio::select! {
         r = tokio::time::timeout_at(deadline, opens_with_watch(&tcp)) => r.ok()?,
         _ = stopping(stop) => return None,
     }?;
     if !is_watch {
-        return Some(tcp);
+        return Some((tcp, deadline));
     }
     if state.hub.runtime().is_none() {
         serve(state, tcp, deadline).await;
@@ -69,10 +67,12 @@ pub async fn intercept(
 
 /// Peeks at the request line: `Some(true)` for a watch, `Some(false)` for
 /// anything else, `None` when the client closed without sending anything.
+/// A partly arrived line costs nothing while the client stalls: the task
+/// sleeps until more bytes arrive (no timed re-peeking).
 async fn opens_with_watch(tcp: &TcpStream) -> Option<bool> {
     let mut buf = [0u8; PREFIX.len() + 1];
+    let mut n = tcp.peek(&mut buf).await.ok()?;
     loop {
-        let n = tcp.peek(&mut buf).await.ok()?;
         if n == 0 {
             return None;
         }
@@ -83,8 +83,39 @@ async fn opens_with_watch(tcp: &TcpStream) -> Option<bool> {
         if n > PREFIX.len() {
             return Some(matches!(buf[PREFIX.len()], b'?' | b' '));
         }
-        tokio::time::sleep(REPEEK).await;
+        n = peek_more(tcp, &mut buf, n).await.ok()?;
     }
+}
+
+/// Waits until the socket holds more than `have` bytes (or is closed: 0),
+/// then peeks them. `try_io` clears the readiness only if no new event came
+/// in while we looked, so bytes arriving in between are never missed.
+async fn peek_more(tcp: &TcpStream, buf: &mut [u8], have: usize) -> std::io::Result<usize> {
+    use std::io::ErrorKind::WouldBlock;
+    loop {
+        tcp.readable().await?;
+        let peeked = tcp.try_io(Interest::READABLE, || match peek_now(tcp, buf)? {
+            n if n == have => Err(WouldBlock.into()),
+            n => Ok(n),
+        });
+        match peeked {
+            Err(e) if e.kind() == WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// A non-blocking `MSG_PEEK`: tokio's `peek` awaits, it cannot say "nothing new".
+fn peek_now(tcp: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    // SAFETY: the fd is owned by `tcp`, alive for this call; `buf` is a valid
+    // writable region of `buf.len()` bytes for the duration of the call.
+    let n = unsafe { libc::recv(tcp.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 async fn serve(state: &Arc<State>, mut tcp: TcpStream, deadline: Instant) {
@@ -94,7 +125,7 @@ async fn serve(state: &Arc<State>, mut tcp: TcpStream, deadline: Instant) {
         Err(_) => return,
     };
     let origin = head.headers.get(header::ORIGIN).cloned();
-    let stream = match admit(state, &head) {
+    let stream = match admit(state, &head, tcp.peer_addr().ok()) {
         Ok(s) => s,
         Err(e) => return write_error(state, &mut tcp, e, origin).await,
     };
@@ -102,15 +133,19 @@ async fn serve(state: &Arc<State>, mut tcp: TcpStream, deadline: Instant) {
     stream_events(state, tcp, stream, origin).await;
 }
 
-/// Reads the request head (up to `max_header_size`); the rest is ignored.
+/// Reads the request head: at most `max_header_size` bytes (431 beyond, as
+/// hyper answers), ended by an empty line, CRLF or bare LF (RFC 9112 §2.2
+/// lets a recipient accept a bare LF, and hyper does). The rest is ignored.
 async fn read_head(tcp: &mut TcpStream, state: &State) -> Result<Head, Error> {
     let max = state.cfg.max_header_size;
     let mut head = Vec::with_capacity(512);
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > max {
-            return Err(Error::BadRequest("request head too large"));
+    while head_end(&head).is_none() {
+        if head.len() >= max {
+            return Err(Error::HeadTooLarge);
         }
-        let n = tcp
+        let room = (max - head.len()).min(4096);
+        let n = (&mut *tcp)
+            .take(room as u64)
             .read_buf(&mut head)
             .await
             // The client's socket failed: its fault, not ours (was a 500).
@@ -122,16 +157,39 @@ async fn read_head(tcp: &mut TcpStream, state: &State) -> Result<Head, Error> {
     parse_head(&head)
 }
 
+/// Where the head ends: after the first empty line (`\n\n` or `\n\r\n`).
+pub fn head_end(head: &[u8]) -> Option<usize> {
+    head.iter()
+        .enumerate()
+        .find_map(|(i, &b)| match (b, &head[i + 1..]) {
+            (b'\n', [b'\n', ..]) => Some(i + 2),
+            (b'\n', [b'\r', b'\n', ..]) => Some(i + 3),
+            _ => None,
+        })
+}
+
 /// Validates and authorizes the watch (a refused one spends no token),
 /// then admits it.
-fn admit(state: &Arc<State>, head: &Head) -> Result<Stream, Error> {
+fn admit(state: &Arc<State>, head: &Head, peer: Option<SocketAddr>) -> Result<Stream, Error> {
     let query = head.target.split_once('?').map_or("", |(_, q)| q);
     let keys = super::parse_keys(query, state.cfg.max_keys_per_watch)?;
+    if let Some(peer) = peer {
+        let clients = &state.upstream.clients;
+        clients.admit_push(clients.client_ip(peer, &head.headers))?;
+    }
     // A fresh cache: this connection makes exactly one request.
     let conn = ConnCache::default();
     let grant = super::authorize(state, &conn, &head.headers, query, &keys, true)?;
     let permit = super::admit(state, Transport::Sse)?;
     Ok(Stream::new(state, &keys, grant.as_deref(), permit))
+}
+
+/// The watched keys of a raw head (at most `max`), as this path reads
+/// them; for the fuzz targets.
+pub fn watch_keys(head: &[u8], max: usize) -> Result<usize, Error> {
+    let head = parse_head(head)?;
+    let query = head.target.split_once('?').map_or("", |(_, q)| q);
+    Ok(super::parse_keys(query, max)?.len())
 }
 
 /// The parts of a request head this path reads.

@@ -321,6 +321,21 @@ enum Command {
     Unwatch { keys: Vec<String> },
 }
 
+/// Parses and checks one client command as the connection would (its JSON
+/// shape and every key), without a connection: for the fuzz targets.
+pub fn check_command(text: &str) -> Result<usize, String> {
+    let cmd: Command = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    match cmd {
+        Command::Watch { keys } => {
+            for k in keys.keys() {
+                crate::route::check_key(k).map_err(|why| why.to_string())?;
+            }
+            Ok(keys.len())
+        }
+        Command::Unwatch { keys } => Ok(keys.len()),
+    }
+}
+
 /// Close code for "your token expired": the client refreshes and reconnects.
 const TOKEN_EXPIRED: u16 = 4001;
 

@@ -93,6 +93,30 @@ pub fn move_aside(path: &Path, unix_secs: u64) -> io::Result<PathBuf> {
     Ok(to)
 }
 
+/// Deletes all but the `keep` newest `<name>.corrupt-<secs>` beside `path`.
+/// Best effort: a file that cannot be listed or removed is left alone.
+pub fn prune_corrupt(path: &Path, keep: usize) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.corrupt-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let secs = n.strip_prefix(&prefix)?.parse().ok()?;
+            Some((secs, e.path()))
+        })
+        .collect();
+    found.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, old) in found.into_iter().skip(keep) {
+        let _ = fs::remove_file(old);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

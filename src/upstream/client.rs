@@ -6,13 +6,17 @@
 //!   nothing to replay, and a retry could run a non-idempotent request twice.
 //!   (hyper's pool still re-sends a request that was never written because a
 //!   pooled connection turned out closed; that is safe by construction.)
-//! - **Host is preserved.** The app sees the Host the client asked for, as
+//! - **Host is preserved** (unless `upstream_host` replaces it; the public
+//!   router refused a missing, doubled or malformed one). The app sees the Host the client asked for, as
 //!   most reverse proxies do, so virtual hosts and absolute links keep working.
 //!   An HTTP/2 request has no Host header, so its `:authority` becomes Host;
 //!   only a request with neither gets the upstream's authority (set by hyper).
 //! - Everything goes out as HTTP/1.1, whatever the client spoke (h2c included).
-//! - `upstream_timeout` bounds the wait for the response *head*; the body then
-//!   streams for as long as the app keeps sending (long-polls pass through).
+//! - `upstream_timeout` bounds the wait for the response *head*, counted
+//!   from the moment the request body has been sent whole: a client dripping
+//!   its upload is bounded by `client_body_timeout` (408) and never counts
+//!   against the app. The response body then streams for as long as the app
+//!   keeps sending (long-polls pass through).
 //! - Passive health reacts to connect/IO errors and timeouts only; a 5xx means
 //!   the server is reachable, so it feeds the guard's breaker instead.
 //! - Hop-by-hop headers are stripped both ways, so `Upgrade` (WebSocket)
@@ -31,12 +35,14 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
-use tokio::time::Instant;
+use tokio::sync::oneshot::Receiver;
+use tokio::time::{error::Elapsed, timeout, Instant};
 
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::{Metrics, UpstreamResult};
+use crate::upstream::upload;
 
 type Http = hyper_util::client::legacy::Client<HttpConnector, Body>;
 
@@ -91,6 +97,10 @@ pub struct Client {
     /// Round-robin position; wraps harmlessly.
     cursor: AtomicUsize,
     timeout: Duration,
+    /// `upstream_host`: replaces the client's Host on every forwarded request.
+    host: Option<HeaderValue>,
+    /// `client_body_timeout`: longest a client may take to deliver its body.
+    body_timeout: Duration,
     cooldown: Cooldown,
     metrics: Arc<Metrics>,
 }
@@ -127,6 +137,8 @@ impl Client {
             backends: cfg.upstream.iter().filter_map(Backend::new).collect(),
             cursor: AtomicUsize::new(0),
             timeout: cfg.upstream_timeout,
+            body_timeout: cfg.client_body_timeout,
+            host: cfg.upstream_host.as_deref().and_then(|h| h.parse().ok()),
             cooldown: Cooldown::default(),
             metrics,
         }
@@ -148,16 +160,46 @@ impl Client {
         let Some(backend) = self.pick() else {
             return Err(Error::Upstream("no upstream configured".into()));
         };
-        let req = rewrite(req, backend, client_addr)?;
+        let (mut parts, body) = rewrite(req, backend, client_addr)?.into_parts();
+        if let Some(host) = &self.host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        let (body, sent) = upload::watch(body, self.body_timeout);
         let start = Instant::now();
-        let res = tokio::time::timeout(self.timeout, self.http.request(req)).await;
+        let res = self.head(self.http.request(Request::from_parts(parts, body)), sent);
+        let res = res.await;
         self.metrics.upstream_duration.observe(start.elapsed());
         match res {
             Ok(Ok(resp)) => Ok(self.answered(backend, resp)),
+            Ok(Err(e)) if upload::slow_upload(&e).is_some() => Err(slow_client(&e)),
             Ok(Err(e)) if request_body_failed(&e) => Err(client_body_error(&e)),
             Ok(Err(e)) => Err(self.failed(backend, &e)),
             Err(_) => Err(self.timed_out(backend)),
         }
+    }
+
+    /// The response head, with `upstream_timeout` counted from the moment
+    /// the request body has been handed over whole (`sent`; at once when
+    /// there is none). Before that the client is on the clock: the upload's
+    /// own deadline ends a slow client, and an upstream that stops reading
+    /// the body is bounded by both limits together.
+    async fn head<F, T>(&self, fut: F, sent: Option<Receiver<()>>) -> Result<T, Elapsed>
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let mut fut = std::pin::pin!(fut);
+        if let Some(mut sent) = sent {
+            let uploading = async {
+                tokio::select! {
+                    r = &mut fut => Some(r),
+                    _ = &mut sent => None,
+                }
+            };
+            if let Some(r) = timeout(self.body_timeout + self.timeout, uploading).await? {
+                return Ok(r);
+            }
+        }
+        timeout(self.timeout, fut).await
     }
 
     /// Next upstream in round-robin order that is not cooling down; if all
@@ -274,6 +316,13 @@ fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
         cur = c.source();
     }
     false
+}
+
+/// The client's upload was too slow: 408, and like any client body error
+/// nothing for the breaker or the upstream's health.
+fn slow_client(e: &hyper_util::client::legacy::Error) -> Error {
+    tracing::debug!(error = %chain(e), "client request body too slow");
+    Error::BodyTimeout(upload::slow_upload(e).unwrap_or_default())
 }
 
 /// Not the upstream's fault, so no cooldown and nothing for the breaker

@@ -2,8 +2,8 @@
 //! bounded wait queue, 503 + jittered `Retry-After` beyond, and a circuit breaker.
 //!
 //! The breaker counts *consecutive* failures: connect/IO errors, timeouts and
-//! every 5xx response (a 500 storm is as much a sign of a sick app as 502/503/504,
-//! and a struggling app needs the load taken off either way). Any success
+//! `502`/`503`/`504` answers. A `500` is the app answering (five broken keys
+//! must not cut every key off the app), so it counts as a success. Any success
 //! resets the count. After `breaker_failures` it opens for `breaker_open`, then
 //! lets exactly one probe through: success closes it, failure reopens it. Only
 //! the probe decides while the breaker is not closed; results of requests that
@@ -150,11 +150,15 @@ impl Inner {
         }
     }
 
+    /// The hint grows with the backlog: a full queue asks for up to 5× the
+    /// queue timeout before the jitter, so a deeper storm spreads wider.
     fn shed(&self, why: &'static str) -> Error {
         self.metrics.upstream(UpstreamResult::Shed);
         tracing::debug!(why, "upstream request shed");
+        let queued = self.queued.load(Ordering::Relaxed).min(self.queue_cap) as u32;
+        let scale = 1 + 4 * queued / self.queue_cap.max(1) as u32;
         Error::Shed {
-            retry_after: jittered(self.queue_timeout),
+            retry_after: jittered(self.queue_timeout * scale),
         }
     }
 
@@ -249,13 +253,13 @@ impl Permit {
     /// neutral: they neither count as failure nor close the breaker.
     pub fn record(self, res: &Result<Response<Incoming>, Error>) {
         match res {
-            Ok(resp) => self.record_outcome(!resp.status().is_server_error()),
+            Ok(resp) => self.record_outcome(!upstream_unwell(resp.status())),
             Err(Error::UpstreamTimeout | Error::Upstream(_)) => self.record_outcome(false),
             Err(_) => drop(self),
         }
     }
 
-    /// `record` without a response: `ok` is false for an error, timeout or 5xx.
+    /// `record` without a response: `ok` is false for an error, timeout or 502/503/504.
     pub fn record_outcome(mut self, ok: bool) {
         self.inner.report(self.probe, ok);
         self.probe = false; // reported: dropping is no longer abandoning
@@ -265,6 +269,17 @@ impl Permit {
     pub fn is_probe(&self) -> bool {
         self.probe
     }
+}
+
+/// `502`/`503`/`504` say the app (or what stands before it) cannot answer;
+/// a `500` is the app's answer to one request (one bad key must not open the
+/// breaker for every key), so it does not count.
+fn upstream_unwell(s: http::StatusCode) -> bool {
+    use http::StatusCode as S;
+    matches!(
+        s,
+        S::BAD_GATEWAY | S::SERVICE_UNAVAILABLE | S::GATEWAY_TIMEOUT
+    )
 }
 
 impl std::fmt::Debug for Permit {

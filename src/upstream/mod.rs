@@ -5,6 +5,7 @@
 pub mod client;
 pub mod coalesce;
 pub mod guard;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::Error;
+use crate::limit::ClientLimits;
 use crate::metrics::Metrics;
 
 pub use coalesce::{Coalescer, Follower, Leader, Role};
@@ -23,12 +25,15 @@ pub use coalesce::{Coalescer, Follower, Leader, Role};
 pub struct Upstream {
     client: client::Client,
     guard: guard::Guard,
+    /// Per-client rate and slot share (`client_rate_per_s`); push uses it too.
+    pub clients: Arc<ClientLimits>,
 }
 
 impl Upstream {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Self {
         Upstream {
             client: client::Client::new(cfg, metrics.clone()),
+            clients: ClientLimits::new(cfg, &metrics),
             guard: guard::Guard::new(cfg, metrics),
         }
     }
@@ -40,6 +45,14 @@ impl Upstream {
         req: Request<impl Into<Body>>,
         client_addr: SocketAddr,
     ) -> Result<Response<Incoming>, Error> {
+        // Charged before the guard: one client's flood is refused (429) at
+        // its own bucket and never queues for the slots everyone shares.
+        let _held = match self.clients.enabled() {
+            true => self
+                .clients
+                .admit_forward(self.clients.client_ip(client_addr, req.headers()))?,
+            false => None,
+        };
         let permit = self.guard.acquire().await?;
         let res = self.client.send(req, client_addr).await;
         permit.record(&res);
