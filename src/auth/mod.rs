@@ -10,13 +10,16 @@
 //!   cookie), and removing it from a query before forwarding.
 //!
 //! A verified token is cached per connection ([`ConnCache`]): a keep-alive
-//! client pays for the signature once, then a string compare per poll.
+//! client pays for the signature once, then a string compare per poll; and
+//! in a bounded cache shared by all connections ([`verified`]), so a
+//! reconnecting client or a raw SSE watch does not pay it again either.
 //! A token is never logged: errors name the failure, never the token.
 
 pub mod carrier;
 pub mod grant;
 pub mod keys;
 mod reload;
+mod verified;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -63,6 +66,7 @@ pub struct Auth {
     keys: Keys,
     audience: Option<String>,
     cookie: String,
+    verified: verified::Verified,
     /// `ok` counts tokens verified (once per connection that keeps its
     /// token); refusals count requests.
     results: [Counter; RESULTS.len()],
@@ -78,6 +82,7 @@ impl Auth {
             keys: Keys::new(s.secrets, s.jwks)?,
             audience: s.audience.map(str::to_string),
             cookie: s.cookie.to_string(),
+            verified: Default::default(),
             results: Default::default(),
         }))
     }
@@ -108,6 +113,33 @@ impl Auth {
         let g = self.verify_uncounted(token)?;
         self.count(None);
         Ok(g)
+    }
+
+    /// [`Auth::verify`], or the grant of the same token verified before
+    /// (on any connection) while the keys stayed the same.
+    pub fn verify_shared(&self, token: &str) -> Result<Arc<Grant>, Refusal> {
+        let generation = match self.verified.get(token) {
+            Ok(g) if !g.verifiable(now_unix()) => return Err(Refusal::Expired),
+            Ok(g) => {
+                self.count(None);
+                return Ok(g);
+            }
+            Err(generation) => generation,
+        };
+        let g = Arc::new(self.verify(token)?);
+        self.verified
+            .insert(token, g.clone(), generation, now_unix());
+        Ok(g)
+    }
+
+    /// Re-reads the JWKS file (see [`Keys::reload`]); tokens verified with
+    /// the old keys are verified again.
+    pub fn reload_keys(&self) -> Result<bool, String> {
+        let changed = self.keys.reload()?;
+        if changed {
+            self.verified.clear();
+        }
+        Ok(changed)
     }
 
     fn verify_uncounted(&self, token: &str) -> Result<Grant, Refusal> {
@@ -157,11 +189,22 @@ impl Auth {
     }
 }
 
-/// Unix seconds now: `exp` and `nbf` are in those.
+/// Unix seconds now: `exp` and `nbf` are in those. The coarse clock (the
+/// kernel's last tick, a few ms old, read without the TSC): whole seconds
+/// are all expiry needs, and a remembered token's expiry is checked per hit.
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if r != 0 {
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+    }
+    ts.tv_sec.max(0) as u64
 }
 
 /// The token a connection last presented and what it grants. A keep-alive
@@ -199,7 +242,7 @@ impl ConnCache {
         if let Some(g) = self.with_known(t, Arc::clone) {
             return g.live(now_unix()).then_some(g).ok_or(Refusal::Expired);
         }
-        let g = Arc::new(auth.verify(t)?);
+        let g = auth.verify_shared(t)?;
         *self.last.lock() = Some((t.into(), g.clone()));
         Ok(g)
     }

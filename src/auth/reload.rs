@@ -54,7 +54,7 @@ async fn watch_file(auth: Arc<Auth>, mut stop: watch::Receiver<bool>) {
                 tracing::info!("SIGHUP: re-reading the JWKS");
             }
         }
-        match auth.keys().reload() {
+        match auth.reload_keys() {
             Ok(true) => tracing::info!("JWKS changed: new keys loaded"),
             Ok(false) => {}
             Err(e) => {
