@@ -171,7 +171,7 @@ async fn post_push(pg: &Pollgate, frame: Vec<u8>) -> StatusCode {
 async fn wrong_key_stale_and_replayed_messages_are_refused_and_counted() {
     let r = Replicas::start(1).await; // a peer list of none: still gossip-capable
     let pg = r.node(0);
-    let good = Auth::new(Some(KEY));
+    let good = Auth::new(&[KEY.to_string()]);
     let frame = push_frame(&good, unix_ms(), "ok-key", 5);
     assert_eq!(post_push(pg, frame.clone()).await, StatusCode::OK);
     assert_eq!(version(pg, "ok-key").await, Some(5));
@@ -180,7 +180,12 @@ async fn wrong_key_stale_and_replayed_messages_are_refused_and_counted() {
         StatusCode::UNAUTHORIZED,
         "replay"
     );
-    let wrong = push_frame(&Auth::new(Some("not-the-key")), unix_ms(), "evil", 9);
+    let wrong = push_frame(
+        &Auth::new(&["not-the-key".to_string()]),
+        unix_ms(),
+        "evil",
+        9,
+    );
     assert_eq!(post_push(pg, wrong).await, StatusCode::UNAUTHORIZED);
     let stale = push_frame(&good, unix_ms() - 120_000, "old", 9);
     assert_eq!(post_push(pg, stale).await, StatusCode::UNAUTHORIZED);

@@ -68,7 +68,7 @@ fn unused_port() -> String {
 async fn without_a_cluster_key_gossip_endpoints_do_not_exist() {
     let up = Upstream::start().await;
     let pg = Pollgate::start(&up.url(), &[]);
-    let forged = Auth::new(None); // the empty key anyone can use
+    let forged = Auth::new(&[]); // the empty key anyone can use
     let stamp = Stamp::default();
     for path in ["/v1/cluster/deltas", "/v1/cluster/pull", "/v1/cluster/push"] {
         let frame = deltas(&forged, "victim", u64::MAX, stamp.clone());
@@ -86,13 +86,13 @@ async fn without_a_cluster_key_gossip_endpoints_do_not_exist() {
 async fn gossip_is_served_with_a_key_or_explicitly_insecure_with_peers() {
     let up = Upstream::start().await;
     let keyed = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
-    let frame = deltas(&Auth::new(Some(KEY)), "a", 3, Stamp::default());
+    let frame = deltas(&Auth::new(&[KEY.to_string()]), "a", 3, Stamp::default());
     assert_eq!(
         post(&keyed, "/v1/cluster/deltas", frame).await,
         StatusCode::OK
     );
     assert_eq!(version(&keyed, "a").await, Some(3));
-    let forged = deltas(&Auth::new(None), "b", 3, Stamp::default());
+    let forged = deltas(&Auth::new(&[]), "b", 3, Stamp::default());
     let s = post(&keyed, "/v1/cluster/deltas", forged.clone()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
@@ -104,7 +104,7 @@ async fn gossip_is_served_with_a_key_or_explicitly_insecure_with_peers() {
     );
     // Insecure without peers is not a cluster: nothing to gossip with.
     let alone = Pollgate::start(&up.url(), &["--insecure-cluster"]);
-    let forged = deltas(&Auth::new(None), "c", 3, Stamp::default());
+    let forged = deltas(&Auth::new(&[]), "c", 3, Stamp::default());
     let s = post(&alone, "/v1/cluster/deltas", forged).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
@@ -115,7 +115,7 @@ async fn gossip_is_served_with_a_key_or_explicitly_insecure_with_peers() {
 async fn a_config_stamp_from_the_future_is_refused_and_put_config_still_answers() {
     let up = Upstream::start().await;
     let pg = Pollgate::start(&up.url(), &["--cluster-key", KEY, "--admin-token", ADMIN]);
-    let auth = Auth::new(Some(KEY));
+    let auth = Auth::new(&[KEY.to_string()]);
     for (i, at_ms) in [u64::MAX, unix_ms() + 10 * 60_000].into_iter().enumerate() {
         // `~` sorts after every hostname: before the fix this stamp could
         // never be beaten and the admin PUT looped forever.

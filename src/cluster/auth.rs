@@ -9,8 +9,10 @@
 //! the same body in the same millisecond from looking like a replay.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use hashbrown::HashSet;
 use hmac::{Hmac, Mac};
@@ -73,8 +75,11 @@ pub fn unix_ms() -> u64 {
 }
 
 pub struct Auth {
-    /// Keyed once; cloned per message (cheaper than re-keying).
-    mac: HmacSha256,
+    /// One per `cluster_key`, keyed once and cloned per message (cheaper
+    /// than re-keying). The first signs; any of them verifies, so a key
+    /// rotates with no moment in which two replicas refuse each other.
+    /// Swapped whole by a reload.
+    macs: ArcSwap<Vec<HmacSha256>>,
     seen: Mutex<Seen>,
 }
 
@@ -92,14 +97,19 @@ pub struct Opened {
 }
 
 impl Auth {
-    /// `None` (only with `insecure_cluster`): an empty key, so frames still
+    /// No key (only with `insecure_cluster`): an empty key, so frames still
     /// carry integrity and replay checks but anyone can forge them.
-    pub fn new(key: Option<&str>) -> Self {
-        let key = key.unwrap_or("").as_bytes();
+    pub fn new(keys: &[String]) -> Self {
         Auth {
-            mac: HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+            macs: ArcSwap::from_pointee(keyed(keys)),
             seen: Mutex::new(Seen::default()),
         }
+    }
+
+    /// Replaces the keys (a reload); frames in flight under a key still
+    /// listed keep verifying.
+    pub fn set_keys(&self, keys: &[String]) {
+        self.macs.store(Arc::new(keyed(keys)));
     }
 
     /// Frames a request body. Returns the frame and its MAC (to check the reply).
@@ -155,17 +165,22 @@ impl Auth {
         }
         let ts = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
         let given: [u8; MAC_LEN] = frame[16..HEAD].try_into().expect("32 bytes");
-        let mut m = self.mac.clone();
-        m.update(&frame[..16]);
-        m.update(bound);
-        m.update(&frame[HEAD..]);
-        // verify_slice compares in constant time.
-        m.verify_slice(&given).map_err(|_| Reject::BadMac)?;
-        Ok((ts, given))
+        let verifies = |mac: &HmacSha256| {
+            let mut m = mac.clone();
+            m.update(&frame[..16]);
+            m.update(bound);
+            m.update(&frame[HEAD..]);
+            // verify_slice compares in constant time.
+            m.verify_slice(&given).is_ok()
+        };
+        match self.macs.load().iter().any(verifies) {
+            true => Ok((ts, given)),
+            false => Err(Reject::BadMac),
+        }
     }
 
     fn tag(&self, ts: u64, nonce: u64, bound: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = self.mac.clone();
+        let mut m = self.macs.load()[0].clone();
         m.update(&ts.to_le_bytes());
         m.update(&nonce.to_le_bytes());
         m.update(bound);
@@ -191,13 +206,50 @@ impl Auth {
     }
 }
 
+/// One keyed MAC per key; the empty key when there is none.
+fn keyed(keys: &[String]) -> Vec<HmacSha256> {
+    let mac =
+        |k: &str| HmacSha256::new_from_slice(k.as_bytes()).expect("HMAC takes any key length");
+    match keys.is_empty() {
+        true => vec![mac("")],
+        false => keys.iter().map(|k| mac(k)).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_key_rotates_without_a_refusal() {
+        let (old, both_old_first, both_new_first, new) = (
+            Auth::new(&keys(&["old"])),
+            Auth::new(&keys(&["old", "new"])),
+            Auth::new(&keys(&["new", "old"])),
+            Auth::new(&keys(&["new"])),
+        );
+        // Step 1 (all list both, old first) and step 2 (new first): every
+        // pair of neighbouring steps still understands each other.
+        for (a, b) in [
+            (&old, &both_old_first),
+            (&both_old_first, &both_new_first),
+            (&both_new_first, &new),
+        ] {
+            assert!(b.open(a.seal(b"x").0).is_ok());
+            assert!(a.open(b.seal(b"y").0).is_ok());
+        }
+        assert_eq!(new.open(old.seal(b"z").0).err(), Some(Reject::BadMac));
+        old.set_keys(&keys(&["new"]));
+        assert!(new.open(old.seal(b"w").0).is_ok(), "set_keys took effect");
+    }
+
     #[test]
     fn sealed_frame_opens_once() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let (frame, _) = a.seal(b"hello");
         assert_eq!(&a.open(frame.clone()).unwrap().body[..], b"hello");
         assert_eq!(a.open(frame).err(), Some(Reject::Replay));
@@ -205,14 +257,14 @@ mod tests {
 
     #[test]
     fn wrong_key_and_tampering_are_refused() {
-        let (frame, _) = Auth::new(Some("k1")).seal(b"hello");
+        let (frame, _) = Auth::new(&keys(&["k1"])).seal(b"hello");
         assert_eq!(
-            Auth::new(Some("k2")).open(frame.clone()).err(),
+            Auth::new(&keys(&["k2"])).open(frame.clone()).err(),
             Some(Reject::BadMac)
         );
         let mut t = frame.to_vec();
         *t.last_mut().unwrap() ^= 1;
-        let a = Auth::new(Some("k1"));
+        let a = Auth::new(&keys(&["k1"]));
         assert_eq!(a.open(t.into()).err(), Some(Reject::BadMac));
         assert_eq!(
             a.open(Bytes::from_static(b"short")).err(),
@@ -222,7 +274,7 @@ mod tests {
 
     #[test]
     fn same_body_same_millisecond_is_not_a_replay() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let ts = unix_ms();
         assert!(a.open(a.seal_at(ts, &[], b"x").0).is_ok());
         assert!(a.open(a.seal_at(ts, &[], b"x").0).is_ok());
@@ -230,19 +282,19 @@ mod tests {
 
     #[test]
     fn window_refuses_old_and_future() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let old = a.seal_at(unix_ms() - MAX_AGE_MS - 1000, &[], b"x").0;
         assert_eq!(a.open(old).err(), Some(Reject::Stale));
         let future = a.seal_at(unix_ms() + MAX_FUTURE_MS + 1000, &[], b"x").0;
         assert_eq!(a.open(future).err(), Some(Reject::Future));
         // Forgeable with insecure_cluster: must be refused, not overflow.
-        let forged = Auth::new(None).seal_at(u64::MAX, &[], b"x").0;
-        assert_eq!(Auth::new(None).open(forged).err(), Some(Reject::Future));
+        let forged = Auth::new(&[]).seal_at(u64::MAX, &[], b"x").0;
+        assert_eq!(Auth::new(&[]).open(forged).err(), Some(Reject::Future));
     }
 
     #[test]
     fn reply_is_bound_to_its_request() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let (_, m1) = a.seal(b"req1");
         let (_, m2) = a.seal(b"req2");
         let reply = a.seal_reply(&m1, b"answer");
