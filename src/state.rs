@@ -16,6 +16,7 @@ use crate::reload::{Applied, ReloadError};
 use crate::route::{RouteError, Routes};
 use crate::table::{Merge, Table};
 use crate::tunables::Tunables;
+use crate::upstream::backoff::Backoff;
 use crate::upstream::{Coalescer, Upstream};
 
 /// Why the state could not be built from a validated config (a route set
@@ -45,6 +46,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
     pub coalescer: Coalescer,
+    /// Expired keys whose last revalidation confirmed nothing wait before the next.
+    pub backoff: Backoff,
     pub tunables: Tunables,
     /// Watch registry, admission and push stats.
     pub hub: Hub,
@@ -77,6 +80,7 @@ impl State {
             routes: ArcSwap::from_pointee(routes),
             upstream,
             coalescer: Coalescer::new(),
+            backoff: Backoff::default(),
             tunables: Tunables::from_config(&cfg),
             hub: Hub::new(&cfg),
             auth,

@@ -134,15 +134,17 @@ impl Cluster {
         r
     }
 
-    /// Handles one inbound frame: verify, decode, merge, answer (sealed).
+    /// Handles one inbound frame that reached this replica as `me` (see
+    /// [`auth::recipient`]): verify, decode, merge, answer (sealed).
     pub fn handle(
         &self,
         table: &Table,
         tunables: &Tunables,
         frame: Bytes,
+        me: &str,
     ) -> Result<Bytes, Reject> {
         self.metrics.bytes_received.add(frame.len() as u64);
-        let opened = self.auth.open(frame).map_err(|r| self.reject(r))?;
+        let opened = self.auth.open(frame, me).map_err(|r| self.reject(r))?;
         let msg = codec::decode_message(&opened.body).map_err(|e| {
             tracing::warn!(error = %e, "malformed gossip message");
             self.reject(Reject::Malformed)

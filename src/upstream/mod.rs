@@ -1,7 +1,8 @@
 //! Forwarding to the app servers: a pooled client ([`client`]), the guard in
-//! front of it ([`guard`]: in-flight cap, queue, shedding, breaker) and per-key
-//! coalescing ([`coalesce`]).
+//! front of it ([`guard`]: in-flight cap, queue, shedding, breaker), per-key
+//! coalescing ([`coalesce`]) and revalidation back-off ([`backoff`]).
 
+pub mod backoff;
 pub mod client;
 pub mod coalesce;
 pub mod guard;
