@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::ConnCache;
 use crate::config::Config;
+use crate::inbound::LocalAddr;
 use crate::public::Reply;
 use crate::shutdown::stopping;
 use crate::state::State;
@@ -137,6 +138,7 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok().map(LocalAddr);
     let (stream, builder) = match side {
         Side::Public => match crate::public::intercept(&state, stream, &mut stop).await {
             Some((s, head_by)) => (s, head_within(builder, &state.cfg, head_by)),
@@ -146,7 +148,12 @@ async fn serve(
     };
     // Per connection: a keep-alive client's token is verified once.
     let conn_cache = Arc::new(ConnCache::default());
-    let svc = service_fn(move |req| respond(&state, side, remote, &conn_cache, req));
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        if let (Side::Internal, Some(l)) = (side, local) {
+            req.extensions_mut().insert(l);
+        }
+        respond(&state, side, remote, &conn_cache, req)
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let res = tokio::select! {
