@@ -59,11 +59,13 @@ pub async fn poll(
     }
     // Expired: one poll revalidates upstream, the rest are answered from memory.
     // While the breaker is open nobody can revalidate, and the version we know
-    // is a better answer than a 503.
+    // is a better answer than a 503. The same while the key backs off after
+    // revalidations that confirmed nothing (an upstream sending no version).
+    if !state.backoff.due(key, state.table.now_ms()) {
+        return hit(state, entry.version);
+    }
     match state.coalescer.join(key) {
-        Role::Leader(l) if state.upstream.refusing().is_none() => {
-            p.forward(Some(l), Outcome::Revalidate).await
-        }
+        Role::Leader(l) if state.upstream.refusing().is_none() => p.revalidate(l).await,
         _ => hit(state, entry.version),
     }
 }
@@ -106,6 +108,21 @@ impl Poll<'_> {
             }
         }
         self.forward(None, Outcome::Stale).await
+    }
+
+    /// Forwards an expired key's poll; if the answer left the entry still
+    /// unconfirmed, the key backs off before the next revalidation.
+    async fn revalidate(self, leader: Leader<'_>) -> Response<Body> {
+        let (state, key) = (self.state, self.key);
+        let resp = self.forward(Some(leader), Outcome::Revalidate).await;
+        match state.table.get(key).is_some_and(|e| is_fresh(state, e)) {
+            true => state.backoff.confirmed(key),
+            false => {
+                let max_age = state.tunables.max_age_ms();
+                state.backoff.missed(key, state.table.now_ms(), max_age);
+            }
+        }
+        resp
     }
 
     /// Sends the poll upstream and learns the version the upstream reports.

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::auth::ConnCache;
 use crate::config::Config;
 use crate::heads::{Busy, Clock, Heads, Tracked};
+use crate::inbound::LocalAddr;
 use crate::public::Reply;
 use crate::push::raw::Opening;
 use crate::shutdown::stopping;
@@ -89,6 +90,7 @@ pub async fn run(listeners: Listeners, state: Arc<State>, shutdown: impl Future<
                     remote,
                     side,
                     clock: clock.clone(),
+                    local: None,
                 };
                 let task = conns.spawn(conn.serve(stream, stop));
                 if let Side::Public = side {
@@ -174,11 +176,13 @@ struct Conn {
     side: Side,
     /// What [`Heads`] reads to time this connection's heads (public only).
     clock: Arc<Clock>,
+    /// The internal listener's address, for handlers that check it (gossip).
+    local: Option<LocalAddr>,
 }
 
 impl Conn {
     /// Serves requests until the connection closes or shutdown asks it to finish.
-    async fn serve(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    async fn serve(mut self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
         let _ = stream.set_nodelay(true);
         let remote = self.remote;
         let res = match self.side {
@@ -186,7 +190,10 @@ impl Conn {
                 Some((stream, opening)) => self.public(stream, opening, stop).await,
                 None => return,
             },
-            Side::Internal => self.internal(stream, stop).await,
+            Side::Internal => {
+                self.local = stream.local_addr().ok().map(LocalAddr);
+                self.internal(stream, stop).await
+            }
         };
         if let Err(e) = res {
             tracing::debug!(%remote, error = %e, "connection ended with an error");
@@ -232,10 +239,13 @@ impl Conn {
     }
 
     /// The internal listener's requests are never hits: always a boxed future.
-    fn respond(&self, conn: &Arc<ConnCache>, req: Request<Incoming>) -> Answering {
+    fn respond(&self, conn: &Arc<ConnCache>, mut req: Request<Incoming>) -> Answering {
         let reply: Reply = match self.side {
             Side::Public => crate::public::respond(&self.state, self.remote, conn, req),
             Side::Internal => {
+                if let Some(l) = self.local {
+                    req.extensions_mut().insert(l);
+                }
                 let state = self.state.clone();
                 Either::Right(Box::pin(async move {
                     Ok(crate::internal::handle(&state, req).await)

@@ -143,7 +143,7 @@ async fn publish_at_one_is_visible_at_all() {
 }
 
 /// Frames built here with the library's own codec and MAC, as a peer would.
-fn push_frame(auth: &Auth, ts: u64, key: &str, version: u64) -> Vec<u8> {
+fn push_frame(auth: &Auth, ts: u64, to: &Pollgate, key: &str, version: u64) -> Vec<u8> {
     let msg = Message {
         from: "test-peer".into(),
         config: codec::ConfigFrame {
@@ -156,7 +156,7 @@ fn push_frame(auth: &Auth, ts: u64, key: &str, version: u64) -> Vec<u8> {
             confirmed_ago_ms: Some(0),
         }]),
     };
-    auth.seal_at(ts, &[], &codec::encode_message(&msg))
+    auth.seal_request_at(ts, &to.internal.to_string(), &codec::encode_message(&msg))
         .0
         .to_vec()
 }
@@ -171,8 +171,8 @@ async fn post_push(pg: &Pollgate, frame: Vec<u8>) -> StatusCode {
 async fn wrong_key_stale_and_replayed_messages_are_refused_and_counted() {
     let r = Replicas::start(1).await; // a peer list of none: still gossip-capable
     let pg = r.node(0);
-    let good = Auth::new(Some(KEY));
-    let frame = push_frame(&good, unix_ms(), "ok-key", 5);
+    let good = Auth::new(&[KEY.to_string()]);
+    let frame = push_frame(&good, unix_ms(), pg, "ok-key", 5);
     assert_eq!(post_push(pg, frame.clone()).await, StatusCode::OK);
     assert_eq!(version(pg, "ok-key").await, Some(5));
     assert_eq!(
@@ -180,11 +180,17 @@ async fn wrong_key_stale_and_replayed_messages_are_refused_and_counted() {
         StatusCode::UNAUTHORIZED,
         "replay"
     );
-    let wrong = push_frame(&Auth::new(Some("not-the-key")), unix_ms(), "evil", 9);
+    let wrong = push_frame(
+        &Auth::new(&["not-the-key".to_string()]),
+        unix_ms(),
+        pg,
+        "evil",
+        9,
+    );
     assert_eq!(post_push(pg, wrong).await, StatusCode::UNAUTHORIZED);
-    let stale = push_frame(&good, unix_ms() - 120_000, "old", 9);
+    let stale = push_frame(&good, unix_ms() - 120_000, pg, "old", 9);
     assert_eq!(post_push(pg, stale).await, StatusCode::UNAUTHORIZED);
-    let future = push_frame(&good, unix_ms() + 120_000, "future", 9);
+    let future = push_frame(&good, unix_ms() + 120_000, pg, "future", 9);
     assert_eq!(post_push(pg, future).await, StatusCode::UNAUTHORIZED);
     for k in ["evil", "old", "future"] {
         assert_eq!(version(pg, k).await, None, "{k} was merged");

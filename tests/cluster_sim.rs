@@ -53,16 +53,16 @@ impl Sim {
         let cfg = Config {
             node_id: name.clone(),
             peer,
-            cluster_key: Some(key.into()),
+            cluster_key: vec![key.into()],
             ..Config::default()
         };
         let state = State::new(cfg).unwrap();
-        let s = state.clone();
+        let (s, me) = (state.clone(), name.clone());
         self.net.register(
             &name,
             Arc::new(move |frame| {
                 s.cluster
-                    .handle(&s.table, &s.tunables, frame)
+                    .handle(&s.table, &s.tunables, frame, &me)
                     .map_err(|r| r.to_string())
             }),
         );
@@ -331,6 +331,14 @@ async fn one_name_for_all_replicas_skips_self_and_follows_dns_changes() {
         3.0,
         "re-resolved"
     );
+    // Labelled by the configured name, not by the addresses behind it: pods
+    // coming and going (new IPs) add no series.
+    let text = sim.nodes[0].state.metrics.render();
+    let labels: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("{peer=\"")?.1.split('"').next())
+        .collect();
+    assert_eq!(labels, ["svc"].into(), "{text}");
     sim.net.partition(&["n1", "n2"], &["n3"]);
     sim.publish(0, "b", 2);
     tokio::time::sleep(Duration::from_secs(2)).await;

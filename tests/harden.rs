@@ -15,8 +15,8 @@ use pollgate::tunables::{Stamp, Tunables};
 const KEY: &str = "cluster-secret";
 const ADMIN: &str = "admin-secret";
 
-/// A deltas frame as a peer would build it, carrying `stamp` for the config.
-fn deltas(auth: &Auth, key: &str, version: u64, stamp: Stamp) -> Vec<u8> {
+/// A deltas frame as a peer would build it for `to`, carrying `stamp` for the config.
+fn deltas(auth: &Auth, to: &Pollgate, key: &str, version: u64, stamp: Stamp) -> Vec<u8> {
     let mut values = Tunables::from_config(&Default::default()).get();
     values.max_age_ms = 0;
     let msg = Message {
@@ -29,7 +29,8 @@ fn deltas(auth: &Auth, key: &str, version: u64, stamp: Stamp) -> Vec<u8> {
         }]),
     };
     let body = codec::encode_message(&msg);
-    auth.seal_at(unix_ms(), &[], &body).0.to_vec()
+    let to = to.internal.to_string();
+    auth.seal_request_at(unix_ms(), &to, &body).0.to_vec()
 }
 
 async fn post(pg: &Pollgate, path: &str, frame: Vec<u8>) -> StatusCode {
@@ -68,10 +69,10 @@ fn unused_port() -> String {
 async fn without_a_cluster_key_gossip_endpoints_do_not_exist() {
     let up = Upstream::start().await;
     let pg = Pollgate::start(&up.url(), &[]);
-    let forged = Auth::new(None); // the empty key anyone can use
+    let forged = Auth::new(&[]); // the empty key anyone can use
     let stamp = Stamp::default();
     for path in ["/v1/cluster/deltas", "/v1/cluster/pull", "/v1/cluster/push"] {
-        let frame = deltas(&forged, "victim", u64::MAX, stamp.clone());
+        let frame = deltas(&forged, &pg, "victim", u64::MAX, stamp.clone());
         assert_eq!(
             post(&pg, path, frame).await,
             StatusCode::NOT_FOUND,
@@ -86,27 +87,58 @@ async fn without_a_cluster_key_gossip_endpoints_do_not_exist() {
 async fn gossip_is_served_with_a_key_or_explicitly_insecure_with_peers() {
     let up = Upstream::start().await;
     let keyed = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
-    let frame = deltas(&Auth::new(Some(KEY)), "a", 3, Stamp::default());
+    let frame = deltas(
+        &Auth::new(&[KEY.to_string()]),
+        &keyed,
+        "a",
+        3,
+        Stamp::default(),
+    );
     assert_eq!(
         post(&keyed, "/v1/cluster/deltas", frame).await,
         StatusCode::OK
     );
     assert_eq!(version(&keyed, "a").await, Some(3));
-    let forged = deltas(&Auth::new(None), "b", 3, Stamp::default());
-    let s = post(&keyed, "/v1/cluster/deltas", forged.clone()).await;
+    let forged = deltas(&Auth::new(&[]), &keyed, "b", 3, Stamp::default());
+    let s = post(&keyed, "/v1/cluster/deltas", forged).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     let peer = unused_port();
     let open = Pollgate::start(&up.url(), &["--insecure-cluster", "--peer", &peer]);
+    let forged = deltas(&Auth::new(&[]), &open, "b", 3, Stamp::default());
     assert_eq!(
         post(&open, "/v1/cluster/deltas", forged).await,
         StatusCode::OK
     );
     // Insecure without peers is not a cluster: nothing to gossip with.
     let alone = Pollgate::start(&up.url(), &["--insecure-cluster"]);
-    let forged = deltas(&Auth::new(None), "c", 3, Stamp::default());
+    let forged = deltas(&Auth::new(&[]), &alone, "c", 3, Stamp::default());
     let s = post(&alone, "/v1/cluster/deltas", forged).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+// ---- 7. a frame is bound to the replica it was sealed for ----
+
+#[tokio::test]
+async fn a_frame_sealed_for_one_replica_is_refused_by_another() {
+    let up = Upstream::start().await;
+    let a = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
+    let b = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
+    let for_a = deltas(
+        &Auth::new(&[KEY.to_string()]),
+        &a,
+        "bound",
+        7,
+        Stamp::default(),
+    );
+    // Captured on its way to A and replayed to B inside the freshness window.
+    let s = post(&b, "/v1/cluster/deltas", for_a.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(version(&b, "bound").await, None);
+    let bad_mac = "pollgate_cluster_rejected_total{reason=\"bad_mac\"}";
+    assert_eq!(b.metric(bad_mac).await, 1.0);
+    assert_eq!(post(&a, "/v1/cluster/deltas", for_a).await, StatusCode::OK);
+    assert_eq!(version(&a, "bound").await, Some(7));
 }
 
 // ---- 2. config stamps from the future are refused; admin PUT is bounded ----
@@ -115,7 +147,7 @@ async fn gossip_is_served_with_a_key_or_explicitly_insecure_with_peers() {
 async fn a_config_stamp_from_the_future_is_refused_and_put_config_still_answers() {
     let up = Upstream::start().await;
     let pg = Pollgate::start(&up.url(), &["--cluster-key", KEY, "--admin-token", ADMIN]);
-    let auth = Auth::new(Some(KEY));
+    let auth = Auth::new(&[KEY.to_string()]);
     for (i, at_ms) in [u64::MAX, unix_ms() + 10 * 60_000].into_iter().enumerate() {
         // `~` sorts after every hostname: before the fix this stamp could
         // never be beaten and the admin PUT looped forever.
@@ -123,7 +155,7 @@ async fn a_config_stamp_from_the_future_is_refused_and_put_config_still_answers(
             at_ms,
             node: "~~~~".into(),
         };
-        let frame = deltas(&auth, &format!("k{i}"), 1, stamp);
+        let frame = deltas(&auth, &pg, &format!("k{i}"), 1, stamp);
         assert_eq!(post(&pg, "/v1/cluster/deltas", frame).await, StatusCode::OK);
     }
     let cfg = config_of(&pg).await;
@@ -244,6 +276,33 @@ async fn app_500s_do_not_open_the_breaker_but_503s_do() {
         get(&pg.url("/down")).await;
     }
     assert_eq!(pg.metric("pollgate_breaker_open").await, 1.0);
+}
+
+// ---- 7. an upstream that never confirms is not asked on every poll ----
+
+#[tokio::test]
+async fn revalidation_backs_off_when_the_upstream_sends_no_version() {
+    let up = Upstream::start().await; // no version set: it never sends the header
+    let pg = Pollgate::start(&up.url(), &["--max-age", "2s"]);
+    assert_eq!(pg.publish("quiet 1").await.0, StatusCode::OK);
+    let poll = pg.url("/projects/quiet/changes?since=1");
+    // Hits until the entry expires; the first poll after that revalidates.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while up.hits() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never revalidated");
+        let (s, _, _) = get(&poll).await;
+        assert!(s == StatusCode::NOT_MODIFIED || s == StatusCode::OK, "{s}");
+    }
+    // The answer confirmed nothing: the next polls are answered from memory
+    // while the key backs off (1 s, then 2 s: at most one more revalidation
+    // unless these 30 polls took over 3 s). Before, each one went upstream.
+    for _ in 0..30 {
+        let (s, _, _) = get(&poll).await;
+        assert!(s == StatusCode::NOT_MODIFIED || s == StatusCode::OK, "{s}");
+    }
+    assert!(up.hits() <= 2, "{} upstream requests", up.hits());
+    let revalidated = "pollgate_requests_total{outcome=\"revalidate\"}";
+    assert!(pg.metric(revalidated).await <= 2.0);
 }
 
 // ---- 5. stalled heads cost nothing; a head is bounded in total ----

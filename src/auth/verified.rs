@@ -20,50 +20,39 @@ use super::Grant;
 /// of verifications, no unbounded growth however many tokens are minted).
 const MAX: usize = 4096;
 
-type Tokens = HashMap<Box<str>, Arc<Grant>, foldhash::fast::RandomState>;
+/// Each token with its grant and the [`super::Auth`] generation (keys and
+/// policy) it was verified under: after a reload it no longer counts.
+type Tokens = HashMap<Box<str>, (Arc<Grant>, u64), foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub struct Verified {
-    /// The tokens, and how many times the keys changed: a verification that
-    /// started before a change must not be remembered after it.
-    tokens: Mutex<(Tokens, u64)>,
+    tokens: Mutex<Tokens>,
 }
 
 impl Verified {
-    /// The grant remembered for `token`, or the key generation to pass to
-    /// [`Verified::insert`] after verifying it.
-    pub fn get(&self, token: &str) -> Result<Arc<Grant>, u64> {
-        let t = self.tokens.lock();
-        t.0.get(token).cloned().ok_or(t.1)
+    /// The grant remembered for `token`, verified under `generation`.
+    pub fn get(&self, token: &str, generation: u64) -> Option<Arc<Grant>> {
+        let tokens = self.tokens.lock();
+        let (g, verified_under) = tokens.get(token)?;
+        (*verified_under == generation).then(|| g.clone())
     }
 
-    /// Remembers a grant verified with the keys of `generation`.
+    /// Remembers a grant verified under `generation` (read before verifying,
+    /// so a reload during the check leaves a stale entry that never counts).
     pub fn insert(&self, token: &str, grant: Arc<Grant>, generation: u64, now: u64) {
-        let mut guard = self.tokens.lock();
-        let (tokens, current) = &mut *guard;
-        if *current != generation {
-            return;
-        }
+        let mut tokens = self.tokens.lock();
         if tokens.len() >= MAX {
-            tokens.retain(|_, g| g.live(now));
+            tokens.retain(|_, (g, gen)| g.live(now) && *gen == generation);
         }
         if tokens.len() >= MAX {
             tokens.clear();
         }
-        tokens.insert(token.into(), grant);
-    }
-
-    /// The keys changed (JWKS reloaded): a token verified with a key that
-    /// is gone must be verified again.
-    pub fn clear(&self) {
-        let mut t = self.tokens.lock();
-        t.0.clear();
-        t.1 += 1;
+        tokens.insert(token.into(), (grant, generation));
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.tokens.lock().0.len()
+        self.tokens.lock().len()
     }
 }
 
@@ -80,29 +69,23 @@ mod tests {
     fn remembers_exact_tokens_and_stays_bounded() {
         let v = Verified::default();
         v.insert("a.b.c", grant(100), 0, 50);
-        assert!(v.get("a.b.c").is_ok());
-        assert!(v.get("a.b.x").is_err());
-        assert!(v.get("a.b.").is_err());
+        assert!(v.get("a.b.c", 0).is_some());
+        assert!(v.get("a.b.x", 0).is_none());
+        assert!(v.get("a.b.", 0).is_none());
         for i in 0..MAX {
             v.insert(&format!("t.{i}.s"), grant(10), 0, 50);
         }
         assert!(v.len() <= MAX);
         v.insert("late", grant(100), 0, 50);
-        assert!(v.get("late").is_ok());
+        assert!(v.get("late", 0).is_some());
         assert!(v.len() <= MAX);
     }
 
     #[test]
-    fn a_key_change_forgets_tokens_and_verifications_begun_before_it() {
+    fn a_token_verified_under_other_keys_does_not_count() {
         let v = Verified::default();
-        v.insert("a.b.c", grant(100), 0, 50);
-        let before = v.get("x.y.z").unwrap_err();
-        v.clear();
-        assert!(v.get("a.b.c").is_err());
-        v.insert("x.y.z", grant(100), before, 50);
-        assert!(v.get("x.y.z").is_err(), "verified with the old keys");
-        let now = v.get("x.y.z").unwrap_err();
-        v.insert("x.y.z", grant(100), now, 50);
-        assert!(v.get("x.y.z").is_ok());
+        v.insert("a.b.c", grant(100), 3, 50);
+        assert!(v.get("a.b.c", 4).is_none());
+        assert!(v.get("a.b.c", 3).is_some());
     }
 }

@@ -3,14 +3,19 @@
 //! captured message cannot be played back inside the window either.
 //!
 //! Frame: `[ts_ms: u64 LE][nonce: u64][mac: 32][body]`. A request's MAC
-//! covers `ts ‖ nonce ‖ body`; a reply's covers `ts ‖ nonce ‖ request MAC ‖
-//! body`, binding the reply to the request it answers (an old reply cannot be
+//! covers `ts ‖ nonce ‖ recipient ‖ body`, the recipient being the address
+//! the sender dialed, so a frame captured on its way to one replica is refused
+//! by every other; a reply's covers `ts ‖ nonce ‖ request MAC ‖ body`,
+//! binding the reply to the request it answers (an old reply cannot be
 //! replayed to a new pull). The random nonce keeps two honest messages with
 //! the same body in the same millisecond from looking like a replay.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use hashbrown::HashSet;
 use hmac::{Hmac, Mac};
@@ -34,7 +39,7 @@ const SEEN_CAP: usize = 200_000;
 /// Why a frame was refused; the label of `pollgate_cluster_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
-    #[error("bad MAC (wrong cluster_key?)")]
+    #[error("bad MAC (wrong cluster_key, or sealed for another replica's address)")]
     BadMac,
     #[error("timestamp older than the replay window")]
     Stale,
@@ -66,6 +71,22 @@ impl Reject {
     }
 }
 
+/// How a receiver names itself to [`Auth::open`]: the local address of the
+/// connection the frame arrived on, as the sender resolved and dialed it
+/// (an IPv4 peer reaching a dual-stack listener shows as `::ffff:a.b.c.d`).
+pub fn recipient(local: SocketAddr) -> String {
+    SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
+}
+
+/// The MAC's recipient field: length-prefixed, so no two names run together.
+fn bound_to(recipient: &str) -> Vec<u8> {
+    let len = u16::try_from(recipient.len()).unwrap_or(u16::MAX);
+    let mut b = Vec::with_capacity(2 + recipient.len());
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(recipient.as_bytes());
+    b
+}
+
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -73,8 +94,11 @@ pub fn unix_ms() -> u64 {
 }
 
 pub struct Auth {
-    /// Keyed once; cloned per message (cheaper than re-keying).
-    mac: HmacSha256,
+    /// One per `cluster_key`, keyed once and cloned per message (cheaper
+    /// than re-keying). The first signs; any of them verifies, so a key
+    /// rotates with no moment in which two replicas refuse each other.
+    /// Swapped whole by a reload.
+    macs: ArcSwap<Vec<HmacSha256>>,
     seen: Mutex<Seen>,
 }
 
@@ -92,19 +116,30 @@ pub struct Opened {
 }
 
 impl Auth {
-    /// `None` (only with `insecure_cluster`): an empty key, so frames still
+    /// No key (only with `insecure_cluster`): an empty key, so frames still
     /// carry integrity and replay checks but anyone can forge them.
-    pub fn new(key: Option<&str>) -> Self {
-        let key = key.unwrap_or("").as_bytes();
+    pub fn new(keys: &[String]) -> Self {
         Auth {
-            mac: HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+            macs: ArcSwap::from_pointee(keyed(keys)),
             seen: Mutex::new(Seen::default()),
         }
     }
 
-    /// Frames a request body. Returns the frame and its MAC (to check the reply).
-    pub fn seal(&self, body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
-        self.seal_at(unix_ms(), &[], body)
+    /// Replaces the keys (a reload); frames in flight under a key still
+    /// listed keep verifying.
+    pub fn set_keys(&self, keys: &[String]) {
+        self.macs.store(Arc::new(keyed(keys)));
+    }
+
+    /// Frames a request body for the replica reached at `to` (the address
+    /// dialed). Returns the frame and its MAC (to check the reply).
+    pub fn seal(&self, to: &str, body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
+        self.seal_request_at(unix_ms(), to, body)
+    }
+
+    /// [`Auth::seal`] with a given timestamp (tests forge old and future ones).
+    pub fn seal_request_at(&self, ts: u64, to: &str, body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
+        self.seal_at(ts, &bound_to(to), body)
     }
 
     /// Frames a reply to the request whose MAC is `req_mac`.
@@ -112,7 +147,7 @@ impl Auth {
         self.seal_at(unix_ms(), req_mac, body).0
     }
 
-    pub fn seal_at(&self, ts: u64, bound: &[u8], body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
+    fn seal_at(&self, ts: u64, bound: &[u8], body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
         let nonce = fastrand::u64(..);
         let tag = self.tag(ts, nonce, bound, body);
         let mut b = BytesMut::with_capacity(HEAD + body.len());
@@ -123,9 +158,9 @@ impl Auth {
         (b.freeze(), tag)
     }
 
-    /// Verifies a request frame: MAC, window and not seen before.
-    pub fn open(&self, frame: Bytes) -> Result<Opened, Reject> {
-        let (ts, mac) = self.verify(&frame, &[])?;
+    /// Verifies a request frame sealed for `me`: MAC, window and not seen before.
+    pub fn open(&self, frame: Bytes, me: &str) -> Result<Opened, Reject> {
+        let (ts, mac) = self.verify(&frame, &bound_to(me))?;
         let now = unix_ms();
         // Saturating: a forged `ts` near u64::MAX (insecure_cluster) must be
         // refused, not overflow.
@@ -155,17 +190,22 @@ impl Auth {
         }
         let ts = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
         let given: [u8; MAC_LEN] = frame[16..HEAD].try_into().expect("32 bytes");
-        let mut m = self.mac.clone();
-        m.update(&frame[..16]);
-        m.update(bound);
-        m.update(&frame[HEAD..]);
-        // verify_slice compares in constant time.
-        m.verify_slice(&given).map_err(|_| Reject::BadMac)?;
-        Ok((ts, given))
+        let verifies = |mac: &HmacSha256| {
+            let mut m = mac.clone();
+            m.update(&frame[..16]);
+            m.update(bound);
+            m.update(&frame[HEAD..]);
+            // verify_slice compares in constant time.
+            m.verify_slice(&given).is_ok()
+        };
+        match self.macs.load().iter().any(verifies) {
+            true => Ok((ts, given)),
+            false => Err(Reject::BadMac),
+        }
     }
 
     fn tag(&self, ts: u64, nonce: u64, bound: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = self.mac.clone();
+        let mut m = self.macs.load()[0].clone();
         m.update(&ts.to_le_bytes());
         m.update(&nonce.to_le_bytes());
         m.update(bound);
@@ -191,62 +231,132 @@ impl Auth {
     }
 }
 
+/// One keyed MAC per key; the empty key when there is none.
+fn keyed(keys: &[String]) -> Vec<HmacSha256> {
+    let mac =
+        |k: &str| HmacSha256::new_from_slice(k.as_bytes()).expect("HMAC takes any key length");
+    match keys.is_empty() {
+        true => vec![mac("")],
+        false => keys.iter().map(|k| mac(k)).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_key_rotates_without_a_refusal() {
+        let (old, both_old_first, both_new_first, new) = (
+            Auth::new(&keys(&["old"])),
+            Auth::new(&keys(&["old", "new"])),
+            Auth::new(&keys(&["new", "old"])),
+            Auth::new(&keys(&["new"])),
+        );
+        // Neighbouring steps of the rotation understand each other both ways.
+        for (a, b) in [
+            (&old, &both_old_first),
+            (&both_old_first, &both_new_first),
+            (&both_new_first, &new),
+        ] {
+            assert!(b.open(a.seal("b", b"x").0, "b").is_ok());
+            assert!(a.open(b.seal("b", b"y").0, "b").is_ok());
+        }
+        assert_eq!(
+            new.open(old.seal("b", b"z").0, "b").err(),
+            Some(Reject::BadMac)
+        );
+        old.set_keys(&keys(&["new"]));
+        assert!(
+            new.open(old.seal("b", b"w").0, "b").is_ok(),
+            "set_keys took effect"
+        );
+    }
+
     #[test]
     fn sealed_frame_opens_once() {
-        let a = Auth::new(Some("k"));
-        let (frame, _) = a.seal(b"hello");
-        assert_eq!(&a.open(frame.clone()).unwrap().body[..], b"hello");
-        assert_eq!(a.open(frame).err(), Some(Reject::Replay));
+        let a = Auth::new(&keys(&["k"]));
+        let (frame, _) = a.seal("b", b"hello");
+        assert_eq!(&a.open(frame.clone(), "b").unwrap().body[..], b"hello");
+        assert_eq!(a.open(frame, "b").err(), Some(Reject::Replay));
     }
 
     #[test]
     fn wrong_key_and_tampering_are_refused() {
-        let (frame, _) = Auth::new(Some("k1")).seal(b"hello");
+        let (frame, _) = Auth::new(&keys(&["k1"])).seal("b", b"hello");
         assert_eq!(
-            Auth::new(Some("k2")).open(frame.clone()).err(),
+            Auth::new(&keys(&["k2"])).open(frame.clone(), "b").err(),
             Some(Reject::BadMac)
         );
         let mut t = frame.to_vec();
         *t.last_mut().unwrap() ^= 1;
-        let a = Auth::new(Some("k1"));
-        assert_eq!(a.open(t.into()).err(), Some(Reject::BadMac));
+        let a = Auth::new(&keys(&["k1"]));
+        assert_eq!(a.open(t.into(), "b").err(), Some(Reject::BadMac));
         assert_eq!(
-            a.open(Bytes::from_static(b"short")).err(),
+            a.open(Bytes::from_static(b"short"), "b").err(),
             Some(Reject::Malformed)
         );
     }
 
     #[test]
     fn same_body_same_millisecond_is_not_a_replay() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let ts = unix_ms();
-        assert!(a.open(a.seal_at(ts, &[], b"x").0).is_ok());
-        assert!(a.open(a.seal_at(ts, &[], b"x").0).is_ok());
+        assert!(a.open(a.seal_request_at(ts, "b", b"x").0, "b").is_ok());
+        assert!(a.open(a.seal_request_at(ts, "b", b"x").0, "b").is_ok());
     }
 
     #[test]
     fn window_refuses_old_and_future() {
-        let a = Auth::new(Some("k"));
-        let old = a.seal_at(unix_ms() - MAX_AGE_MS - 1000, &[], b"x").0;
-        assert_eq!(a.open(old).err(), Some(Reject::Stale));
-        let future = a.seal_at(unix_ms() + MAX_FUTURE_MS + 1000, &[], b"x").0;
-        assert_eq!(a.open(future).err(), Some(Reject::Future));
+        let a = Auth::new(&keys(&["k"]));
+        let old = a
+            .seal_request_at(unix_ms() - MAX_AGE_MS - 1000, "b", b"x")
+            .0;
+        assert_eq!(a.open(old, "b").err(), Some(Reject::Stale));
+        let future = a
+            .seal_request_at(unix_ms() + MAX_FUTURE_MS + 1000, "b", b"x")
+            .0;
+        assert_eq!(a.open(future, "b").err(), Some(Reject::Future));
         // Forgeable with insecure_cluster: must be refused, not overflow.
-        let forged = Auth::new(None).seal_at(u64::MAX, &[], b"x").0;
-        assert_eq!(Auth::new(None).open(forged).err(), Some(Reject::Future));
+        let forged = Auth::new(&[]).seal_request_at(u64::MAX, "b", b"x").0;
+        assert_eq!(Auth::new(&[]).open(forged, "b").err(), Some(Reject::Future));
     }
 
     #[test]
     fn reply_is_bound_to_its_request() {
-        let a = Auth::new(Some("k"));
-        let (_, m1) = a.seal(b"req1");
-        let (_, m2) = a.seal(b"req2");
+        let a = Auth::new(&keys(&["k"]));
+        let (_, m1) = a.seal("b", b"req1");
+        let (_, m2) = a.seal("b", b"req2");
         let reply = a.seal_reply(&m1, b"answer");
         assert_eq!(&a.open_reply(reply.clone(), &m1).unwrap()[..], b"answer");
         assert_eq!(a.open_reply(reply, &m2).err(), Some(Reject::BadMac));
+    }
+
+    #[test]
+    fn a_frame_sealed_for_one_replica_is_refused_by_another() {
+        let a = Auth::new(&keys(&["k"]));
+        let (frame, _) = a.seal("10.0.0.1:8081", b"x");
+        assert_eq!(
+            a.open(frame.clone(), "10.0.0.2:8081").err(),
+            Some(Reject::BadMac)
+        );
+        // Length-prefixed: a name that is a prefix of another does not match.
+        assert_eq!(
+            a.open(frame.clone(), "10.0.0.1:808").err(),
+            Some(Reject::BadMac)
+        );
+        assert!(a.open(frame, "10.0.0.1:8081").is_ok());
+    }
+
+    #[test]
+    fn recipient_is_the_canonical_local_address() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:8081".parse().unwrap();
+        assert_eq!(recipient(mapped), "127.0.0.1:8081");
+        let v6: SocketAddr = "[::1]:8081".parse().unwrap();
+        assert_eq!(recipient(v6), "[::1]:8081");
     }
 }

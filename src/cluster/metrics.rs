@@ -1,6 +1,7 @@
-//! The cluster's Prometheus metrics. Peer labels are bounded by the
-//! configured peer list (and what it resolves to), never by keys.
+//! The cluster's Prometheus metrics. Peer labels are the configured peer
+//! names (not the addresses they resolve to, which churn with pods), never keys.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,21 +50,32 @@ fn render_peers(c: &Cluster, peers: &[Arc<Peer>], o: &mut String) {
 /// Reads one of a peer's last-success times (unix ms, 0 = never).
 type Stamp = fn(&Peer) -> u64;
 
-/// Seconds since the last success per peer; absent before the first.
+/// Seconds since the last success per configured peer name (the oldest of
+/// its addresses that ever succeeded); absent before the first success.
 fn render_ages(peers: &[Arc<Peer>], o: &mut String) {
     let now = auth::unix_ms();
     #[rustfmt::skip]
     let ages: [(&str, &str, Stamp); 2] = [
-        ("pollgate_cluster_last_push_seconds", "Seconds since deltas were last sent to the peer successfully.", Peer::last_deltas),
-        ("pollgate_cluster_last_pull_seconds", "Seconds since the last complete pull from the peer.", Peer::last_pull),
+        ("pollgate_cluster_last_push_seconds", "Seconds since deltas were last sent to the peer successfully (the oldest of the addresses the peer name resolves to).", Peer::last_deltas),
+        ("pollgate_cluster_last_pull_seconds", "Seconds since the last complete pull from the peer (the oldest of the addresses the peer name resolves to).", Peer::last_pull),
     ];
     for (name, help, get) in ages {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for p in peers.iter().filter(|p| get(p) > 0) {
-            let age = now.saturating_sub(get(p)) as f64 / 1000.0;
-            let _ = writeln!(o, "{name}{{peer=\"{}\"}} {age}", p.addr);
+        for (peer, age) in oldest_by_name(peers, now, get) {
+            let _ = writeln!(o, "{name}{{peer=\"{peer}\"}} {age}");
         }
     }
+}
+
+/// Per peer name, the largest age in seconds over its addresses with a success.
+fn oldest_by_name(peers: &[Arc<Peer>], now: u64, get: Stamp) -> BTreeMap<&str, f64> {
+    let mut by_name = BTreeMap::new();
+    for p in peers.iter().filter(|p| get(p) > 0) {
+        let age = now.saturating_sub(get(p)) as f64 / 1000.0;
+        let oldest = by_name.entry(p.name.as_str()).or_insert(age);
+        *oldest = f64::max(*oldest, age);
+    }
+    by_name
 }
 
 fn render_counters(m: &ClusterMetrics, o: &mut String) {

@@ -16,6 +16,10 @@ const INITIAL: u8 = (1 << (GOOD - 1)) - 1;
 /// One peer address and what we know of it.
 pub struct Peer {
     pub addr: String,
+    /// The configured `--peer` name the address came from: the metrics
+    /// label. Behind a headless Service addresses change with every pod; the
+    /// name does not, so the label values stay bounded by the config.
+    pub name: String,
     /// Probe results, newest in bit 0.
     window: AtomicU8,
     /// The address turned out to be this replica: leave it alone.
@@ -29,9 +33,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(addr: String, deltas: mpsc::Sender<Bytes>) -> Self {
+    pub fn new(addr: String, name: String, deltas: mpsc::Sender<Bytes>) -> Self {
         Peer {
             addr,
+            name,
             window: AtomicU8::new(INITIAL),
             is_self: AtomicBool::new(false),
             last_deltas_ms: AtomicU64::new(0),
@@ -88,7 +93,7 @@ mod tests {
     #[test]
     fn window_is_three_of_the_last_eight() {
         let (tx, _rx) = mpsc::channel(1);
-        let p = Peer::new("a".into(), tx);
+        let p = Peer::new("a".into(), "a".into(), tx);
         assert!(!p.is_up(), "no answer yet");
         p.probe(false);
         assert!(!p.is_up(), "failed while starting");

@@ -93,7 +93,7 @@ fn targets(peers: &[Arc<Peer>]) -> Vec<Arc<Peer>> {
 pub async fn send_loop<T: Link>(ctx: Ctx<T>, peer: Arc<Peer>, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(body) = rx.recv().await {
         let c = ctx.cluster();
-        let (frame, mac) = c.auth.seal(&body);
+        let (frame, mac) = c.auth.seal(&peer.addr, &body);
         c.metrics.bytes_sent.add(frame.len() as u64);
         let res = ctx.link.send(&peer.addr, Path::Deltas, frame).await;
         match res.map(|r| ctx.open(r, &mac)) {

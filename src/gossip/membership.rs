@@ -61,11 +61,12 @@ async fn resolve<T: Link>(
     tasks: &mut HashMap<String, JoinSet<()>>,
     answered: &Arc<AtomicBool>,
 ) {
-    let addrs = resolve_all(ctx).await;
-    if addrs.is_empty() {
+    let found = resolve_all(ctx).await;
+    if found.is_empty() {
         // Resolution failed everywhere: keep the peers we had.
         return;
     }
+    let addrs: Vec<String> = found.iter().map(|(addr, _)| addr.clone()).collect();
     drop_gone(tasks, &addrs);
     let c = ctx.cluster();
     c.outbox
@@ -73,24 +74,26 @@ async fn resolve<T: Link>(
         .store(addrs.len() > crate::cluster::FANOUT, Ordering::Relaxed);
     let mut peers = c.peers.write();
     peers.retain(|p| addrs.contains(&p.addr));
-    for addr in addrs {
+    for (addr, name) in found {
         if let Entry::Vacant(slot) = tasks.entry(addr) {
-            let (peer, set) = start_peer(ctx, slot.key().clone(), answered);
+            let (peer, set) = start_peer(ctx, slot.key().clone(), name, answered);
             peers.push(peer);
             slot.insert(set);
         }
     }
 }
 
-/// Every configured name resolved, sorted and deduplicated.
-async fn resolve_all<T: Link>(ctx: &Ctx<T>) -> Vec<String> {
-    let mut addrs = Vec::new();
+/// Every configured name resolved: `(address, name it came from)`, sorted
+/// by address, each address once (behind two names it keeps the first).
+async fn resolve_all<T: Link>(ctx: &Ctx<T>) -> Vec<(String, String)> {
+    let mut found = Vec::new();
     for name in &ctx.state.cfg.peer {
-        addrs.extend(ctx.link.resolve(name).await);
+        let addrs = ctx.link.resolve(name).await;
+        found.extend(addrs.into_iter().map(|a| (a, name.clone())));
     }
-    addrs.sort();
-    addrs.dedup();
-    addrs
+    found.sort();
+    found.dedup_by(|a, b| a.0 == b.0);
+    found
 }
 
 /// Stops the tasks of peers that no longer resolve.
@@ -109,10 +112,11 @@ fn drop_gone(tasks: &mut HashMap<String, JoinSet<()>>, addrs: &[String]) {
 fn start_peer<T: Link>(
     ctx: &Ctx<T>,
     addr: String,
+    name: String,
     answered: &Arc<AtomicBool>,
 ) -> (Arc<Peer>, JoinSet<()>) {
     let (tx, rx) = mpsc::channel(DELTA_QUEUE);
-    let peer = Arc::new(Peer::new(addr, tx));
+    let peer = Arc::new(Peer::new(addr, name, tx));
     let mut set = JoinSet::new();
     set.spawn(super::pull::run(
         ctx.clone(),

@@ -96,7 +96,7 @@ impl<T: Link> Ctx<T> {
             Request::Pull { .. } => Path::Pull,
         };
         let c = self.cluster();
-        let (frame, mac) = c.auth.seal(&codec::encode_message(msg));
+        let (frame, mac) = c.auth.seal(peer, &codec::encode_message(msg));
         c.metrics.bytes_sent.add(frame.len() as u64);
         let reply = self.link.send(peer, path, frame).await?;
         self.open(reply, &mac)

@@ -1,7 +1,8 @@
 //! Forwarding to the app servers: a pooled client ([`client`]), the guard in
-//! front of it ([`guard`]: in-flight cap, queue, shedding, breaker) and per-key
-//! coalescing ([`coalesce`]).
+//! front of it ([`guard`]: in-flight cap, queue, shedding, breaker), per-key
+//! coalescing ([`coalesce`]) and revalidation back-off ([`backoff`]).
 
+pub mod backoff;
 pub mod client;
 pub mod coalesce;
 pub mod guard;
@@ -57,6 +58,12 @@ impl Upstream {
         let res = self.client.send(req, client_addr).await;
         permit.record(&res);
         res
+    }
+
+    /// Applies a reload's `upstream` list and per-client limits.
+    pub fn reload(&self, cfg: &Config) {
+        self.client.set_upstreams(&cfg.upstream);
+        self.clients.set_rates(cfg);
     }
 
     /// True while the breaker refuses requests: stale polls get 503 at once.

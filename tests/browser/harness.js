@@ -164,6 +164,8 @@ export async function startPollgate({ upstream, args = [], listen = "127.0.0.1:0
  * pollgate may sit elsewhere). It connects onward only once the request
  * line is in, so an attempt against a dead target is logged with its line
  * too; the client then sees the connection close, as with the server gone.
+ * A request for a page registered by `openPage` is answered by the proxy
+ * itself, whichever request of a keep-alive connection it is.
  */
 export async function startProxy(target) {
   const log = [];
@@ -178,17 +180,32 @@ export async function startProxy(target) {
       if (up) sockets.delete(up);
     };
     client.on("error", end).on("close", end);
-    client.once("data", (first) => {
-      const entry = { at: performance.now(), line: first.toString("latin1").split("\r\n")[0], ok: false };
-      const page = proxy.pages.get(entry.line.split(" ")[1]);
-      if (page !== undefined) return servePage(client, page);
+    client.on("data", (chunk) => {
+      // Chromium reuses an idle keep-alive connection for the next page load,
+      // so every chunk that starts a request for a test page is answered here
+      // (and the connection closed), not only a connection's first request.
+      const line = chunk.toString("latin1").split("\r\n")[0];
+      const page = proxy.pages.get(line.split(" ")[1]);
+      if (page !== undefined) {
+        if (up) {
+          up.unpipe(client);
+          up.removeAllListeners("close");
+          up.on("error", () => {});
+          up.destroy();
+          sockets.delete(up);
+          up = null;
+        }
+        return servePage(client, page);
+      }
+      if (up) return up.write(chunk);
+      const entry = { at: performance.now(), line, ok: false };
       log.push(entry);
       up = net.connect(...hostPort(proxy.target));
       sockets.add(up);
       up.on("connect", () => (entry.ok = true));
       up.on("error", end).on("close", end);
-      up.write(first);
-      client.pipe(up).pipe(client);
+      up.write(chunk);
+      up.pipe(client);
     });
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
