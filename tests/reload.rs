@@ -396,3 +396,31 @@ async fn cluster_key_rotates_across_replicas_without_a_refused_message() {
         );
     }
 }
+
+async fn reload_as(pg: &Pollgate, token: &str) -> u16 {
+    let auth = format!("Bearer {token}");
+    let url = pg.internal_url("/v1/reload");
+    send("POST", &url, &[("authorization", &auth)], vec![])
+        .await
+        .0
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_admin_token_rotates_through_its_own_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pollgate.toml");
+    write(&file, &["p"], "");
+    let pg = start(&file);
+    let both = format!("admin_token = [{ADMIN:?}, \"next-admin\"]\n");
+    std::fs::write(&file, format!("publish_token = \"p\"\n{both}")).unwrap();
+    assert_eq!(reload_as(&pg, ADMIN).await, 200);
+    assert_eq!(reload_as(&pg, "next-admin").await, 200, "both valid");
+    std::fs::write(
+        &file,
+        "publish_token = \"p\"\nadmin_token = \"next-admin\"\n",
+    )
+    .unwrap();
+    assert_eq!(reload_as(&pg, "next-admin").await, 200);
+    assert_eq!(reload_as(&pg, ADMIN).await, 401, "the old one retired");
+}
