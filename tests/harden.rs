@@ -37,14 +37,6 @@ async fn post(pg: &Pollgate, path: &str, frame: Vec<u8>) -> StatusCode {
     send("POST", &pg.internal_url(path), &[], frame).await.0
 }
 
-async fn version(pg: &Pollgate, key: &str) -> Option<u64> {
-    let (s, _, body) = get(&pg.internal_url(&format!("/v1/versions/{key}"))).await;
-    (s == StatusCode::OK).then(|| {
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["version"].as_u64().unwrap()
-    })
-}
-
 async fn config_of(pg: &Pollgate) -> serde_json::Value {
     let (s, _, body) = get(&pg.internal_url("/v1/config")).await;
     assert_eq!(s, StatusCode::OK);
@@ -59,8 +51,7 @@ async fn put_config(pg: &Pollgate, body: &str) -> (StatusCode, String) {
 }
 
 fn unused_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", common::free_port())
 }
 
 // ---- 1. gossip endpoints exist only when authenticated (or said insecure) ----
@@ -79,7 +70,7 @@ async fn without_a_cluster_key_gossip_endpoints_do_not_exist() {
             "{path}"
         );
     }
-    assert_eq!(version(&pg, "victim").await, None);
+    assert_eq!(pg.version("victim").await, None);
     assert_ne!(config_of(&pg).await["max_age_ms"], 0);
 }
 
@@ -92,7 +83,7 @@ async fn gossip_is_served_with_a_key_or_explicitly_insecure_with_peers() {
         post(&keyed, "/v1/cluster/deltas", frame).await,
         StatusCode::OK
     );
-    assert_eq!(version(&keyed, "a").await, Some(3));
+    assert_eq!(keyed.version("a").await, Some(3));
     let forged = deltas(&Auth::new(None), &keyed, "b", 3, Stamp::default());
     let s = post(&keyed, "/v1/cluster/deltas", forged).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -122,11 +113,11 @@ async fn a_frame_sealed_for_one_replica_is_refused_by_another() {
     // Captured on its way to A and replayed to B inside the freshness window.
     let s = post(&b, "/v1/cluster/deltas", for_a.clone()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_eq!(version(&b, "bound").await, None);
+    assert_eq!(b.version("bound").await, None);
     let bad_mac = "pollgate_cluster_rejected_total{reason=\"bad_mac\"}";
     assert_eq!(b.metric(bad_mac).await, 1.0);
     assert_eq!(post(&a, "/v1/cluster/deltas", for_a).await, StatusCode::OK);
-    assert_eq!(version(&a, "bound").await, Some(7));
+    assert_eq!(a.version("bound").await, Some(7));
 }
 
 // ---- 2. config stamps from the future are refused; admin PUT is bounded ----
