@@ -41,7 +41,7 @@ pub async fn run(
     );
     let reloading = state.clone();
     let sighup = crate::reload::SighupHandle::start(move || {
-        crate::reload::log(&reloading.live.reload());
+        crate::reload::log(&reloading.reload());
     });
     server::run(listeners, state.clone(), shutdown).await;
     sighup.shutdown().await;

@@ -39,6 +39,19 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     res.unwrap_or_else(Error::into_response)
 }
 
+/// The restart-only keys' reasons go in `why` so `restart_needed` stays a
+/// plain list of names.
+fn applied_json(a: &crate::reload::Applied) -> String {
+    let names: Vec<_> = a.restart_needed.iter().map(|(k, _)| *k).collect();
+    let why: serde_json::Map<_, _> = a
+        .restart_needed
+        .iter()
+        .map(|(k, w)| (k.to_string(), serde_json::Value::from(*w)))
+        .collect();
+    serde_json::json!({"changed": a.changed, "restart_needed": names, "why": why, "pinned": a.pinned})
+        .to_string()
+}
+
 fn metrics(state: &State) -> Response<Body> {
     state.metrics.keys.set(state.table.len() as i64);
     state.metrics.ready.set(i64::from(state.is_ready()));
@@ -50,18 +63,14 @@ fn metrics(state: &State) -> Response<Body> {
 }
 
 /// `POST /v1/reload` (admin token): what SIGHUP does, with the outcome as
-/// JSON — 200 `{"changed":[..],"restart_needed":[..]}`, or 400 with every
-/// error of a refused config (nothing changed).
+/// JSON — 200 `{"changed":[..],"restart_needed":[..],"why":{..},"pinned":[..]}`,
+/// or 400 with every error of a refused config (nothing changed).
 fn reload(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
     crate::inbound::authorize(state.live.secrets().admin.as_slice(), req, "admin_token")?;
-    let result = state.live.reload();
+    let result = state.reload();
     crate::reload::log(&result);
     Ok(match result {
-        Ok(a) => json(
-            StatusCode::OK,
-            serde_json::json!({"changed": a.changed, "restart_needed": a.restart_needed})
-                .to_string(),
-        ),
+        Ok(a) => json(StatusCode::OK, applied_json(&a)),
         Err(e) => json(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"error": e.to_string()}).to_string(),

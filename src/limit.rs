@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hashbrown::HashMap;
 use http::HeaderMap;
 use parking_lot::Mutex;
@@ -35,12 +36,11 @@ pub enum Cost {
 }
 
 pub struct ClientLimits {
-    /// Tokens per second; 0 turns rate limiting off.
-    rate: f64,
-    burst: f64,
+    /// Rate, burst and trusted proxies: swapped whole by a reload; the
+    /// buckets stay (a client keeps what it had spent).
+    rates: ArcSwap<Rates>,
     /// Upstream slots one client may hold at once.
     max_inflight: u32,
-    trusted: Vec<Cidr>,
     shard_cap: usize,
     shards: Box<[Mutex<HashMap<IpAddr, Bucket>>]>,
     /// Picks the shard; seeded once (a fresh seed per call would scatter a client).
@@ -57,6 +57,30 @@ struct Bucket {
     inflight: u32,
 }
 
+/// The reloadable part: `client_rate_per_s`, `client_burst`, `trusted_proxies`.
+#[derive(Debug)]
+struct Rates {
+    /// Tokens per second; 0 turns rate limiting off.
+    rate: f64,
+    burst: f64,
+    trusted: Vec<Cidr>,
+}
+
+impl Rates {
+    fn from_config(cfg: &Config) -> Rates {
+        let rate = cfg.client_rate_per_s as f64;
+        let burst = match cfg.client_burst {
+            0 => (2.0 * rate).max(1.0),
+            b => b as f64,
+        };
+        Rates {
+            rate,
+            burst,
+            trusted: cfg.trusted_proxies.clone(),
+        }
+    }
+}
+
 /// An upstream slot held by one client; dropping it gives the slot back.
 pub struct Held {
     limits: Arc<ClientLimits>,
@@ -69,16 +93,9 @@ impl ClientLimits {
     }
 
     pub fn with_cap(cfg: &Config, metrics: &Metrics, cap: usize) -> Arc<Self> {
-        let rate = cfg.client_rate_per_s as f64;
-        let burst = match cfg.client_burst {
-            0 => (2.0 * rate).max(1.0),
-            b => b as f64,
-        };
         let limits = Arc::new(ClientLimits {
-            rate,
-            burst,
+            rates: ArcSwap::from_pointee(Rates::from_config(cfg)),
             max_inflight: share_of(cfg.upstream_max_inflight),
-            trusted: cfg.trusted_proxies.clone(),
             shard_cap: (cap / SHARDS).max(1),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: Default::default(),
@@ -94,8 +111,15 @@ impl ClientLimits {
         limits
     }
 
+    /// Applies a reload's `client_rate_per_s`, `client_burst` and
+    /// `trusted_proxies`. Buckets are kept, capped at the new burst when
+    /// next refilled; turning the limit on starts every client full.
+    pub fn set_rates(&self, cfg: &Config) {
+        self.rates.store(Arc::new(Rates::from_config(cfg)));
+    }
+
     pub fn enabled(&self) -> bool {
-        self.rate > 0.0
+        self.rates.load().rate > 0.0
     }
 
     /// The address a request is charged to: the peer, or the client named
@@ -118,7 +142,7 @@ impl ClientLimits {
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|c| c.contains(ip))
+        self.rates.load().trusted.iter().any(|c| c.contains(ip))
     }
 
     /// Takes one token for a new push connection, or 429.
@@ -143,22 +167,23 @@ impl ClientLimits {
 
     fn take(&self, ip: IpAddr, cost: Cost, hold: bool) -> Result<(), Error> {
         let now_ms = self.start.elapsed().as_millis() as u32;
+        let r = self.rates.load();
         let mut shard = self.shard(ip).lock();
         if !shard.contains_key(&ip) && shard.len() >= self.shard_cap {
-            self.make_room(&mut shard, now_ms);
+            self.make_room(&r, &mut shard, now_ms);
         }
         let b = shard.entry(ip).or_insert(Bucket {
-            tokens: self.burst as f32,
+            tokens: r.burst as f32,
             at_ms: now_ms,
             inflight: 0,
         });
-        self.refill(b, now_ms);
+        refill(&r, b, now_ms);
         if hold && b.inflight >= self.max_inflight {
             drop(shard);
             return Err(self.refuse(cost, Duration::from_secs(1)));
         }
         if b.tokens < 1.0 {
-            let wait = (1.0 - b.tokens as f64) / self.rate;
+            let wait = (1.0 - b.tokens as f64) / r.rate;
             drop(shard);
             return Err(self.refuse(cost, Duration::from_secs_f64(wait)));
         }
@@ -167,16 +192,10 @@ impl ClientLimits {
         Ok(())
     }
 
-    fn refill(&self, b: &mut Bucket, now_ms: u32) {
-        let dt = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
-        b.tokens = (b.tokens as f64 + dt * self.rate).min(self.burst) as f32;
-        b.at_ms = now_ms;
-    }
-
     /// Forgets idle clients; if none were idle, half the shard (never a
     /// client holding a slot: its `Held` must find it again).
-    fn make_room(&self, shard: &mut HashMap<IpAddr, Bucket>, now_ms: u32) {
-        let full_after_ms = (self.burst / self.rate * 1000.0) as u32;
+    fn make_room(&self, r: &Rates, shard: &mut HashMap<IpAddr, Bucket>, now_ms: u32) {
+        let full_after_ms = (r.burst / r.rate * 1000.0) as u32;
         shard.retain(|_, b| b.inflight > 0 || now_ms.saturating_sub(b.at_ms) < full_after_ms);
         if shard.len() >= self.shard_cap {
             let mut drop_n = shard.len() / 2;
@@ -222,6 +241,12 @@ impl ClientLimits {
         #[rustfmt::skip]
         gauge(o, "pollgate_client_buckets", "Per-client buckets held (bounded).", self.buckets() as i64);
     }
+}
+
+fn refill(r: &Rates, b: &mut Bucket, now_ms: u32) {
+    let dt = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
+    b.tokens = (b.tokens as f64 + dt * r.rate).min(r.burst) as f32;
+    b.at_ms = now_ms;
 }
 
 /// A quarter of the upstream slots, at least one: four abusive clients
@@ -283,6 +308,34 @@ mod tests {
         assert!(l.admit_forward(ip(1)).is_err(), "8 slots / 4 = 2");
         drop(held);
         assert!(l.admit_forward(ip(1)).is_ok(), "slots come back on drop");
+    }
+
+    #[test]
+    fn rates_reload_and_buckets_stay() {
+        let l = limits(0, 0, 1024);
+        assert!(!l.enabled());
+        let on = Config {
+            client_rate_per_s: 1,
+            client_burst: 1,
+            ..Config::default()
+        };
+        l.set_rates(&on);
+        assert!(l.admit_push(ip(1)).is_ok());
+        assert!(l.admit_push(ip(1)).is_err(), "burst 1, now spent");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        let via = |l: &ClientLimits| l.client_ip("10.1.1.1:5".parse().unwrap(), &h);
+        assert_eq!(via(&l), ip_of("10.1.1.1"), "10/8 no longer trusted");
+        l.set_rates(&Config {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Config::default()
+        });
+        assert!(l.admit_push(ip(1)).is_ok(), "off again");
+        assert_eq!(via(&l), ip_of("1.2.3.4"), "trusted again");
+    }
+
+    fn ip_of(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         print!("{}", config::to_toml(&cli.config));
         return ExitCode::SUCCESS;
     }
-    init_tracing(cli.config.log_format);
+    init_tracing(&cli.config, &env);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(serve(cli.config))
 }
@@ -70,16 +70,28 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs to stderr, filtered by `RUST_LOG` when set, else by `log_level`,
+/// which a reload can then change (the filter sits behind a reload handle).
+fn init_tracing(cfg: &config::Config, env: &[(String, String)]) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{reload, EnvFilter};
+    let rust_log = env.iter().find(|(k, _)| k == "RUST_LOG").map(|(_, v)| v);
+    let level = || EnvFilter::new(&cfg.log_level);
+    let filter = rust_log.map_or_else(level, |f| EnvFilter::try_new(f).unwrap_or_else(|_| level()));
+    let (filter, handle) = reload::Layer::new(filter);
+    if rust_log.is_none() {
+        pollgate::reload::set_log_filter(Box::new(move |f| {
+            let filter = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        }));
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
+    let logs = tracing_subscriber::registry().with(filter);
+    match cfg.log_format {
+        LogFormat::Json => logs.with(fmt.json()).init(),
+        LogFormat::Text => logs.with(fmt).init(),
     }
 }

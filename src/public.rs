@@ -78,7 +78,11 @@ pub fn route(
         let (state, conn) = (state.clone(), conn.clone());
         return boxed(async move { crate::push::handle(&state, &conn, req, t).await });
     }
-    match state.routes.matches(uri.path(), uri.query(), req.headers()) {
+    match state
+        .routes
+        .load()
+        .matches(uri.path(), uri.query(), req.headers())
+    {
         Match::Poll { key, version, .. } if state.cfg.host_keys => {
             let Some(scoped) = scoped_key(&req, key) else {
                 state.metrics.request(Outcome::BadRequest);
@@ -111,15 +115,19 @@ fn scoped_key(req: &Request<Body>, key: &str) -> Option<crate::inbound::ScopedKe
 
 /// `Some` for a CORS preflight to a poll route or `/pollgate/v1/*` while
 /// `cors_origins` is set; anything else (pass-through included) goes on.
-fn preflight_of_ours<'a>(state: &'a State, req: &Request<Body>) -> Option<&'a Cors> {
-    let cors = state.cors.as_ref()?;
+fn preflight_of_ours(state: &State, req: &Request<Body>) -> Option<Arc<Cors>> {
+    // The cheap test first: a refcount per hit would be shared-cache traffic.
     if !Cors::is_preflight(req.method(), req.headers()) {
         return None;
     }
+    let cors = state.cors.load_full()?;
     let uri = req.uri();
     let ours = uri.path().starts_with("/pollgate/v1/")
         || matches!(
-            state.routes.matches(uri.path(), uri.query(), req.headers()),
+            state
+                .routes
+                .load()
+                .matches(uri.path(), uri.query(), req.headers()),
             Match::Poll { .. }
         );
     ours.then_some(cors)
@@ -144,9 +152,9 @@ fn poll_route(
     key: &str,
     version: Option<u64>,
 ) -> Result<Reply, Onward> {
-    let origin = match &state.cors {
-        Some(_) => req.headers().get(header::ORIGIN).cloned(),
-        None => None,
+    let origin = match state.cors.load().is_some() {
+        true => req.headers().get(header::ORIGIN).cloned(),
+        false => None,
     };
     let authorized = match &state.auth {
         None => true,
@@ -202,7 +210,7 @@ pub fn with_cors(
     origin: Option<HeaderValue>,
     resp: Response<Body>,
 ) -> Response<Body> {
-    crate::cors::apply(state.cors.as_ref(), origin, resp)
+    crate::cors::apply(state.cors.load().as_deref(), origin, resp)
 }
 
 fn now(resp: Response<Body>) -> Reply {

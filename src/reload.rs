@@ -2,11 +2,20 @@
 //! started with is loaded again (so the config file is re-read) and what can
 //! change live is applied; a config with any error is refused whole.
 //!
-//! What changes live: the secrets that guard the internal listener
-//! (`publish_token`, repeatable so a rotation has an overlap, and
-//! `admin_token`). Every other key is fixed for the process's life: when the
-//! file changes one of them, the reload names it in the log and in the answer
-//! ("needs a restart") and the running value stays.
+//! What changes live ([`LIVE_KEYS`]): the internal listener's tokens, poll
+//! routes, upstreams, per-client limits, the log filter, `cluster_key`, how
+//! public-listener tokens are verified, and CORS origins. Open connections
+//! keep going: a push stream stays open (its token was checked when it
+//! opened and it still ends at the token's `exp`), a keep-alive client's
+//! remembered token is verified again under the new keys. Every other key
+//! is fixed for the process's life ([`why_restart`] says why, key by key):
+//! when the file changes one, the reload names it in the log and in the
+//! answer and the running value stays.
+//!
+//! The environment is the one the process started with: a reload cannot see
+//! a new `POLLGATE_*` variable (nor a new systemd `EnvironmentFile`), and a
+//! key set by a variable or a flag beats the file, so it cannot change by
+//! reload; the answer names such keys (`pinned`).
 
 use std::ffi::OsString;
 use std::sync::{Arc, OnceLock};
@@ -31,6 +40,17 @@ pub fn set_source(source: Source) {
     let _ = SOURCE.set(source);
 }
 
+/// Changes the log filter of the running process (`main` sets it up with
+/// the subscriber); `Err` names what is wrong with the filter.
+pub type LogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LOG_FILTER: OnceLock<LogFilter> = OnceLock::new();
+
+/// Set once by `main`; without it `log_level` needs a restart.
+pub fn set_log_filter(f: LogFilter) {
+    let _ = LOG_FILTER.set(f);
+}
+
 /// Secrets checked on each request; swapped whole by a reload.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Secrets {
@@ -48,16 +68,34 @@ impl Secrets {
     }
 }
 
-/// Keys applied by a reload; the rest need a restart.
-pub const LIVE_KEYS: [&str; 2] = ["publish_token", "admin_token"];
+/// Keys a reload applies (some only in the cases [`live_now`] allows).
+pub const LIVE_KEYS: [&str; 13] = [
+    "publish_token",
+    "admin_token",
+    "route",
+    "upstream",
+    "client_rate_per_s",
+    "client_burst",
+    "trusted_proxies",
+    "log_level",
+    "cluster_key",
+    "auth_jwt_secret",
+    "auth_jwks",
+    "auth_audience",
+    "cors_origins",
+];
 
 /// What a reload did.
 #[derive(Debug, PartialEq)]
 pub struct Applied {
     /// Live keys whose value changed (and now is in effect).
     pub changed: Vec<&'static str>,
-    /// Keys the file changed that keep their running value until a restart.
-    pub restart_needed: Vec<&'static str>,
+    /// Keys the file changed that keep their running value until a restart,
+    /// each with why.
+    pub restart_needed: Vec<(&'static str, &'static str)>,
+    /// Live keys set by an environment variable or a flag: they beat the
+    /// file, and the environment is the one the process started with.
+    pub pinned: Vec<&'static str>,
 }
 
 /// Why a reload changed nothing.
@@ -69,18 +107,22 @@ pub enum ReloadError {
     Invalid(Vec<String>),
 }
 
-/// The live part of the config, and the config last loaded (to compare with).
+/// The tokens in effect, and the configs a reload compares with.
 pub struct Live {
     secrets: RwLock<Arc<Secrets>>,
-    /// Held across a whole reload so two (SIGHUP and POST) cannot interleave.
-    loaded: Mutex<Config>,
+    /// The config the process started with: what restart-only keys still run with.
+    start: Config,
+    /// The config last applied; held across a whole reload so two (SIGHUP
+    /// and POST) cannot interleave.
+    current: Mutex<Config>,
 }
 
 impl Live {
     pub fn new(cfg: &Config) -> Live {
         Live {
             secrets: RwLock::new(Arc::new(Secrets::from_config(cfg))),
-            loaded: Mutex::new(cfg.clone()),
+            start: cfg.clone(),
+            current: Mutex::new(cfg.clone()),
         }
     }
 
@@ -89,57 +131,132 @@ impl Live {
         self.secrets.read().clone()
     }
 
-    /// Loads the start-up command line again and applies what can change live.
-    pub fn reload(&self) -> Result<Applied, ReloadError> {
+    /// Loads the start-up command line again; `apply` puts the new config's
+    /// live `changed` keys in force, or refuses the whole reload.
+    pub fn reload(
+        &self,
+        apply: impl FnOnce(&Config, &[&'static str]) -> Result<(), Vec<String>>,
+    ) -> Result<Applied, ReloadError> {
         let source = SOURCE.get().ok_or(ReloadError::NoSource)?;
-        self.reload_from(source)
+        self.reload_from(source, apply)
     }
 
-    pub fn reload_from(&self, source: &Source) -> Result<Applied, ReloadError> {
-        let new = match config::load(source.args.iter().cloned(), &source.env) {
-            Ok(cli) => cli.config,
+    pub fn reload_from(
+        &self,
+        source: &Source,
+        apply: impl FnOnce(&Config, &[&'static str]) -> Result<(), Vec<String>>,
+    ) -> Result<Applied, ReloadError> {
+        let cli = match config::load(source.args.iter().cloned(), &source.env) {
+            Ok(cli) => cli,
             Err(LoadError::Invalid(errs)) => return Err(ReloadError::Invalid(errs)),
             Err(LoadError::Display(_)) => return Err(ReloadError::NoSource),
         };
-        let mut loaded = self.loaded.lock();
-        let applied = Applied {
-            changed: changed_secrets(&loaded, &new),
-            restart_needed: config::changed_keys(&loaded, &new)
-                .into_iter()
-                .filter(|k| !LIVE_KEYS.contains(k))
-                .collect(),
-        };
+        let new = cli.config;
+        let rust_log = source.env.iter().any(|(k, _)| k == "RUST_LOG");
+        let mut current = self.current.lock();
+        let changed: Vec<_> = config::changed_keys(&current, &new)
+            .into_iter()
+            .filter(|k| live_now(k, &self.start, &new, rust_log).is_ok())
+            .collect();
+        apply(&new, &changed).map_err(ReloadError::Invalid)?;
+        if changed.contains(&"log_level") {
+            set_log_level(&new.log_level);
+        }
         *self.secrets.write() = Arc::new(Secrets::from_config(&new));
-        // Restart-only keys keep their running value, so compare with that next time.
-        let mut kept = loaded.clone();
-        kept.publish_token = new.publish_token;
-        kept.admin_token = new.admin_token;
-        *loaded = kept;
-        Ok(applied)
+        let restart_needed = config::changed_keys(&self.start, &new)
+            .into_iter()
+            .filter_map(|k| {
+                live_now(k, &self.start, &new, rust_log)
+                    .err()
+                    .map(|why| (k, why))
+            })
+            .collect();
+        *current = new;
+        Ok(Applied {
+            changed,
+            restart_needed,
+            pinned: cli
+                .pinned
+                .into_iter()
+                .filter(|k| LIVE_KEYS.contains(k))
+                .collect(),
+        })
     }
 }
 
-fn changed_secrets(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    if old.publish_token != new.publish_token {
-        changed.push("publish_token");
+/// The filter was parsed when the config was loaded, so this cannot fail
+/// for a reason the operator could fix; if it does, the old filter stays.
+fn set_log_level(filter: &str) {
+    if let Some(Err(e)) = LOG_FILTER.get().map(|set| set(filter)) {
+        tracing::warn!(error = %e, "log_level not changed");
     }
-    if old.admin_token != new.admin_token {
-        changed.push("admin_token");
+}
+
+/// Whether `key` changes live from the process's `start` config to `new`;
+/// `Err` says why it needs a restart.
+pub fn live_now(
+    key: &str,
+    start: &Config,
+    new: &Config,
+    rust_log: bool,
+) -> Result<(), &'static str> {
+    let auth_on = |c: &Config| !c.auth_jwt_secret.is_empty() || c.auth_jwks.is_some();
+    match key {
+        "cluster_key" if start.cluster_key.is_empty() || new.cluster_key.is_empty() => Err(
+            "gossip endpoints exist only with a cluster_key: setting the first key or removing the last needs a restart (rotate by listing old and new)",
+        ),
+        "auth_jwt_secret" | "auth_jwks" | "auth_audience" if auth_on(start) != auth_on(new) => Err(
+            "turning authorization on or off needs a restart: open push streams and remembered tokens were admitted under the other rule",
+        ),
+        "log_level" if rust_log => Err("RUST_LOG is set and wins over log_level"),
+        "log_level" if LOG_FILTER.get().is_none() => Err("no reloadable log filter in this process"),
+        k if LIVE_KEYS.contains(&k) => Ok(()),
+        k => Err(why_restart(k)),
     }
-    changed
+}
+
+/// Why a key is fixed for the process's life.
+pub fn why_restart(key: &str) -> &'static str {
+    match key {
+        "listen" | "internal_listen" => "a listener is bound once, at start",
+        "header_read_timeout" | "max_header_size" | "grace_period" => {
+            "the listeners' connection settings are fixed at start"
+        }
+        "upstream_max_inflight" | "upstream_queue" | "upstream_queue_timeout" | "breaker_failures" | "breaker_open" => {
+            "the upstream guard (slots, queue, breaker) is sized at start; resizing it under load could drop queued requests"
+        }
+        "upstream_connect_timeout" | "upstream_timeout" | "client_body_timeout" | "upstream_host" | "version_header" => {
+            "the upstream client is built at start"
+        }
+        "host_keys" => "it changes what every table key means: versions learned before would be read under other keys",
+        "max_age" | "heartbeat_interval" | "ghost_timeout" | "push_admission_per_s" => {
+            "a seed of a cluster-wide tunable: change it live for the whole cluster with PUT /v1/config"
+        }
+        "auth_cookie" => "the cookie name is the browser clients' contract, fixed at start",
+        "peer" | "node_id" | "insecure_cluster" => "cluster membership is set up at start",
+        "data_dir" | "snapshot_interval" => "the snapshot task is started with it",
+        "redis_url" | "redis_channel" | "redis_stream" | "redis_stream_complete" | "redis_tls_ca" => {
+            "the Redis feed connects and subscribes at start"
+        }
+        "log_format" => "the log output is set up once, at start",
+        "push" | "push_admission_burst" | "push_max_connections" | "max_keys_per_watch" | "wait_max_timeout" => {
+            "the push hub is set up at start"
+        }
+        _ => "read once, at start",
+    }
 }
 
 /// Logs a reload's result the way an operator reads it after `kill -HUP`.
 pub fn log(result: &Result<Applied, ReloadError>) {
     match result {
         Ok(a) if a.restart_needed.is_empty() => {
-            tracing::info!(changed = ?a.changed, "config reloaded")
+            tracing::info!(changed = ?a.changed, pinned = ?a.pinned, "config reloaded")
         }
         Ok(a) => tracing::warn!(
             changed = ?a.changed,
             restart_needed = ?a.restart_needed,
-            "config reloaded; these keys changed in the file but keep their running value until a restart"
+            pinned = ?a.pinned,
+            "config reloaded; the restart_needed keys changed in the file but keep their running value until a restart"
         ),
         Err(e) => tracing::error!("reload: {e}"),
     }
@@ -186,6 +303,10 @@ mod tests {
         config::load(s.args, &s.env).unwrap().config
     }
 
+    fn nothing(_: &Config, _: &[&'static str]) -> Result<(), Vec<String>> {
+        Ok(())
+    }
+
     #[test]
     fn tokens_change_live_and_other_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -193,14 +314,17 @@ mod tests {
         std::fs::write(&file, "publish_token = [\"a\"]\nmax_age = \"60s\"\n").unwrap();
         let live = Live::new(&loaded(&file));
         std::fs::write(&file, "publish_token = [\"a\", \"b\"]\nmax_age = \"5s\"\n").unwrap();
-        let applied = live.reload_from(&source(&file)).unwrap();
+        let applied = live.reload_from(&source(&file), nothing).unwrap();
         assert_eq!(applied.changed, ["publish_token"]);
-        assert_eq!(applied.restart_needed, ["max_age"]);
+        assert_eq!(
+            applied.restart_needed,
+            [("max_age", why_restart("max_age"))]
+        );
         assert_eq!(live.secrets().publish, ["a", "b"]);
         // The running max_age did not change, so it is named again.
-        let again = live.reload_from(&source(&file)).unwrap();
+        let again = live.reload_from(&source(&file), nothing).unwrap();
         assert!(again.changed.is_empty());
-        assert_eq!(again.restart_needed, ["max_age"]);
+        assert_eq!(again.restart_needed.len(), 1);
     }
 
     #[test]
@@ -210,8 +334,55 @@ mod tests {
         std::fs::write(&file, "publish_token = \"a\"\n").unwrap();
         let live = Live::new(&loaded(&file));
         std::fs::write(&file, "publish_token = \"b\"\nmax_age = \"soon\"\n").unwrap();
-        let err = live.reload_from(&source(&file)).unwrap_err();
+        let err = live.reload_from(&source(&file), nothing).unwrap_err();
         assert!(err.to_string().contains("max_age"), "{err}");
         assert_eq!(live.secrets().publish, ["a"]);
+    }
+
+    #[test]
+    fn a_refusal_from_apply_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg.toml");
+        std::fs::write(&file, "publish_token = \"a\"\n").unwrap();
+        let live = Live::new(&loaded(&file));
+        std::fs::write(
+            &file,
+            "publish_token = \"b\"\nroute = [\"/x/{key}?v={version}\"]\n",
+        )
+        .unwrap();
+        let refuse = |_: &Config, changed: &[&str]| {
+            assert_eq!(changed, ["route", "publish_token"]);
+            Err(vec!["route: no".to_string()])
+        };
+        assert!(live.reload_from(&source(&file), refuse).is_err());
+        assert_eq!(live.secrets().publish, ["a"]);
+    }
+
+    #[test]
+    fn some_keys_are_live_only_in_some_cases() {
+        let with = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c
+        };
+        let off = Config::default();
+        let keyed = with(|c| c.cluster_key = vec!["k".into()]);
+        let rotated = with(|c| c.cluster_key = vec!["k2".into(), "k".into()]);
+        assert!(live_now("cluster_key", &keyed, &rotated, false).is_ok());
+        assert!(live_now("cluster_key", &off, &keyed, false).is_err());
+        assert!(live_now("cluster_key", &keyed, &off, false).is_err());
+        let secret = with(|c| c.auth_jwt_secret = vec!["s".repeat(32)]);
+        let audience = with(|c| {
+            c.auth_jwt_secret = vec!["t".repeat(32)];
+            c.auth_audience = Some("app".into());
+        });
+        assert!(live_now("auth_jwt_secret", &secret, &audience, false).is_ok());
+        assert!(live_now("auth_audience", &secret, &audience, false).is_ok());
+        assert!(live_now("auth_jwt_secret", &off, &secret, false).is_err());
+        assert!(
+            live_now("log_level", &off, &off, true).is_err(),
+            "RUST_LOG wins"
+        );
+        assert!(live_now("listen", &off, &off, false).is_err());
     }
 }

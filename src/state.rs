@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Policy};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::reload::{Applied, ReloadError};
 use crate::route::{RouteError, Routes};
 use crate::table::{Merge, Table};
 use crate::tunables::Tunables;
@@ -39,7 +41,8 @@ pub enum VersionSource {
 pub struct State {
     pub cfg: Config,
     pub table: Table,
-    pub routes: Routes,
+    /// Poll routes; swapped whole by a reload.
+    pub routes: ArcSwap<Routes>,
     pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
     pub coalescer: Coalescer,
@@ -50,13 +53,15 @@ pub struct State {
     pub hub: Hub,
     /// Public-listener authorization; `None`: off (no secret, no JWKS).
     pub auth: Option<Arc<Auth>>,
-    /// CORS for listed origins; `None`: no CORS headers at all.
-    pub cors: Option<Cors>,
+    /// CORS for listed origins; `None`: no CORS headers at all. Swapped
+    /// whole by a reload.
+    pub cors: ArcSwapOption<Cors>,
     /// Gossip: inbound handling, outbox, peers, metrics.
     pub cluster: Cluster,
     /// Flips to true when shutdown starts: connections finish, streams close.
     pub shutdown: watch::Sender<bool>,
-    /// What a reload can change (tokens); read per request, swapped whole.
+    /// The config a reload compares with, and the internal listener's
+    /// tokens (read per request, swapped whole).
     pub live: crate::reload::Live,
 }
 
@@ -72,14 +77,14 @@ impl State {
             live: crate::reload::Live::new(&cfg),
             table,
             cluster,
-            routes,
+            routes: ArcSwap::from_pointee(routes),
             upstream,
             coalescer: Coalescer::new(),
             backoff: Backoff::default(),
             tunables: Tunables::from_config(&cfg),
             hub: Hub::new(&cfg),
             auth,
-            cors: Cors::new(&cfg.cors_origins),
+            cors: ArcSwapOption::from(Cors::new(&cfg.cors_origins).map(Arc::new)),
             shutdown: watch::Sender::new(false),
             metrics,
             cfg,
@@ -107,15 +112,52 @@ impl State {
     }
 }
 
-/// Authorization as configured, its metrics registered.
-fn auth(cfg: &Config, metrics: &Metrics) -> Result<Option<Arc<Auth>>, StartError> {
-    let settings = crate::auth::Settings {
+impl State {
+    /// Re-reads the config (SIGHUP, `POST /v1/reload`) and applies what can
+    /// change live; a config with any error changes nothing.
+    pub fn reload(&self) -> Result<Applied, ReloadError> {
+        self.live.reload(|new, changed| self.apply(new, changed))
+    }
+
+    /// Builds everything that can fail first, then swaps: a bad route set or
+    /// JWKS file refuses the reload whole.
+    fn apply(&self, new: &Config, changed: &[&str]) -> Result<(), Vec<String>> {
+        let has = |k: &str| changed.contains(&k);
+        let routes = Routes::parse(&new.route).map_err(|e| vec![e.to_string()])?;
+        let policy = match (&self.auth, AUTH_KEYS.iter().any(|k| has(k))) {
+            (Some(_), true) => Some(Policy::new(&settings(new)).map_err(|e| vec![e])?),
+            _ => None,
+        };
+        if has("route") {
+            self.routes.store(Arc::new(routes));
+        }
+        if let (Some(auth), Some(p)) = (&self.auth, policy) {
+            auth.install(p);
+        }
+        if has("cors_origins") {
+            self.cors.store(Cors::new(&new.cors_origins).map(Arc::new));
+        }
+        self.upstream.reload(new);
+        self.cluster.set_keys(&new.cluster_key);
+        Ok(())
+    }
+}
+
+/// The keys that say how a public-listener token is verified.
+pub const AUTH_KEYS: [&str; 3] = ["auth_jwt_secret", "auth_jwks", "auth_audience"];
+
+fn settings(cfg: &Config) -> crate::auth::Settings<'_> {
+    crate::auth::Settings {
         secrets: &cfg.auth_jwt_secret,
         jwks: cfg.auth_jwks.as_deref(),
         audience: cfg.auth_audience.as_deref(),
         cookie: &cfg.auth_cookie,
-    };
-    let auth = Auth::new(&settings)
+    }
+}
+
+/// Authorization as configured, its metrics registered.
+fn auth(cfg: &Config, metrics: &Metrics) -> Result<Option<Arc<Auth>>, StartError> {
+    let auth = Auth::new(&settings(cfg))
         .map_err(StartError::Auth)?
         .map(Arc::new);
     if let Some(a) = &auth {

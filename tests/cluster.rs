@@ -153,7 +153,7 @@ async fn post_push(pg: &Pollgate, frame: Vec<u8>) -> StatusCode {
 async fn wrong_key_stale_and_replayed_messages_are_refused_and_counted() {
     let r = Replicas::start(1).await; // a peer list of none: still gossip-capable
     let pg = r.node(0);
-    let good = Auth::new(Some(KEY));
+    let good = Auth::new(&[KEY.to_string()]);
     let frame = push_frame(&good, unix_ms(), pg, "ok-key", 5);
     assert_eq!(post_push(pg, frame.clone()).await, StatusCode::OK);
     assert_eq!(pg.version("ok-key").await, Some(5));
@@ -162,7 +162,13 @@ async fn wrong_key_stale_and_replayed_messages_are_refused_and_counted() {
         StatusCode::UNAUTHORIZED,
         "replay"
     );
-    let wrong = push_frame(&Auth::new(Some("not-the-key")), unix_ms(), pg, "evil", 9);
+    let wrong = push_frame(
+        &Auth::new(&["not-the-key".to_string()]),
+        unix_ms(),
+        pg,
+        "evil",
+        9,
+    );
     assert_eq!(post_push(pg, wrong).await, StatusCode::UNAUTHORIZED);
     let stale = push_frame(&good, unix_ms() - 120_000, pg, "old", 9);
     assert_eq!(post_push(pg, stale).await, StatusCode::UNAUTHORIZED);

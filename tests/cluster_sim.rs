@@ -53,7 +53,7 @@ impl Sim {
         let cfg = Config {
             node_id: name.clone(),
             peer,
-            cluster_key: Some(key.into()),
+            cluster_key: vec![key.into()],
             ..Config::default()
         };
         let state = State::new(cfg).unwrap();

@@ -60,7 +60,7 @@ fn unused_port() -> String {
 async fn without_a_cluster_key_gossip_endpoints_do_not_exist() {
     let up = Upstream::start().await;
     let pg = Pollgate::start(&up.url(), &[]);
-    let forged = Auth::new(None); // the empty key anyone can use
+    let forged = Auth::new(&[]); // the empty key anyone can use
     let stamp = Stamp::default();
     for path in ["/v1/cluster/deltas", "/v1/cluster/pull", "/v1/cluster/push"] {
         let frame = deltas(&forged, &pg, "victim", u64::MAX, stamp.clone());
@@ -78,26 +78,32 @@ async fn without_a_cluster_key_gossip_endpoints_do_not_exist() {
 async fn gossip_is_served_with_a_key_or_explicitly_insecure_with_peers() {
     let up = Upstream::start().await;
     let keyed = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
-    let frame = deltas(&Auth::new(Some(KEY)), &keyed, "a", 3, Stamp::default());
+    let frame = deltas(
+        &Auth::new(&[KEY.to_string()]),
+        &keyed,
+        "a",
+        3,
+        Stamp::default(),
+    );
     assert_eq!(
         post(&keyed, "/v1/cluster/deltas", frame).await,
         StatusCode::OK
     );
     assert_eq!(keyed.version("a").await, Some(3));
-    let forged = deltas(&Auth::new(None), &keyed, "b", 3, Stamp::default());
+    let forged = deltas(&Auth::new(&[]), &keyed, "b", 3, Stamp::default());
     let s = post(&keyed, "/v1/cluster/deltas", forged).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     let peer = unused_port();
     let open = Pollgate::start(&up.url(), &["--insecure-cluster", "--peer", &peer]);
-    let forged = deltas(&Auth::new(None), &open, "b", 3, Stamp::default());
+    let forged = deltas(&Auth::new(&[]), &open, "b", 3, Stamp::default());
     assert_eq!(
         post(&open, "/v1/cluster/deltas", forged).await,
         StatusCode::OK
     );
     // Insecure without peers is not a cluster: nothing to gossip with.
     let alone = Pollgate::start(&up.url(), &["--insecure-cluster"]);
-    let forged = deltas(&Auth::new(None), &alone, "c", 3, Stamp::default());
+    let forged = deltas(&Auth::new(&[]), &alone, "c", 3, Stamp::default());
     let s = post(&alone, "/v1/cluster/deltas", forged).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
@@ -109,7 +115,13 @@ async fn a_frame_sealed_for_one_replica_is_refused_by_another() {
     let up = Upstream::start().await;
     let a = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
     let b = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
-    let for_a = deltas(&Auth::new(Some(KEY)), &a, "bound", 7, Stamp::default());
+    let for_a = deltas(
+        &Auth::new(&[KEY.to_string()]),
+        &a,
+        "bound",
+        7,
+        Stamp::default(),
+    );
     // Captured on its way to A and replayed to B inside the freshness window.
     let s = post(&b, "/v1/cluster/deltas", for_a.clone()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -126,7 +138,7 @@ async fn a_frame_sealed_for_one_replica_is_refused_by_another() {
 async fn a_config_stamp_from_the_future_is_refused_and_put_config_still_answers() {
     let up = Upstream::start().await;
     let pg = Pollgate::start(&up.url(), &["--cluster-key", KEY, "--admin-token", ADMIN]);
-    let auth = Auth::new(Some(KEY));
+    let auth = Auth::new(&[KEY.to_string()]);
     for (i, at_ms) in [u64::MAX, unix_ms() + 10 * 60_000].into_iter().enumerate() {
         // `~` sorts after every hostname: before the fix this stamp could
         // never be beaten and the admin PUT looped forever.
@@ -532,12 +544,27 @@ async fn forwards_are_rate_limited_per_client_and_hits_are_not() {
         let (s, _, _) = get(&pg.url("/projects/k/changes?since=3")).await;
         assert_eq!(s, StatusCode::NOT_MODIFIED, "hits are not limited");
     }
+    // The bucket refills at 2/s, and the hits above may have taken longer
+    // than 0.5 s on a loaded machine: empty it right before each check.
     // X-Forwarded-For from an untrusted peer picks no other bucket.
+    drain(&pg).await;
     let (s, _, _) = send("GET", &pg.url("/x"), &from("198.51.100.9"), Vec::new()).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     // New push connections spend the same bucket.
+    drain(&pg).await;
     let (s, _, _) = get(&pg.url("/pollgate/v1/wait?keys=k:3&timeout=1")).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Forwards until one is refused: this client's bucket is empty.
+async fn drain(pg: &Pollgate) {
+    for _ in 0..20 {
+        let (s, _, _) = get(&pg.url("/projects/k/changes?since=1")).await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            return;
+        }
+    }
+    panic!("20 forwards and no 429");
 }
 
 // ---- 7. snapshot failures: logged once, corrupt files pruned ----

@@ -13,6 +13,7 @@ use common::{eventually, send, Pollgate};
 use parking_lot::Mutex;
 
 const ADMIN: &str = "admin-secret";
+const WAIT: Duration = Duration::from_secs(10);
 
 fn start(file: &Path) -> Pollgate {
     Pollgate::start_args(&[
@@ -185,9 +186,150 @@ async fn keys_that_cannot_change_live_are_named() {
         v["restart_needed"],
         serde_json::json!(["upstream_max_inflight", "max_age"])
     );
+    assert!(
+        v["why"]["max_age"]
+            .as_str()
+            .unwrap()
+            .contains("PUT /v1/config"),
+        "{body}"
+    );
+    assert!(
+        v["why"]["upstream_max_inflight"]
+            .as_str()
+            .unwrap()
+            .contains("at start"),
+        "{body}"
+    );
     assert_eq!(v["changed"], serde_json::json!([]));
+    // Set by a flag: the file cannot change it, and the answer says so.
+    assert_eq!(v["pinned"], serde_json::json!(["upstream"]), "{body}");
     assert!(logged(&pg, "restart_needed"));
     // Reload is an admin action.
     let (s, _, _) = send("POST", &pg.internal_url("/v1/reload"), &[], vec![]).await;
     assert_eq!(s, 401);
+}
+
+/// A config file with the admin token and `body` (TOML lines).
+fn write_config(file: &Path, body: &str) {
+    std::fs::write(
+        file,
+        format!("admin_token = {ADMIN:?}\npublish_token = \"p\"\n{body}"),
+    )
+    .unwrap();
+}
+
+/// pollgate with everything from the file (nothing pinned by flags).
+fn start_from_file(file: &Path) -> Pollgate {
+    Pollgate::start_args(&["--config", file.to_str().unwrap()])
+}
+
+fn listeners() -> &'static str {
+    "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:0\"\n"
+}
+
+async fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap) {
+    let (s, h, _) = send("GET", url, headers, vec![]).await;
+    (s.as_u16(), h)
+}
+
+fn reloads_logged(pg: &Pollgate) -> usize {
+    pg.log
+        .lock()
+        .iter()
+        .filter(|l| l.contains("config reloaded"))
+        .count()
+}
+
+#[tokio::test]
+async fn routes_upstreams_cors_and_limits_change_on_sighup_and_open_streams_go_on() {
+    let (a, b) = (
+        common::Upstream::start().await,
+        common::Upstream::start().await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pollgate.toml");
+    let before = format!("{}upstream = [{:?}]\n", listeners(), a.url());
+    write_config(&file, &before);
+    let pg = start_from_file(&file);
+    // A push stream and a keep-alive poller opened before the reload.
+    let mut stream = common::Stream::open(&pg.url("/pollgate/v1/watch?keys=k:1")).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(get_with(&pg.url("/p/k?v=1"), &[]).await.0, 200);
+    assert_eq!((a.hits(), b.hits()), (1, 0), "/p/... is pass-through to a");
+
+    let after = format!(
+        "{}upstream = [{:?}]\nroute = [\"/projects/{{key}}/changes?since={{version}}\", \"/p/{{key}}?v={{version}}\"]\n\
+         cors_origins = [\"https://app.example\"]\nclient_rate_per_s = 1\nclient_burst = 1\n",
+        listeners(),
+        b.url()
+    );
+    write_config(&file, &after);
+    pg.signal("-HUP");
+    assert!(eventually(WAIT, || async { reloads_logged(&pg) == 1 }).await);
+    assert!(
+        logged(
+            &pg,
+            r#"changed=["upstream", "client_rate_per_s", "client_burst", "route", "cors_origins"]"#
+        ),
+        "{:?}",
+        pg.log.lock()
+    );
+
+    // The new route: a published version is answered from memory.
+    assert_eq!(publish(&pg, "p", "k 3\n").await, 200);
+    let (s, h) = get_with(&pg.url("/p/k?v=3"), &[]).await;
+    assert_eq!((s, h["x-pollgate"].to_str().unwrap()), (304, "hit"));
+    // The new upstream, and the per-client limit (burst 1) behind it.
+    assert_eq!(get_with(&pg.url("/elsewhere"), &[]).await.0, 200);
+    assert_eq!((a.hits(), b.hits()), (1, 1), "forwarded to b only");
+    assert_eq!(get_with(&pg.url("/elsewhere"), &[]).await.0, 429);
+    // CORS for the listed origin.
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "GET"),
+    ];
+    let (s, _, _) = send("OPTIONS", &pg.url("/p/k?v=3"), &preflight, vec![]).await;
+    assert_eq!(s, 204);
+    // The stream opened before the reload still delivers.
+    let notice = stream
+        .next_stale(WAIT)
+        .await
+        .expect("stale notice on the old stream");
+    assert!(notice.contains("\"version\":3"), "{notice}");
+}
+
+#[tokio::test]
+async fn log_level_changes_live_unless_rust_log_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pollgate.toml");
+    // A dead upstream: each pass-through is a 502 logged "upstream error" at debug.
+    let body = format!("{}upstream = [\"http://127.0.0.1:9\"]\n", listeners());
+    write_config(&file, &body);
+    let pg = Pollgate::start_env(&["--config", file.to_str().unwrap()], &[]);
+    assert_eq!(get_with(&pg.url("/x"), &[]).await.0, 502);
+    write_config(&file, &format!("{body}log_level = \"debug\"\n"));
+    let (status, answer) = reload(&pg).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"changed\":[\"log_level\"]"), "{answer}");
+    assert!(!logged(&pg, "upstream error"), "not at info");
+    assert_eq!(get_with(&pg.url("/x"), &[]).await.0, 502);
+    assert!(eventually(WAIT, || async { logged(&pg, "upstream error") }).await);
+
+    // With RUST_LOG the environment wins, and the answer says so.
+    let pinned = Pollgate::start_env(
+        &["--config", file.to_str().unwrap()],
+        &[("RUST_LOG", "info")],
+    );
+    write_config(&file, &format!("{body}log_level = \"warn\"\n"));
+    let (_, answer) = reload(&pinned).await;
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        v["restart_needed"],
+        serde_json::json!(["log_level"]),
+        "{answer}"
+    );
+    assert!(
+        v["why"]["log_level"].as_str().unwrap().contains("RUST_LOG"),
+        "{answer}"
+    );
 }

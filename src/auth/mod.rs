@@ -19,9 +19,11 @@ pub mod keys;
 mod reload;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
@@ -60,30 +62,80 @@ pub struct Settings<'a> {
 }
 
 pub struct Auth {
-    keys: Keys,
-    audience: Option<String>,
+    /// What verifies a token: swapped whole by a reload.
+    policy: ArcSwap<Policy>,
+    /// Bumped whenever `policy` or the JWKS keys change: a grant a
+    /// connection remembers from before is verified again, so a secret or
+    /// key taken out stops working on keep-alive connections too.
+    generation: AtomicU64,
+    /// Fixed for the process: the clients' contract, not a secret.
     cookie: String,
     /// `ok` counts tokens verified (once per connection that keeps its
     /// token); refusals count requests.
     results: [Counter; RESULTS.len()],
 }
 
+/// The keys and the audience a token is verified with (`auth_jwt_secret`,
+/// `auth_jwks`, `auth_audience`): built before a reload commits, so a bad
+/// file refuses the reload instead of leaving authorization half changed.
+pub struct Policy {
+    keys: Keys,
+    audience: Option<String>,
+}
+
+impl Policy {
+    pub fn new(s: &Settings) -> Result<Policy, String> {
+        Ok(Policy {
+            keys: Keys::new(s.secrets, s.jwks)?,
+            audience: s.audience.map(str::to_string),
+        })
+    }
+}
+
+impl Settings<'_> {
+    /// Whether these settings turn authorization on.
+    pub fn enabled(&self) -> bool {
+        !self.secrets.is_empty() || self.jwks.is_some()
+    }
+}
+
 impl Auth {
     /// `None` when no secret and no JWKS is configured: authorization is off.
     pub fn new(s: &Settings) -> Result<Option<Auth>, String> {
-        if s.secrets.is_empty() && s.jwks.is_none() {
+        if !s.enabled() {
             return Ok(None);
         }
         Ok(Some(Auth {
-            keys: Keys::new(s.secrets, s.jwks)?,
-            audience: s.audience.map(str::to_string),
+            policy: ArcSwap::from_pointee(Policy::new(s)?),
+            generation: AtomicU64::new(0),
             cookie: s.cookie.to_string(),
             results: Default::default(),
         }))
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
+    /// Puts a reload's policy in force; remembered grants are verified again.
+    pub fn install(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether a JWKS file is configured (then it is watched for changes).
+    pub fn has_jwks(&self) -> bool {
+        self.policy.load().keys.has_jwks()
+    }
+
+    /// Re-reads the JWKS file (see [`Keys::reload`]); a change makes
+    /// remembered grants be verified again.
+    pub fn reload_jwks(&self) -> Result<bool, String> {
+        let changed = self.policy.load().keys.reload()?;
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        Ok(changed)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The request's token, wherever it travels.
@@ -112,10 +164,12 @@ impl Auth {
 
     fn verify_uncounted(&self, token: &str) -> Result<Grant, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid)?;
-        let candidates = self.keys.candidates(header.alg, header.kid.as_deref());
+        let policy = self.policy.load();
+        let candidates = policy.keys.candidates(header.alg, header.kid.as_deref());
         let mut verdict = Err(Refusal::Invalid);
         for (alg, key) in &candidates.keys {
-            match jsonwebtoken::decode::<grant::Claims>(token, key, &self.validation(*alg)) {
+            let validation = validation(*alg, policy.audience.as_deref());
+            match jsonwebtoken::decode::<grant::Claims>(token, key, &validation) {
                 Ok(data) => return Ok(Grant::from_claims(data.claims)),
                 // The signature verified before the claims were checked.
                 Err(e) if *e.kind() == ErrorKind::ExpiredSignature => {
@@ -125,17 +179,6 @@ impl Auth {
             }
         }
         verdict
-    }
-
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = LEEWAY_S;
-        v.validate_nbf = true;
-        if let Some(aud) = &self.audience {
-            v.set_audience(&[aud]);
-            v.set_required_spec_claims(&["exp", "aud"]);
-        }
-        v
     }
 
     /// Counts one result: `None` is `ok`.
@@ -157,6 +200,17 @@ impl Auth {
     }
 }
 
+fn validation(alg: Algorithm, audience: Option<&str>) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = LEEWAY_S;
+    v.validate_nbf = true;
+    if let Some(aud) = audience {
+        v.set_audience(&[aud]);
+        v.set_required_spec_claims(&["exp", "aud"]);
+    }
+    v
+}
+
 /// Unix seconds now: `exp` and `nbf` are in those.
 pub fn now_unix() -> u64 {
     SystemTime::now()
@@ -169,7 +223,14 @@ pub fn now_unix() -> u64 {
 /// costs a `memcmp`, verifying it again would cost a signature check.
 #[derive(Default)]
 pub struct ConnCache {
-    last: Mutex<Option<(Box<str>, Arc<Grant>)>>,
+    last: Mutex<Option<Remembered>>,
+}
+
+/// A verified token, its grant, and the [`Auth`] generation it was verified under.
+struct Remembered {
+    token: Box<str>,
+    grant: Arc<Grant>,
+    generation: u64,
 }
 
 impl ConnCache {
@@ -182,7 +243,8 @@ impl ConnCache {
     /// The hit path's check: is `key` covered by this request's token?
     /// No allocation and no refcount traffic when the token is remembered.
     pub fn check(&self, auth: &Auth, token: Option<&str>, key: &str) -> Result<(), Refusal> {
-        let known = token.and_then(|t| self.with_known(t, |g| (g.live(now_unix()), g.covers(key))));
+        let known =
+            token.and_then(|t| self.with_known(auth, t, |g| (g.live(now_unix()), g.covers(key))));
         let r = match known {
             Some((true, true)) => return Ok(()),
             Some((false, _)) => Err(Refusal::Expired),
@@ -196,19 +258,32 @@ impl ConnCache {
 
     fn grant_uncounted(&self, auth: &Auth, token: Option<&str>) -> Result<Arc<Grant>, Refusal> {
         let t = token.ok_or(Refusal::Missing)?;
-        if let Some(g) = self.with_known(t, Arc::clone) {
+        if let Some(g) = self.with_known(auth, t, Arc::clone) {
             return g.live(now_unix()).then_some(g).ok_or(Refusal::Expired);
         }
+        // Read before verifying: a reload during the check leaves a stale
+        // generation behind, so the next request verifies again.
+        let generation = auth.generation();
         let g = Arc::new(auth.verify(t)?);
-        *self.last.lock() = Some((t.into(), g.clone()));
+        *self.last.lock() = Some(Remembered {
+            token: t.into(),
+            grant: g.clone(),
+            generation,
+        });
         Ok(g)
     }
 
-    /// `f` of the grant remembered for `token`, if it is the last one seen.
-    fn with_known<R>(&self, token: &str, f: impl FnOnce(&Arc<Grant>) -> R) -> Option<R> {
+    /// `f` of the grant remembered for `token`, if it is the last one seen
+    /// and nothing that verifies tokens changed since.
+    fn with_known<R>(
+        &self,
+        auth: &Auth,
+        token: &str,
+        f: impl FnOnce(&Arc<Grant>) -> R,
+    ) -> Option<R> {
         let last = self.last.lock();
-        let (known, g) = last.as_ref()?;
-        (**known == *token).then(|| f(g))
+        let r = last.as_ref()?;
+        (*r.token == *token && r.generation == auth.generation()).then(|| f(&r.grant))
     }
 }
 

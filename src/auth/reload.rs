@@ -23,11 +23,10 @@ pub struct ReloadHandle {
 }
 
 impl ReloadHandle {
-    /// Starts watching when a JWKS is configured; otherwise a handle with no task.
+    /// Starts watching while authorization is on (a reload may add a JWKS
+    /// file later); otherwise a handle with no task.
     pub fn start(auth: Option<Arc<Auth>>, stop: watch::Receiver<bool>) -> ReloadHandle {
-        let task = auth
-            .filter(|a| a.keys().has_jwks())
-            .map(|a| tokio::spawn(watch_file(a, stop)));
+        let task = auth.map(|a| tokio::spawn(watch_file(a, stop)));
         ReloadHandle { task }
     }
 
@@ -54,7 +53,10 @@ async fn watch_file(auth: Arc<Auth>, mut stop: watch::Receiver<bool>) {
                 tracing::info!("SIGHUP: re-reading the JWKS");
             }
         }
-        match auth.keys().reload() {
+        if !auth.has_jwks() {
+            continue;
+        }
+        match auth.reload_jwks() {
             Ok(true) => tracing::info!("JWKS changed: new keys loaded"),
             Ok(false) => {}
             Err(e) => {

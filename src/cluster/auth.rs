@@ -12,8 +12,10 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use hashbrown::HashSet;
 use hmac::{Hmac, Mac};
@@ -92,8 +94,11 @@ pub fn unix_ms() -> u64 {
 }
 
 pub struct Auth {
-    /// Keyed once; cloned per message (cheaper than re-keying).
-    mac: HmacSha256,
+    /// One per `cluster_key`, keyed once and cloned per message (cheaper
+    /// than re-keying). The first signs; any of them verifies, so a key
+    /// rotates with no moment in which two replicas refuse each other.
+    /// Swapped whole by a reload.
+    macs: ArcSwap<Vec<HmacSha256>>,
     seen: Mutex<Seen>,
 }
 
@@ -111,14 +116,19 @@ pub struct Opened {
 }
 
 impl Auth {
-    /// `None` (only with `insecure_cluster`): an empty key, so frames still
+    /// No key (only with `insecure_cluster`): an empty key, so frames still
     /// carry integrity and replay checks but anyone can forge them.
-    pub fn new(key: Option<&str>) -> Self {
-        let key = key.unwrap_or("").as_bytes();
+    pub fn new(keys: &[String]) -> Self {
         Auth {
-            mac: HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+            macs: ArcSwap::from_pointee(keyed(keys)),
             seen: Mutex::new(Seen::default()),
         }
+    }
+
+    /// Replaces the keys (a reload); frames in flight under a key still
+    /// listed keep verifying.
+    pub fn set_keys(&self, keys: &[String]) {
+        self.macs.store(Arc::new(keyed(keys)));
     }
 
     /// Frames a request body for the replica reached at `to` (the address
@@ -180,17 +190,22 @@ impl Auth {
         }
         let ts = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
         let given: [u8; MAC_LEN] = frame[16..HEAD].try_into().expect("32 bytes");
-        let mut m = self.mac.clone();
-        m.update(&frame[..16]);
-        m.update(bound);
-        m.update(&frame[HEAD..]);
-        // verify_slice compares in constant time.
-        m.verify_slice(&given).map_err(|_| Reject::BadMac)?;
-        Ok((ts, given))
+        let verifies = |mac: &HmacSha256| {
+            let mut m = mac.clone();
+            m.update(&frame[..16]);
+            m.update(bound);
+            m.update(&frame[HEAD..]);
+            // verify_slice compares in constant time.
+            m.verify_slice(&given).is_ok()
+        };
+        match self.macs.load().iter().any(verifies) {
+            true => Ok((ts, given)),
+            false => Err(Reject::BadMac),
+        }
     }
 
     fn tag(&self, ts: u64, nonce: u64, bound: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = self.mac.clone();
+        let mut m = self.macs.load()[0].clone();
         m.update(&ts.to_le_bytes());
         m.update(&nonce.to_le_bytes());
         m.update(bound);
@@ -216,13 +231,55 @@ impl Auth {
     }
 }
 
+/// One keyed MAC per key; the empty key when there is none.
+fn keyed(keys: &[String]) -> Vec<HmacSha256> {
+    let mac =
+        |k: &str| HmacSha256::new_from_slice(k.as_bytes()).expect("HMAC takes any key length");
+    match keys.is_empty() {
+        true => vec![mac("")],
+        false => keys.iter().map(|k| mac(k)).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_key_rotates_without_a_refusal() {
+        let (old, both_old_first, both_new_first, new) = (
+            Auth::new(&keys(&["old"])),
+            Auth::new(&keys(&["old", "new"])),
+            Auth::new(&keys(&["new", "old"])),
+            Auth::new(&keys(&["new"])),
+        );
+        // Neighbouring steps of the rotation understand each other both ways.
+        for (a, b) in [
+            (&old, &both_old_first),
+            (&both_old_first, &both_new_first),
+            (&both_new_first, &new),
+        ] {
+            assert!(b.open(a.seal("b", b"x").0, "b").is_ok());
+            assert!(a.open(b.seal("b", b"y").0, "b").is_ok());
+        }
+        assert_eq!(
+            new.open(old.seal("b", b"z").0, "b").err(),
+            Some(Reject::BadMac)
+        );
+        old.set_keys(&keys(&["new"]));
+        assert!(
+            new.open(old.seal("b", b"w").0, "b").is_ok(),
+            "set_keys took effect"
+        );
+    }
+
     #[test]
     fn sealed_frame_opens_once() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let (frame, _) = a.seal("b", b"hello");
         assert_eq!(&a.open(frame.clone(), "b").unwrap().body[..], b"hello");
         assert_eq!(a.open(frame, "b").err(), Some(Reject::Replay));
@@ -230,14 +287,14 @@ mod tests {
 
     #[test]
     fn wrong_key_and_tampering_are_refused() {
-        let (frame, _) = Auth::new(Some("k1")).seal("b", b"hello");
+        let (frame, _) = Auth::new(&keys(&["k1"])).seal("b", b"hello");
         assert_eq!(
-            Auth::new(Some("k2")).open(frame.clone(), "b").err(),
+            Auth::new(&keys(&["k2"])).open(frame.clone(), "b").err(),
             Some(Reject::BadMac)
         );
         let mut t = frame.to_vec();
         *t.last_mut().unwrap() ^= 1;
-        let a = Auth::new(Some("k1"));
+        let a = Auth::new(&keys(&["k1"]));
         assert_eq!(a.open(t.into(), "b").err(), Some(Reject::BadMac));
         assert_eq!(
             a.open(Bytes::from_static(b"short"), "b").err(),
@@ -247,7 +304,7 @@ mod tests {
 
     #[test]
     fn same_body_same_millisecond_is_not_a_replay() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let ts = unix_ms();
         assert!(a.open(a.seal_request_at(ts, "b", b"x").0, "b").is_ok());
         assert!(a.open(a.seal_request_at(ts, "b", b"x").0, "b").is_ok());
@@ -255,7 +312,7 @@ mod tests {
 
     #[test]
     fn window_refuses_old_and_future() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let old = a
             .seal_request_at(unix_ms() - MAX_AGE_MS - 1000, "b", b"x")
             .0;
@@ -265,16 +322,13 @@ mod tests {
             .0;
         assert_eq!(a.open(future, "b").err(), Some(Reject::Future));
         // Forgeable with insecure_cluster: must be refused, not overflow.
-        let forged = Auth::new(None).seal_request_at(u64::MAX, "b", b"x").0;
-        assert_eq!(
-            Auth::new(None).open(forged, "b").err(),
-            Some(Reject::Future)
-        );
+        let forged = Auth::new(&[]).seal_request_at(u64::MAX, "b", b"x").0;
+        assert_eq!(Auth::new(&[]).open(forged, "b").err(), Some(Reject::Future));
     }
 
     #[test]
     fn reply_is_bound_to_its_request() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let (_, m1) = a.seal("b", b"req1");
         let (_, m2) = a.seal("b", b"req2");
         let reply = a.seal_reply(&m1, b"answer");
@@ -284,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_frame_sealed_for_one_replica_is_refused_by_another() {
-        let a = Auth::new(Some("k"));
+        let a = Auth::new(&keys(&["k"]));
         let (frame, _) = a.seal("10.0.0.1:8081", b"x");
         assert_eq!(
             a.open(frame.clone(), "10.0.0.2:8081").err(),

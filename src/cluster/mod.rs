@@ -87,8 +87,8 @@ impl Cluster {
         Cluster {
             node_id: cfg.node_id.clone(),
             enabled,
-            serves_gossip: cfg.cluster_key.is_some() || (enabled && cfg.insecure_cluster),
-            auth: Auth::new(cfg.cluster_key.as_deref()),
+            serves_gossip: !cfg.cluster_key.is_empty() || (enabled && cfg.insecure_cluster),
+            auth: Auth::new(&cfg.cluster_key),
             outbox: Arc::new(Outbox::new(cfg.peer.len() > FANOUT)),
             caught_up: AtomicBool::new(!enabled),
             catching_up: tokio::sync::Mutex::new(()),
@@ -105,6 +105,13 @@ impl Cluster {
         self.enabled.then(|| -> AdvanceHook {
             Box::new(move |k, _| outbox.note(k, ORIGIN.with(Cell::get)))
         })
+    }
+
+    /// A reload's `cluster_key` list (see [`Auth::set_keys`]).
+    pub fn set_keys(&self, keys: &[String]) {
+        if self.serves_gossip {
+            self.auth.set_keys(keys);
+        }
     }
 
     pub fn caught_up(&self) -> bool {
@@ -214,7 +221,7 @@ mod tests {
     fn cluster(peers: usize) -> (Cluster, Table) {
         let cfg = Config {
             peer: (0..peers).map(|i| format!("p{i}:1")).collect(),
-            cluster_key: Some("k".into()),
+            cluster_key: vec!["k".into()],
             ..Config::default()
         };
         let (c, t) = (Cluster::new(&cfg), Table::new());

@@ -160,8 +160,8 @@ pub(super) static KEYS: &[Key] = &[
         |c, v| all(v, peer).map(|x| c.peer = x), |c| texts(c.peer.iter())).list().note("none"),
     key("node_id", CLUSTER, "NAME", "This replica's name in the cluster",
         |c, v| one(v, word).map(|x| c.node_id = x), |c| text(&c.node_id)).note("hostname:<internal_listen port>"),
-    key("cluster_key", CLUSTER, "SECRET", "Shared secret that authenticates gossip; required with --peer",
-        |c, v| one(v, secret).map(|x| c.cluster_key = Some(x)), |c| redacted(&c.cluster_key)).note("unset"),
+    key("cluster_key", CLUSTER, "SECRET", "Shared secret that authenticates gossip; required with --peer; repeat to rotate: the first signs, any verifies (reloadable)",
+        |c, v| all(v, secret).map(|x| c.cluster_key = x), |c| redacted_all(&c.cluster_key)).list().note("unset"),
     key("insecure_cluster", CLUSTER, "BOOL", "Allow peer without cluster_key: unauthenticated gossip, for trusted test networks only",
         |c, v| one(v, boolean).map(|x| c.insecure_cluster = x), |c| Some(Value::Boolean(c.insecure_cluster))),
     key("data_dir", OPS, "DIR", "Where snapshots are written",
@@ -170,6 +170,8 @@ pub(super) static KEYS: &[Key] = &[
         |c, v| one(v, duration).map(|x| c.snapshot_interval = x), |c| dur(c.snapshot_interval)),
     key("log_format", OPS, "FORMAT", "Log format: text or json",
         |c, v| one(v, log_format).map(|x| c.log_format = x), |c| text(log_format_text(c.log_format))),
+    key("log_level", OPS, "FILTER", "Which log lines are written: info, debug, or a RUST_LOG-style filter (RUST_LOG wins when set; reloadable)",
+        |c, v| one(v, log_filter).map(|x| c.log_level = x), |c| text(&c.log_level)),
     key("push", PUSH, "BOOL", "Serve push (SSE, long-poll, WebSocket); false answers 404 there and clients poll",
         |c, v| one(v, boolean).map(|x| c.push = x), |c| Some(Value::Boolean(c.push))),
     key("heartbeat_interval", PUSH, "DURATION", "SSE heartbeat and WebSocket ping interval (cluster-wide seed)",
@@ -269,6 +271,8 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         "publish_token" => old.publish_token != new.publish_token,
         "admin_token" => old.admin_token != new.admin_token,
         "cluster_key" => old.cluster_key != new.cluster_key,
+        "auth_jwt_secret" => old.auth_jwt_secret != new.auth_jwt_secret,
+        "redis_url" => old.redis_url != new.redis_url,
         _ => false,
     };
     KEYS.iter()

@@ -17,15 +17,26 @@ struct Raw {
     from: String,
 }
 
-/// The config the layers give, with every bad name and value in `errs`.
-pub(super) fn layered(m: &ArgMatches, env: &[(String, String)], errs: &mut Vec<String>) -> Config {
+/// The config the layers give, with every bad name and value in `errs`,
+/// and the keys an environment variable or a flag set (they beat the file).
+pub(super) fn layered(
+    m: &ArgMatches,
+    env: &[(String, String)],
+    errs: &mut Vec<String>,
+) -> (Config, Vec<&'static str>) {
     let mut raws: Vec<Option<Raw>> = vec![None; KEYS.len()];
     if let Some((path, from)) = config_path(m, env) {
         read_file(&path, &from, &mut raws, errs);
     }
     read_env(env, &mut raws, errs);
     read_flags(m, &mut raws);
-    build(&raws, errs)
+    let pinned = KEYS
+        .iter()
+        .zip(&raws)
+        .filter(|(_, r)| r.as_ref().is_some_and(|r| !r.from.starts_with("file ")))
+        .map(|(k, _)| k.name)
+        .collect();
+    (build(&raws, errs), pinned)
 }
 
 /// Parses each key's winning text into a config, starting from the default.

@@ -86,8 +86,10 @@ pub struct Config {
     pub peer: Vec<String>,
     /// Hostname + port. This replica's name in the cluster.
     pub node_id: String,
-    /// Unset. Shared secret for gossip.
-    pub cluster_key: Option<String>,
+    /// Unset. Shared secrets for gossip: the first signs, any listed one
+    /// verifies, so a key rotates across replicas with two reloads and no
+    /// moment in which one replica refuses another (reloadable).
+    pub cluster_key: Vec<String>,
     /// `false`. Allows `peer` without `cluster_key` (unauthenticated gossip);
     /// must be said explicitly so nobody runs an open cluster by accident.
     pub insecure_cluster: bool,
@@ -152,6 +154,11 @@ pub struct Config {
     pub grace_period: Duration,
     /// `text`. Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// `info`. Which log lines are written, as a `RUST_LOG`-style filter
+    /// (`debug`, `info,pollgate::upstream=debug`): a key so that a reload
+    /// can turn debug logging on and off in a running process. `RUST_LOG`,
+    /// when set, wins (reloadable).
+    pub log_level: String,
 
     /// `true`. Push (SSE, long-poll, WebSocket) on; off → 404 there and the
     /// short poll hint, so clients fall back to polling.
@@ -215,7 +222,7 @@ impl Default for Config {
             upstream_max_inflight: 256,
             peer: Vec::new(),
             node_id: default_node_id(8081),
-            cluster_key: None,
+            cluster_key: Vec::new(),
             insecure_cluster: false,
             data_dir: None,
             snapshot_interval: Duration::from_secs(5),
@@ -239,6 +246,7 @@ impl Default for Config {
             max_header_size: 16 << 10,
             grace_period: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            log_level: "info".to_string(),
             push: true,
             heartbeat_interval: Duration::from_secs(25),
             ghost_timeout: Duration::from_secs(50),
@@ -268,6 +276,9 @@ pub struct Cli {
     pub config: Config,
     /// `--print-config`: print the effective config as TOML and exit 0.
     pub print_config: bool,
+    /// Keys set by an environment variable or a flag: they beat the file,
+    /// so a reload (which can only re-read the file) never changes them.
+    pub pinned: Vec<&'static str>,
 }
 
 /// Why `load` did not produce a config.
@@ -295,7 +306,7 @@ fn load_inner(
     check_routes: bool,
 ) -> Result<Cli, LoadError> {
     let (matches, mut errs) = cli::parse_args(args)?;
-    let config = layers::layered(&matches, env, &mut errs);
+    let (config, pinned) = layers::layered(&matches, env, &mut errs);
     errs.extend(config.validate_fields());
     if check_routes {
         errs.extend(config.validate_routes());
@@ -304,6 +315,7 @@ fn load_inner(
         true => Ok(Cli {
             config,
             print_config: matches.get_flag("print_config"),
+            pinned,
         }),
         false => Err(LoadError::Invalid(errs)),
     }
@@ -330,7 +342,7 @@ impl Config {
             self.upstream_timeout
                 .is_zero()
                 .then(|| "upstream_timeout: must be longer than 0s".into()),
-            (!self.peer.is_empty() && self.cluster_key.is_none() && !self.insecure_cluster)
+            (!self.peer.is_empty() && self.cluster_key.is_empty() && !self.insecure_cluster)
                 .then(|| PEER_WITHOUT_KEY.into()),
             (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
             self.auth_jwks

@@ -204,6 +204,18 @@ pub(super) fn log_format(s: &str) -> Result<LogFormat, String> {
     }
 }
 
+/// A `RUST_LOG`-style filter: `info`, `warn,pollgate=debug`.
+pub(super) fn log_filter(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match tracing_subscriber::EnvFilter::builder().parse(s) {
+        Ok(_) if !s.is_empty() => Ok(s.to_string()),
+        Ok(_) => Err("is empty: a level (info, debug) or a RUST_LOG-style filter".into()),
+        Err(e) => Err(format!(
+            "is not a log filter like info or warn,pollgate=debug: {e}"
+        )),
+    }
+}
+
 pub(super) fn log_format_text(f: LogFormat) -> &'static str {
     match f {
         LogFormat::Text => "text",

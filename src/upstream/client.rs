@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
@@ -93,7 +94,9 @@ impl Default for Cooldown {
 
 pub struct Client {
     http: Http,
-    backends: Box<[Backend]>,
+    /// Swapped whole by a reload; a backend listed before and after keeps
+    /// its health, and requests in flight finish on the one they picked.
+    backends: ArcSwap<Vec<Arc<Backend>>>,
     /// Round-robin position; wraps harmlessly.
     cursor: AtomicUsize,
     timeout: Duration,
@@ -134,7 +137,7 @@ impl Client {
             .build(conn);
         Client {
             http,
-            backends: cfg.upstream.iter().filter_map(Backend::new).collect(),
+            backends: ArcSwap::from_pointee(backends(&cfg.upstream, &[])),
             cursor: AtomicUsize::new(0),
             timeout: cfg.upstream_timeout,
             body_timeout: cfg.client_body_timeout,
@@ -160,6 +163,7 @@ impl Client {
         let Some(backend) = self.pick() else {
             return Err(Error::Upstream("no upstream configured".into()));
         };
+        let backend = &*backend;
         let (mut parts, body) = rewrite(req, backend, client_addr)?.into_parts();
         if let Some(host) = &self.host {
             parts.headers.insert(header::HOST, host.clone());
@@ -204,17 +208,26 @@ impl Client {
 
     /// Next upstream in round-robin order that is not cooling down; if all
     /// are, the one that failed longest ago. Never refuses: the breaker does.
-    fn pick(&self) -> Option<&Backend> {
-        let n = self.backends.len();
+    fn pick(&self) -> Option<Arc<Backend>> {
+        let all = self.backends.load();
+        let n = all.len();
         let start = self.cursor.fetch_add(1, Relaxed);
         if n <= 1 {
-            return self.backends.first();
+            return all.first().cloned();
         }
         let now = Instant::now();
-        let ring = (0..n).map(|i| &self.backends[(start + i) % n]);
+        let ring = (0..n).map(|i| &all[(start + i) % n]);
         ring.clone()
             .find(|b| b.is_up(now))
             .or_else(|| ring.min_by_key(|b| b.health.lock().failed_at))
+            .cloned()
+    }
+
+    /// A reload's `upstream` list: new servers join the rotation, removed
+    /// ones get no new request, kept ones keep their health.
+    pub fn set_upstreams(&self, uris: &[Uri]) {
+        let next = backends(uris, &self.backends.load());
+        self.backends.store(Arc::new(next));
     }
 
     fn answered(&self, backend: &Backend, mut resp: Response<Incoming>) -> Response<Incoming> {
@@ -260,6 +273,19 @@ impl Client {
             tracing::debug!(upstream = %backend.authority, streak, ?cooldown, "upstream failed: {detail}");
         }
     }
+}
+
+/// One backend per usable URI, reusing `kept` ones (and their health).
+fn backends(uris: &[Uri], kept: &[Arc<Backend>]) -> Vec<Arc<Backend>> {
+    let reuse = |b: &Backend| {
+        kept.iter()
+            .find(|k| k.scheme == b.scheme && k.authority == b.authority)
+            .cloned()
+    };
+    uris.iter()
+        .filter_map(Backend::new)
+        .map(|b| reuse(&b).unwrap_or_else(|| Arc::new(b)))
+        .collect()
 }
 
 impl Backend {
@@ -738,7 +764,10 @@ mod tests {
             Ok(resp) => panic!("forwarded a broken body: {}", resp.status()),
         }
         assert_eq!(metrics.upstream_count(UpstreamResult::Error), 0);
-        assert!(client.backends[0].is_up(Instant::now()), "no cooldown");
+        assert!(
+            client.backends.load()[0].is_up(Instant::now()),
+            "no cooldown"
+        );
     }
 
     #[tokio::test]

@@ -60,6 +60,12 @@ impl Upstream {
         res
     }
 
+    /// Applies a reload's `upstream` list and per-client limits.
+    pub fn reload(&self, cfg: &Config) {
+        self.client.set_upstreams(&cfg.upstream);
+        self.clients.set_rates(cfg);
+    }
+
     /// True while the breaker refuses requests: stale polls get 503 at once.
     pub fn refusing(&self) -> Option<Error> {
         self.guard.refusing()

@@ -193,9 +193,16 @@ impl Pollgate {
 
     /// Like `start_args`, logging at `filter` (`RUST_LOG`), e.g. `debug`.
     pub fn start_logging(args: &[&str], filter: &str) -> Pollgate {
+        Self::start_env(args, &[("RUST_LOG", filter)])
+    }
+
+    /// Like `start_args` with exactly these variables added (no `RUST_LOG`
+    /// unless given: then the config's `log_level` decides).
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Pollgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pollgate"))
             .args(args)
-            .env("RUST_LOG", filter)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .env_remove("POLLGATE_PUBLISH_TOKEN")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
