@@ -17,48 +17,15 @@ DEMO_TOKEN := demo-token
 build-demo:
 	$(CARGO) build --release --bin pollgate --example demo_upstream
 
-# Demo upstream (seeds p1..p3 at version 1 and publishes them once pollgate
-# is up), then pollgate on its embedded default config. Ctrl-C stops both.
-# Run the recipe with SIGINT at its default: a shell without job control
-# starts background jobs (`make run &` in a script) with SIGINT ignored, and
-# then a Ctrl-C/SIGINT sent to the group would be ignored too.
+# Demo upstream and pollgate until Ctrl-C (exit 0): scripts/run-demo.sh,
+# which also says why Ctrl-C needs job control there. The recipe runs with
+# SIGINT at its default: a shell without job control starts background jobs
+# (`make run &` in a script) with SIGINT ignored, and then a Ctrl-C/SIGINT
+# sent to the group would be ignored too.
 run: SHELL := env --default-signal=INT /bin/sh
 run: build-demo
-	@command -v curl >/dev/null || { echo "make run needs curl (apt-get install curl)" >&2; exit 1; }
-	@set -u; \
-	pids=""; \
-	trap 'kill $$pids 2>/dev/null; wait 2>/dev/null; echo; echo stopped.' EXIT; \
-	trap 'exit 0' INT TERM HUP; \
-	$(RELEASE)/examples/demo_upstream --listen $(DEMO_UPSTREAM) \
-	  --publish-url http://$(DEMO_INTERNAL) --publish-token $(DEMO_TOKEN) --seed 3 & \
-	pids="$$!"; \
-	POLLGATE_PUBLISH_TOKEN=$(DEMO_TOKEN) $(RELEASE)/pollgate & \
-	pg=$$!; pids="$$pids $$pg"; \
-	deadline=$$(($$(date +%s) + 20)); \
-	until curl -sf http://$(DEMO_INTERNAL)/healthz >/dev/null; do \
-	  kill -0 $$pg 2>/dev/null || { echo "pollgate exited (is $(DEMO_PUBLIC) or $(DEMO_INTERNAL) in use?)" >&2; exit 1; }; \
-	  [ $$(date +%s) -lt $$deadline ] || { echo "pollgate not healthy after 20 s" >&2; exit 1; }; \
-	  sleep 0.2; \
-	done; \
-	until curl -sf http://$(DEMO_INTERNAL)/v1/versions/p1 >/dev/null; do \
-	  [ $$(date +%s) -lt $$deadline ] || { echo "warning: p1 not published yet; the first poll will be forwarded" >&2; break; }; \
-	  sleep 0.2; \
-	done; \
-	echo; \
-	echo "pollgate: polls on http://$(DEMO_PUBLIC), publish/admin on http://$(DEMO_INTERNAL)"; \
-	echo "demo upstream: http://$(DEMO_UPSTREAM) (projects p1, p2, p3 at version 1)"; \
-	echo; \
-	echo "# 0. the demo board, live in every tab: open http://$(DEMO_PUBLIC)/ in a browser (several tabs)"; \
-	echo "# 1. a hit, answered from memory: 304 with X-Pollgate: hit"; \
-	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=1'"; \
-	echo "# 2. a stale poll, forwarded: 200 with the events from the demo upstream"; \
-	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=0'"; \
-	echo "# 3. a new event (the upstream publishes version 2), then the same poll as 1 gets a 200"; \
-	echo "curl -X POST -d 'hello' http://$(DEMO_UPSTREAM)/projects/p1/events"; \
-	echo "curl -i 'http://$(DEMO_PUBLIC)/projects/p1/changes?since=1'"; \
-	echo; \
-	echo "Ctrl-C stops both (in the background: kill the make process)."; \
-	wait $$pg
+	@RELEASE=$(RELEASE) DEMO_UPSTREAM=$(DEMO_UPSTREAM) DEMO_PUBLIC=$(DEMO_PUBLIC) \
+	  DEMO_INTERNAL=$(DEMO_INTERNAL) DEMO_TOKEN=$(DEMO_TOKEN) ./scripts/run-demo.sh
 
 # Exactly what CI runs; `cargo test` also builds the examples. The install
 # script installs Chromium and the browser tests' npm packages when missing

@@ -103,10 +103,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seeder = tokio::spawn(publish_seeds(app.clone(), args.seed));
     tokio::select! {
         res = accept_loop(listener, app) => res?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = stop_signal() => tracing::info!("shutting down"),
     }
     seeder.abort();
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what `make run` sends when it stops): a clean exit 0.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn seed_projects(n: u32) -> HashMap<String, Project> {

@@ -19,6 +19,8 @@ DEB_PACKAGES=(
   systemd         # systemd-analyze verify/security of deploy/pollgate.service (tests/deploy.rs)
   prometheus      # promtool: check and unit-test deploy/prometheus/alerts.yml (tests/observability.rs)
   openssl         # tests/auth.rs makes its RSA and Ed25519 keys with `openssl genpkey`
+  curl            # tests/make_run.rs: `make run` (scripts/run-demo.sh) waits for pollgate with curl
+  bsdutils        # tests/make_run.rs: `script` gives `make run` a real terminal to press Ctrl-C in
 )
 
 # npm projects whose node_modules the tests need.

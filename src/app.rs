@@ -39,11 +39,13 @@ pub async fn run(
         &redis_feed::Settings::from_config(&state.cfg),
         positions,
     );
+    let systemd = SystemdHandle::start(&state);
     let reloading = state.clone();
     let sighup = crate::reload::SighupHandle::start(move || {
         crate::reload::log(&reloading.reload());
     });
     server::run(listeners, state.clone(), shutdown).await;
+    systemd.shutdown().await;
     sighup.shutdown().await;
     // Before the last snapshot, so it holds the last position applied.
     redis.shutdown().await;
@@ -53,6 +55,34 @@ pub async fn run(
     // Last, so the final snapshot includes what gossip brought in.
     snapshots.shutdown().await;
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) when pollgate is ready and when it stops;
+/// without `$NOTIFY_SOCKET` it starts no task.
+struct SystemdHandle(Option<tokio::task::JoinHandle<()>>);
+
+impl SystemdHandle {
+    fn start(state: &Arc<State>) -> SystemdHandle {
+        crate::notify::init();
+        if !crate::notify::enabled() {
+            return SystemdHandle(None);
+        }
+        let (state, mut stop) = (state.clone(), state.shutdown.subscribe());
+        crate::notify::send("STATUS=waiting for peers to catch up\n");
+        SystemdHandle(Some(tokio::spawn(async move {
+            if state.wait_ready(&mut stop).await {
+                crate::notify::ready(crate::state::READY_STATUS);
+            }
+            crate::shutdown::stopping(&mut stop).await;
+            crate::notify::stopping();
+        })))
+    }
+
+    async fn shutdown(self) {
+        if let Some(t) = self.0 {
+            let _ = t.await;
+        }
+    }
 }
 
 /// Every reaction to a version advancing, registered in one place and only

@@ -42,7 +42,7 @@
 //! [`metrics`], [`error`] (where an error came from; the one place it
 //! becomes a status), [`body`] (the response body and small builders),
 //! [`inbound`] (bearer tokens, bounded bodies, Host), [`shutdown`] (the
-//! signal), [`alloc`] (allocator settings applied at start-up: memory per key).
+//! signal), [`notify`] (systemd's sd_notify), [`alloc`] (allocator settings applied at start-up: memory per key).
 
 pub mod alloc;
 pub mod app;
@@ -54,11 +54,13 @@ pub mod cors;
 pub mod error;
 pub mod feed;
 pub mod gossip;
+pub mod heads;
 pub mod hub;
 pub mod inbound;
 pub mod internal;
 pub mod limit;
 pub mod metrics;
+pub mod notify;
 pub mod poll;
 pub mod public;
 pub mod push;

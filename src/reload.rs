@@ -56,7 +56,8 @@ pub fn set_log_filter(f: LogFilter) {
 pub struct Secrets {
     /// Any of these is a valid publish token (several during a rotation).
     pub publish: Vec<String>,
-    pub admin: Option<String>,
+    /// Any of these is a valid admin token.
+    pub admin: Vec<String>,
 }
 
 impl Secrets {

@@ -116,7 +116,33 @@ impl State {
     /// Re-reads the config (SIGHUP, `POST /v1/reload`) and applies what can
     /// change live; a config with any error changes nothing.
     pub fn reload(&self) -> Result<Applied, ReloadError> {
-        self.live.reload(|new, changed| self.apply(new, changed))
+        // Around the reload only once ready: READY=1 must not come early.
+        let ready = self.is_ready();
+        if ready {
+            crate::notify::reloading();
+        }
+        let result = self.live.reload(|new, changed| self.apply(new, changed));
+        if ready {
+            crate::notify::ready(READY_STATUS);
+        }
+        result
+    }
+
+    /// Resolves once `/readyz` would answer 200 (or at shutdown: `false`).
+    pub async fn wait_ready(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            let changed = self.cluster.caught_up_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change in between still wakes us.
+            changed.as_mut().enable();
+            if self.is_ready() {
+                return true;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = crate::shutdown::stopping(stop) => return false,
+            }
+        }
     }
 
     /// Builds everything that can fail first, then swaps: a bad route set or
@@ -142,6 +168,9 @@ impl State {
         Ok(())
     }
 }
+
+/// `systemctl status` shows this while pollgate serves.
+pub const READY_STATUS: &str = "serving; /readyz answers 200";
 
 /// The keys that say how a public-listener token is verified.
 pub const AUTH_KEYS: [&str; 3] = ["auth_jwt_secret", "auth_jwks", "auth_audience"];

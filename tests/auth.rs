@@ -599,3 +599,135 @@ async fn a_cookie_opens_a_websocket_only_from_a_trusted_origin() {
         other => panic!("a foreign page used the user's cookie: {other:?}"),
     }
 }
+
+fn ec_key(dir: &Path, name: &str) -> EncodingKey {
+    let args = [
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ];
+    EncodingKey::from_ec_pem(&openssl_key(dir, name, &args)).unwrap()
+}
+
+/// `GET` on a client the caller keeps, so polls share one keep-alive connection.
+async fn poll_on(
+    c: &common::HttpClient,
+    pg: &Pollgate,
+    path: &str,
+    token: &str,
+) -> (StatusCode, bool) {
+    let (s, h, _) = common::send_on(
+        c,
+        "GET",
+        &pg.url(path),
+        &[("authorization", &format!("Bearer {token}"))],
+        Vec::new(),
+    )
+    .await;
+    (s, is_hit(&h))
+}
+
+async fn reload(pg: &Pollgate) -> Value {
+    let (s, _, body) = send(
+        "POST",
+        &pg.internal_url("/v1/reload"),
+        &[("authorization", "Bearer admin")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn secrets_jwks_and_audience_reload_live_and_es256_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = ec_key(dir.path(), "ec.pem");
+    let jwks_file = dir.path().join("jwks.json");
+    replace(&jwks_file, &jwks(&[(&ec, Algorithm::ES256, "ec1")]));
+    let up = Upstream::start().await;
+    let config = dir.path().join("pollgate.toml");
+    let base = format!(
+        "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:0\"\nupstream = [{:?}]\n\
+         publish_token = {:?}\nadmin_token = \"admin\"\n",
+        up.url(),
+        common::TOKEN
+    );
+    std::fs::write(
+        &config,
+        format!("{base}auth_jwt_secret = [{SECRET_OLD:?}]\n"),
+    )
+    .unwrap();
+    let pg = Pollgate::start_args(&["--config", config.to_str().unwrap()]);
+    pg.publish("p1 5\n").await;
+    let p1 = "/projects/p1/changes?since=5";
+    let (old, new) = (hs(SECRET_OLD, keys(&["p1"])), hs(SECRET_NEW, keys(&["p1"])));
+    let es = mint(keys(&["p1"]), Algorithm::ES256, Some("ec1"), &ec);
+    let c = common::client();
+    assert_eq!(
+        poll_on(&c, &pg, p1, &old).await,
+        (StatusCode::NOT_MODIFIED, true)
+    );
+    assert!(!poll_on(&c, &pg, p1, &es).await.1, "no JWKS configured yet");
+    // A stream opened under the old secret.
+    let mut stream =
+        common::Stream::open(&pg.url(&format!("/pollgate/v1/watch?keys=p1:5&token={old}"))).await;
+    assert_eq!(stream.status, StatusCode::OK);
+
+    // The old secret out, a new one and an ES256 JWKS in.
+    let swapped = format!(
+        "{base}auth_jwt_secret = [{SECRET_NEW:?}]\nauth_jwks = {:?}\n",
+        jwks_file.to_str().unwrap()
+    );
+    std::fs::write(&config, &swapped).unwrap();
+    let answer = reload(&pg).await;
+    assert_eq!(
+        answer["changed"],
+        json!(["auth_jwt_secret", "auth_jwks"]),
+        "{answer}"
+    );
+    // The same keep-alive connection: its remembered old token is checked again.
+    assert_eq!(poll_on(&c, &pg, p1, &old).await, (StatusCode::OK, false));
+    assert_eq!(
+        poll_on(&c, &pg, p1, &new).await,
+        (StatusCode::NOT_MODIFIED, true)
+    );
+    assert_eq!(
+        poll_on(&c, &pg, p1, &es).await,
+        (StatusCode::NOT_MODIFIED, true),
+        "ES256 via JWKS"
+    );
+    // The stream admitted before goes on until its token's exp.
+    pg.publish("p1 6\n").await;
+    let notice = stream
+        .next_stale(WAIT)
+        .await
+        .expect("the old stream still delivers");
+    assert!(notice.contains("\"version\":6"), "{notice}");
+
+    // An audience, live: a token without `aud` no longer verifies.
+    std::fs::write(&config, format!("{swapped}auth_audience = \"app\"\n")).unwrap();
+    assert_eq!(reload(&pg).await["changed"], json!(["auth_audience"]));
+    let p1 = "/projects/p1/changes?since=6";
+    assert!(!poll_on(&c, &pg, p1, &es).await.1);
+    let aud = json!({ "exp": now() + 600, "keys": ["p1"], "aud": "app" });
+    let es_aud = mint(aud, Algorithm::ES256, Some("ec1"), &ec);
+    assert!(poll_on(&c, &pg, p1, &es_aud).await.1);
+
+    // Turning authorization off needs a restart: named, and tokens still needed.
+    std::fs::write(&config, &base).unwrap();
+    let answer = reload(&pg).await;
+    let why = answer["why"]["auth_jwt_secret"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("on or off"), "{answer}");
+    let (_, h, _) = poll(&pg, p1, &[]).await;
+    assert!(!is_hit(&h), "still no hit without a token");
+    assert!(
+        poll_on(&c, &pg, p1, &es_aud).await.1,
+        "the running keys stay"
+    );
+    assert_not_logged(&pg, &[&old, &new, &es, &es_aud]);
+}

@@ -333,3 +333,94 @@ async fn log_level_changes_live_unless_rust_log_is_set() {
         "{answer}"
     );
 }
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A replica's config: its own internal port, the other as its peer.
+fn replica_config(file: &Path, port: u16, peer: u16, keys: &[&str]) {
+    let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    let body = format!(
+        "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:{port}\"\nupstream = [\"http://127.0.0.1:9\"]\n\
+         peer = [\"127.0.0.1:{peer}\"]\ncluster_key = [{}]\n",
+        keys.join(", ")
+    );
+    write_config(file, &body);
+}
+
+async fn version_at(pg: &Pollgate, key: &str) -> Option<u64> {
+    let (s, _, body) = send(
+        "GET",
+        &pg.internal_url(&format!("/v1/versions/{key}")),
+        &[],
+        vec![],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| s == 200)?;
+    v["version"].as_u64()
+}
+
+#[tokio::test]
+async fn cluster_key_rotates_across_replicas_without_a_refused_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (fa, fb) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    replica_config(&fa, pa, pb, &["old"]);
+    replica_config(&fb, pb, pa, &["old"]);
+    let (a, b) = (start_from_file(&fa), start_from_file(&fb));
+    let steps: [&[&str]; 3] = [&["old", "new"], &["new", "old"], &["new"]];
+    for (n, keys) in steps.iter().enumerate() {
+        // One replica at a time, as an operator would: the other still runs
+        // the previous step, and gossip between them must keep working.
+        for (file, port, peer, pg) in [(&fa, pa, pb, &a), (&fb, pb, pa, &b)] {
+            replica_config(file, port, peer, keys);
+            let (status, body) = reload(pg).await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("\"changed\":[\"cluster_key\"]"), "{body}");
+            let v = (n * 2 + 1) as u64 + u64::from(port == pb);
+            assert_eq!(publish(pg, "p", &format!("k {v}\n")).await, 200);
+            let other = if port == pa { &b } else { &a };
+            assert!(
+                eventually(WAIT, || async { version_at(other, "k").await == Some(v) }).await,
+                "step {n}: version {v} did not cross"
+            );
+        }
+    }
+    for pg in [&a, &b] {
+        assert_eq!(
+            pg.metric("pollgate_cluster_rejected_total{reason=\"bad_mac\"}")
+                .await,
+            0.0
+        );
+    }
+}
+
+async fn reload_as(pg: &Pollgate, token: &str) -> u16 {
+    let auth = format!("Bearer {token}");
+    let url = pg.internal_url("/v1/reload");
+    send("POST", &url, &[("authorization", &auth)], vec![])
+        .await
+        .0
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_admin_token_rotates_through_its_own_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pollgate.toml");
+    write(&file, &["p"], "");
+    let pg = start(&file);
+    let both = format!("admin_token = [{ADMIN:?}, \"next-admin\"]\n");
+    std::fs::write(&file, format!("publish_token = \"p\"\n{both}")).unwrap();
+    assert_eq!(reload_as(&pg, ADMIN).await, 200);
+    assert_eq!(reload_as(&pg, "next-admin").await, 200, "both valid");
+    std::fs::write(
+        &file,
+        "publish_token = \"p\"\nadmin_token = \"next-admin\"\n",
+    )
+    .unwrap();
+    assert_eq!(reload_as(&pg, "next-admin").await, 200);
+    assert_eq!(reload_as(&pg, ADMIN).await, 401, "the old one retired");
+}

@@ -73,6 +73,8 @@ pub struct Cluster {
     /// False until a first complete pull from a peer (or no peer was reachable
     /// for [`membership::LONE_AFTER`]); `/readyz` needs it and `State::ready`.
     pub(crate) caught_up: AtomicBool,
+    /// Woken when `caught_up` turns true (sd_notify's READY=1 waits on it).
+    pub caught_up_changed: tokio::sync::Notify,
     /// Held by a pull round while not caught up: the first full transfer
     /// comes from one peer at a time instead of all of them at once
     /// (each would bring the whole table), so readiness comes sooner.
@@ -91,6 +93,7 @@ impl Cluster {
             auth: Auth::new(&cfg.cluster_key),
             outbox: Arc::new(Outbox::new(cfg.peer.len() > FANOUT)),
             caught_up: AtomicBool::new(!enabled),
+            caught_up_changed: tokio::sync::Notify::new(),
             catching_up: tokio::sync::Mutex::new(()),
             peers: RwLock::new(Vec::new()),
             metrics: ClusterMetrics::default(),
@@ -120,6 +123,7 @@ impl Cluster {
 
     pub(crate) fn set_caught_up(&self) {
         if !self.caught_up.swap(true, Ordering::AcqRel) {
+            self.caught_up_changed.notify_waiters();
             tracing::info!("caught up with peers: ready as far as the cluster goes");
         }
     }

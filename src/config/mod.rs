@@ -21,7 +21,7 @@
 //! 3. a row in `keys::KEYS` under its heading: name (= the field), value
 //!    name, one-line help, the parser from `parse` (or a new one there,
 //!    with a test) and the printer (`dur`, `bytes`, `int`, `text`,
-//!    `redacted` for a secret); `.list()` if repeatable, `.note("…")` when
+//!    `redacted_all` for a secret, every one repeatable); `.list()` if repeatable, `.note("…")` when
 //!    the default is unset or machine-dependent (what `--help` says instead);
 //! 4. a rule spanning several keys goes in `validate_fields`;
 //! 5. outside this folder: the README table and `deploy/pollgate.toml`
@@ -60,8 +60,9 @@ pub struct Config {
     /// any of them is accepted, so a token is rotated without a moment in
     /// which the app's old or new token is refused (reloadable).
     pub publish_token: Vec<String>,
-    /// Unset: admin refused.
-    pub admin_token: Option<String>,
+    /// Unset: admin refused. Several: any of them is accepted, so it
+    /// rotates like `publish_token` (reloadable).
+    pub admin_token: Vec<String>,
     /// None. HS256 secrets the app signs public-listener tokens with; any
     /// listed one verifies, so a secret rotates by listing old and new.
     pub auth_jwt_secret: Vec<String>,
@@ -212,7 +213,7 @@ impl Default for Config {
             route: vec!["/projects/{key}/changes?since={version}".to_string()],
             version_header: http::HeaderName::from_static("x-pollgate-version"),
             publish_token: Vec::new(),
-            admin_token: None,
+            admin_token: Vec::new(),
             auth_jwt_secret: Vec::new(),
             auth_jwks: None,
             auth_audience: None,

@@ -309,10 +309,6 @@ pub(super) fn int(n: u64) -> Option<Value> {
     Some(i64::try_from(n).map_or_else(|_| Value::String(n.to_string()), Value::Integer))
 }
 
-pub(super) fn redacted(secret: &Option<String>) -> Option<Value> {
-    secret.as_ref().and_then(|_| text(REDACTED))
-}
-
 /// A repeatable secret: one placeholder per value; unset when there is none.
 pub(super) fn redacted_all(secrets: &[String]) -> Option<Value> {
     (!secrets.is_empty())

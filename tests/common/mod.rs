@@ -324,11 +324,22 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (StatusCode, HeaderMap, String) {
+    send_on(&client(), method, url, headers, body).await
+}
+
+/// `send` on a client the caller keeps: its keep-alive connections are reused.
+pub async fn send_on(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, String) {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client()
+    let resp = client
         .request(req.body(Full::new(Bytes::from(body))).unwrap())
         .await
         .unwrap();
