@@ -13,16 +13,15 @@
 //! (uses `target/release/pollgate` next to this example's binary, or `$POLLGATE_BIN`).
 //! Loopback only, bounded in count and time.
 
-use std::net::TcpListener;
+#[path = "common.rs"]
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use common::{bin, free_port, get, metric, HttpClient};
+use http::StatusCode;
 use parking_lot::Mutex;
 
 const KEY: &str = "loadtest-cluster-key";
@@ -32,22 +31,9 @@ const SECS: u64 = 15;
 const SAMPLE_EVERY: u64 = 50;
 const CATCHUP_KEYS: usize = 1_000_000;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 struct Replica {
     port: u16,
     child: Option<Child>,
-}
-
-fn bin() -> String {
-    std::env::var("POLLGATE_BIN").unwrap_or_else(|_| {
-        let exe = std::env::current_exe().expect("own path");
-        let dir = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .expect("target/release");
-        dir.join("pollgate").display().to_string()
-    })
 }
 
 fn spawn(ports: &[u16], i: usize) -> Child {
@@ -76,44 +62,6 @@ fn spawn(ports: &[u16], i: usize) -> Child {
     }
     cmd.spawn()
         .expect("spawn pollgate (build it with --release first)")
-}
-
-async fn get(c: &HttpClient, port: u16, path: &str) -> (StatusCode, String) {
-    let req = Request::get(format!("http://127.0.0.1:{port}{path}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    match c.request(req).await {
-        Ok(r) => {
-            let s = r.status();
-            let b = r
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            (s, String::from_utf8_lossy(&b).into_owned())
-        }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
-    }
-}
-
-async fn publish(c: &HttpClient, port: u16, body: String) {
-    let req = Request::post(format!("http://127.0.0.1:{port}/v1/versions"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let r = c.request(req).await.expect("publish");
-    assert_eq!(r.status(), StatusCode::OK);
-    let _ = r.into_body().collect().await;
-}
-
-async fn metric(c: &HttpClient, port: u16, name: &str) -> f64 {
-    let (_, body) = get(c, port, "/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// Convergence is timed by this wait, so it looks every 2 ms.
@@ -153,7 +101,7 @@ async fn latency_phase(c: &HttpClient, ports: &[u16]) {
         tick.tick().await;
         let key = format!("lt-{i}");
         let sent = Instant::now();
-        publish(c, ports[0], format!("{key} {}\n", i + 1)).await;
+        common::publish(c, ports[0], TOKEN, format!("{key} {}\n", i + 1)).await;
         if i % SAMPLE_EVERY == 0 {
             let (c, lat, others) = (c.clone(), lat.clone(), [ports[1], ports[2]]);
             samplers.spawn(async move {
@@ -217,7 +165,7 @@ async fn catchup_phase(c: &HttpClient, ports: &[u16], replicas: &mut [Replica]) 
         let body: String = (0..BATCH)
             .map(|i| format!("cu-{:07} {}\n", b * BATCH + i, i + 1))
             .collect();
-        publish(c, ports[0], body).await;
+        common::publish(c, ports[0], TOKEN, body).await;
     }
     println!(
         "published {CATCHUP_KEYS} keys at replica 0 in {:.1?} while replica 2 was down",
@@ -247,24 +195,14 @@ async fn catchup_phase(c: &HttpClient, ports: &[u16], replicas: &mut [Replica]) 
 
 #[tokio::main]
 async fn main() {
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut replicas: Vec<Replica> = (0..3)
         .map(|i| Replica {
             port: ports[i],
             child: Some(spawn(&ports, i)),
         })
         .collect();
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    let c: HttpClient = Client::builder(TokioExecutor::new()).build(conn);
+    let c = common::client();
     assert!(
         wait_for(Duration::from_secs(20), || formed(&c, &ports)).await,
         "cluster did not form"

@@ -16,33 +16,25 @@
 //! Every phase is bounded in count and time; everything is on 127.0.0.1.
 //! Uses `target/release/pollgate` beside this example (or `$POLLGATE_BIN`).
 
+#[path = "common.rs"]
+mod common;
+
 use std::convert::Infallible;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use common::{bin, free_port, get, metric, HttpClient};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 
 const TOKEN: &str = "loadtest-token";
 const SAMPLE_EVERY: u64 = 50;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Redis {
     child: Child,
@@ -114,17 +106,6 @@ fn url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/0")
 }
 
-fn bin() -> String {
-    std::env::var("POLLGATE_BIN").unwrap_or_else(|_| {
-        let exe = std::env::current_exe().expect("own path");
-        let dir = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .expect("target/release");
-        dir.join("pollgate").display().to_string()
-    })
-}
-
 struct Pg {
     child: Child,
     public: u16,
@@ -166,41 +147,6 @@ impl Drop for Pg {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn get(c: &HttpClient, port: u16, path: &str) -> (StatusCode, String) {
-    let req = Request::get(format!("http://127.0.0.1:{port}{path}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    match c.request(req).await {
-        Ok(r) => {
-            let s = r.status();
-            let b = r.into_body().collect().await.map(|b| b.to_bytes());
-            (
-                s,
-                String::from_utf8_lossy(&b.unwrap_or_default()).into_owned(),
-            )
-        }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
-    }
-}
-
-async fn post(c: &HttpClient, port: u16, body: String) {
-    let req = Request::post(format!("http://127.0.0.1:{port}/v1/versions"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let r = c.request(req).await.expect("publish");
-    assert_eq!(r.status(), StatusCode::OK);
-    let _ = r.into_body().collect().await;
-}
-
-async fn metric(c: &HttpClient, port: u16, name: &str) -> f64 {
-    let (_, body) = get(c, port, "/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 fn learned(source: &str) -> String {
@@ -317,7 +263,7 @@ async fn throughput(redis: &Redis, c: &HttpClient) {
                 let (c, port) = (c.clone(), pg.internal);
                 tokio::spawn(async move {
                     for i in (s..msgs).step_by(4) {
-                        post(&c, port, body(i, batch)).await;
+                        common::publish(&c, port, TOKEN, body(i, batch)).await;
                     }
                 })
             })
@@ -393,7 +339,7 @@ fn send(t: &Target, c: &HttpClient, rc: &MultiplexedConnection, key: String, v: 
     let (via, port) = (t.via, t.port);
     tokio::spawn(async move {
         match via {
-            Via::Post => post(&c, port, format!("{key} {v}\n")).await,
+            Via::Post => common::publish(&c, port, TOKEN, format!("{key} {v}\n")).await,
             Via::Stream => {
                 let _: String = xadd_kv(&t.name, &key, v)
                     .query_async(&mut rc)
@@ -726,7 +672,7 @@ async fn fleet(redis: &Redis, c: &HttpClient) {
 #[tokio::main]
 async fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    let c: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let c = common::client();
     let redis = Redis::start();
     println!(
         "redis-server on port {}; pollgate {}; {} cores",

@@ -54,6 +54,7 @@ pub mod cors;
 pub mod error;
 pub mod feed;
 pub mod gossip;
+pub mod heads;
 pub mod hub;
 pub mod inbound;
 pub mod internal;

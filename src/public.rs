@@ -30,12 +30,13 @@ pub type Answer = Result<Response<Body>, Infallible>;
 pub type Reply = Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer> + Send>>>;
 
 /// Before hyper sees a new connection: SSE watches are taken off hyper
-/// (see `push::raw`). `None`: the connection was served or is finished.
+/// (see `push::raw`), the rest is told HTTP/1.1 or HTTP/2 once.
+/// `None`: the connection was served or is finished.
 pub async fn intercept(
     state: &Arc<State>,
     tcp: TcpStream,
     stop: &mut watch::Receiver<bool>,
-) -> Option<(TcpStream, tokio::time::Instant)> {
+) -> Option<(TcpStream, crate::push::raw::Opening)> {
     crate::push::raw::intercept(state, tcp, stop).await
 }
 

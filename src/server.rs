@@ -1,14 +1,18 @@
 //! Listeners, the connection loop (HTTP/1.1 keep-alive + h2c, upgrades for
 //! WebSocket) and graceful shutdown: stop accepting, drain within the grace period.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::Either;
-use http::Request;
+use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,8 +22,10 @@ use tokio::task::JoinSet;
 
 use crate::auth::ConnCache;
 use crate::config::Config;
+use crate::heads::{Busy, Clock, Heads, Tracked};
 use crate::inbound::LocalAddr;
 use crate::public::Reply;
+use crate::push::raw::Opening;
 use crate::shutdown::stopping;
 use crate::state::State;
 
@@ -64,7 +70,8 @@ enum Side {
 
 /// Serves both listeners until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, state: Arc<State>, shutdown: impl Future<Output = ()>) {
-    let builder = Arc::new(http_builder(&state.cfg));
+    let builders = Arc::new(Builders::new(&state.cfg));
+    let heads = Heads::start(state.cfg.header_read_timeout);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -76,14 +83,19 @@ pub async fn run(listeners: Listeners, state: Arc<State>, shutdown: impl Future<
         match accepted {
             Ok((stream, remote)) => {
                 let stop = state.shutdown.subscribe();
-                conns.spawn(serve(
-                    builder.clone(),
-                    state.clone(),
-                    stream,
+                let clock = Arc::new(Clock::default());
+                let conn = Conn {
+                    builders: builders.clone(),
+                    state: state.clone(),
                     remote,
                     side,
-                    stop,
-                ));
+                    clock: clock.clone(),
+                    local: None,
+                };
+                let task = conns.spawn(conn.serve(stream, stop));
+                if let Side::Public = side {
+                    heads.watch(clock, task);
+                }
             }
             Err(e) => accept_error(e).await,
         }
@@ -91,6 +103,7 @@ pub async fn run(listeners: Listeners, state: Arc<State>, shutdown: impl Future<
     }
     drop(listeners);
     drain(&state, conns).await;
+    drop(heads);
 }
 
 /// EMFILE and friends: log and back off briefly rather than spin.
@@ -115,7 +128,34 @@ async fn drain(state: &State, mut conns: JoinSet<()>) {
     }
 }
 
-fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+/// The HTTP servers, configured once. The public listener's connections
+/// are told HTTP/1.1 or HTTP/2 by sniffing and get that server directly;
+/// their head deadline is [`Heads`]'s, not a hyper timer per request. The
+/// internal listener keeps hyper's auto-detection and header timer.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    internal: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(cfg: &Config) -> Builders {
+        let mut h1 = http1::Builder::new();
+        h1.header_read_timeout(None)
+            .max_buf_size(cfg.max_header_size.max(8192))
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(cfg.max_header_size as u32);
+        Builders {
+            h1,
+            h2,
+            internal: internal_builder(cfg),
+        }
+    }
+}
+
+fn internal_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -128,80 +168,140 @@ fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// One connection: serve requests until it closes or shutdown asks it to finish.
-async fn serve(
-    builder: Arc<auto::Builder<TokioExecutor>>,
+/// One accepted connection and what serving it needs.
+struct Conn {
+    builders: Arc<Builders>,
     state: Arc<State>,
-    stream: TcpStream,
     remote: SocketAddr,
     side: Side,
-    mut stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().ok().map(LocalAddr);
-    let (stream, builder) = match side {
-        Side::Public => match crate::public::intercept(&state, stream, &mut stop).await {
-            Some((s, head_by)) => (s, head_within(builder, &state.cfg, head_by)),
-            None => return,
-        },
-        Side::Internal => (stream, builder),
-    };
-    // Per connection: a keep-alive client's token is verified once.
-    let conn_cache = Arc::new(ConnCache::default());
-    let svc = service_fn(move |mut req: Request<Incoming>| {
-        if let (Side::Internal, Some(l)) = (side, local) {
-            req.extensions_mut().insert(l);
+    /// What [`Heads`] reads to time this connection's heads (public only).
+    clock: Arc<Clock>,
+    /// The internal listener's address, for handlers that check it (gossip).
+    local: Option<LocalAddr>,
+}
+
+impl Conn {
+    /// Serves requests until the connection closes or shutdown asks it to finish.
+    async fn serve(mut self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+        let _ = stream.set_nodelay(true);
+        let remote = self.remote;
+        let res = match self.side {
+            Side::Public => match crate::public::intercept(&self.state, stream, &mut stop).await {
+                Some((stream, opening)) => self.public(stream, opening, stop).await,
+                None => return,
+            },
+            Side::Internal => {
+                self.local = stream.local_addr().ok().map(LocalAddr);
+                self.internal(stream, stop).await
+            }
+        };
+        if let Err(e) = res {
+            tracing::debug!(%remote, error = %e, "connection ended with an error");
         }
-        respond(&state, side, remote, &conn_cache, req)
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    }
+
+    async fn public(self, stream: TcpStream, opening: Opening, stop: Stop) -> Result<(), String> {
+        let io = TokioIo::new(stream);
+        let builders = self.builders.clone();
+        if opening == Opening::Http2 {
+            let conn = builders.h2.serve_connection(io, self.service());
+            return until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+        }
+        self.clock.arm();
+        let conn = builders
+            .h1
+            .serve_connection(io, self.service())
+            .with_upgrades();
+        until_stopped(conn, stop, |c| c.graceful_shutdown()).await
+    }
+
+    async fn internal(self, stream: TcpStream, stop: Stop) -> Result<(), String> {
+        let builders = self.builders.clone();
+        let io = TokioIo::new(stream);
+        let conn = builders
+            .internal
+            .serve_connection_with_upgrades(io, self.service());
+        until_stopped(conn, stop, |c| c.graceful_shutdown()).await
+    }
+
+    /// The connection's service. Per connection: a keep-alive client's
+    /// token is verified once ([`ConnCache`]).
+    fn service(
+        self,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Tracked>,
+        Error = Infallible,
+        Future = Answering,
+    > {
+        let conn_cache = Arc::new(ConnCache::default());
+        service_fn(move |req| self.respond(&conn_cache, req))
+    }
+
+    /// The internal listener's requests are never hits: always a boxed future.
+    fn respond(&self, conn: &Arc<ConnCache>, mut req: Request<Incoming>) -> Answering {
+        let reply: Reply = match self.side {
+            Side::Public => crate::public::respond(&self.state, self.remote, conn, req),
+            Side::Internal => {
+                if let Some(l) = self.local {
+                    req.extensions_mut().insert(l);
+                }
+                let state = self.state.clone();
+                Either::Right(Box::pin(async move {
+                    Ok(crate::internal::handle(&state, req).await)
+                }))
+            }
+        };
+        let busy = match &reply {
+            Either::Left(_) => {
+                self.clock.served_now();
+                None
+            }
+            Either::Right(_) => Some(self.clock.busy()),
+        };
+        Answering { reply, busy }
+    }
+}
+
+type Stop = watch::Receiver<bool>;
+
+/// Drives a connection; on shutdown asks it to finish what it serves.
+async fn until_stopped<C, E>(
+    conn: C,
+    mut stop: Stop,
+    graceful: fn(Pin<&mut C>),
+) -> Result<(), String>
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     let res = tokio::select! {
         r = conn.as_mut() => r,
         _ = stopping(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             conn.await
         }
     };
-    if let Err(e) = res {
-        tracing::debug!(%remote, error = %e, "connection ended with an error");
-    }
+    res.map_err(|e| e.to_string())
 }
 
-/// The builder for a connection whose first head must arrive by `by`: the
-/// shared one, unless sniffing (see `push::raw`) already used part of
-/// `header_read_timeout` — then a copy with only the rest (rare: only a
-/// client stalling inside `GET /pollgate/v1/watch` pays for the copy).
-fn head_within(
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    cfg: &Config,
-    by: tokio::time::Instant,
-) -> Arc<auto::Builder<TokioExecutor>> {
-    let left = by.saturating_duration_since(tokio::time::Instant::now());
-    if left + Duration::from_millis(100) >= cfg.header_read_timeout {
-        return builder;
-    }
-    let mut b = (*builder).clone();
-    b.http1()
-        .header_read_timeout(left.max(Duration::from_millis(1)));
-    Arc::new(b)
+/// A request's answer on its way: a hit is ready at once; anything else
+/// keeps the connection [`Busy`] until its response body is dropped.
+struct Answering {
+    reply: Reply,
+    busy: Option<Busy>,
 }
 
-/// The internal listener's requests are never hits: always a boxed future.
-fn respond(
-    state: &Arc<State>,
-    side: Side,
-    remote: SocketAddr,
-    conn: &Arc<ConnCache>,
-    req: Request<Incoming>,
-) -> Reply {
-    match side {
-        Side::Public => crate::public::respond(state, remote, conn, req),
-        Side::Internal => {
-            let state = state.clone();
-            Either::Right(Box::pin(async move {
-                Ok(crate::internal::handle(&state, req).await)
-            }))
-        }
+impl Future for Answering {
+    type Output = Result<Response<Tracked>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Poll::Ready(Ok(resp)) = Pin::new(&mut this.reply).poll(cx) else {
+            return Poll::Pending;
+        };
+        let busy = this.busy.take();
+        Poll::Ready(Ok(resp.map(|body| Tracked::new(body, busy))))
     }
 }

@@ -5,24 +5,15 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{eventually, get, send, Pollgate, Upstream};
+use common::{eventually, free_port, get, send, Pollgate, Upstream};
 use http::StatusCode;
 use pollgate::cluster::auth::{unix_ms, Auth};
 use pollgate::cluster::codec::{self, Item, Message, Request};
 
 const KEY: &str = "cluster-secret";
 const ADMIN: &str = "admin-secret";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Replicas {
     up: Upstream,
@@ -90,15 +81,6 @@ impl Replicas {
     }
 }
 
-async fn version(pg: &Pollgate, key: &str) -> Option<u64> {
-    let (s, _, body) = get(&pg.internal_url(&format!("/v1/versions/{key}"))).await;
-    if s != StatusCode::OK {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["version"].as_u64()
-}
-
 async fn ready(pg: &Pollgate) -> bool {
     get(&pg.internal_url("/readyz")).await.0 == StatusCode::OK
 }
@@ -122,7 +104,7 @@ async fn publish_at_one_is_visible_at_all() {
     let t = Instant::now();
     for i in 1..3 {
         let seen = eventually(Duration::from_secs(5), || async {
-            version(r.node(i), "proj-1").await == Some(41)
+            r.node(i).version("proj-1").await == Some(41)
         })
         .await;
         assert!(seen, "replica {i} never saw the publish");
@@ -174,7 +156,7 @@ async fn wrong_key_stale_and_replayed_messages_are_refused_and_counted() {
     let good = Auth::new(&[KEY.to_string()]);
     let frame = push_frame(&good, unix_ms(), pg, "ok-key", 5);
     assert_eq!(post_push(pg, frame.clone()).await, StatusCode::OK);
-    assert_eq!(version(pg, "ok-key").await, Some(5));
+    assert_eq!(pg.version("ok-key").await, Some(5));
     assert_eq!(
         post_push(pg, frame).await,
         StatusCode::UNAUTHORIZED,
@@ -193,7 +175,7 @@ async fn wrong_key_stale_and_replayed_messages_are_refused_and_counted() {
     let future = push_frame(&good, unix_ms() + 120_000, pg, "future", 9);
     assert_eq!(post_push(pg, future).await, StatusCode::UNAUTHORIZED);
     for k in ["evil", "old", "future"] {
-        assert_eq!(version(pg, k).await, None, "{k} was merged");
+        assert_eq!(pg.version(k).await, None, "{k} was merged");
     }
     for (reason, n) in [
         ("replay", 1.0),
@@ -240,7 +222,7 @@ async fn a_killed_replica_catches_up_on_100k_versions_before_it_is_ready() {
     // Readiness flips only after the last page merged: every key is there now.
     assert_eq!(pg.metric("pollgate_keys").await as usize, N);
     eprintln!("restarted replica ready (caught up on {N} keys) {took:?} after start");
-    assert_eq!(version(pg, "k99999").await, Some(10_000));
+    assert_eq!(pg.version("k99999").await, Some(10_000));
 }
 
 /// Warm restart and gossip together: the snapshot brings back what the
@@ -270,7 +252,7 @@ async fn a_replica_restarts_from_its_snapshot_and_pulls_what_it_missed() {
     let pg = r.node(1);
     assert_eq!(pg.metric("pollgate_snapshot_entries_loaded").await, 1000.0);
     assert_eq!(pg.metric("pollgate_keys").await as usize, 1500);
-    assert_eq!(version(pg, "m499").await, Some(2));
+    assert_eq!(pg.version("m499").await, Some(2));
 }
 
 async fn config_of(pg: &Pollgate) -> serde_json::Value {

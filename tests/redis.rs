@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, get, Pollgate, Upstream};
+use common::{eventually, free_port, get, Pollgate, Upstream};
 use http::StatusCode;
 use redis::aio::MultiplexedConnection;
 
@@ -208,32 +207,12 @@ fn make_certs(dir: &Path) {
     ]);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn url_of(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/0")
 }
 
-async fn version_of(pg: &Pollgate, key: &str) -> Option<u64> {
-    let (s, _, body) = get(&pg.internal_url(&format!("/v1/versions/{key}"))).await;
-    if s != StatusCode::OK {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["version"].as_u64()
-}
-
 async fn has(pg: &Pollgate, key: &str, version: u64) -> bool {
-    eventually(WAIT, || async {
-        version_of(pg, key).await == Some(version)
-    })
-    .await
+    eventually(WAIT, || async { pg.version(key).await == Some(version) }).await
 }
 
 async fn metric_is(pg: &Pollgate, name: &str, want: f64) -> bool {
@@ -292,6 +271,32 @@ fn dir_str(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// Redis, an upstream and a data dir, for the tests that restart pollgate
+/// on stream `versions` and need the snapshot to keep its position.
+struct StreamRig {
+    redis: RedisServer,
+    up: Upstream,
+    dir: tempfile::TempDir,
+}
+
+impl StreamRig {
+    async fn start() -> StreamRig {
+        StreamRig {
+            redis: RedisServer::start(),
+            up: Upstream::start().await,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// pollgate on stream `versions` with the rig's data dir, plus `extra`.
+    fn pollgate(&self, extra: &[&str]) -> Pollgate {
+        let d = dir_str(self.dir.path());
+        let mut flags = vec!["--redis-stream", "versions", "--data-dir", &d];
+        flags.extend_from_slice(extra);
+        start_pg(&self.up, &self.redis, &flags)
+    }
+}
+
 #[tokio::test]
 async fn channel_lines_and_json_apply_and_a_bad_batch_applies_nothing() {
     let redis = RedisServer::start();
@@ -307,7 +312,7 @@ async fn channel_lines_and_json_apply_and_a_bad_batch_applies_nothing() {
     publish(&mut c, "versions", "d 4\ne notanumber\n").await;
     publish(&mut c, "versions", "f 5").await;
     assert!(has(&pg, "f", 5).await);
-    assert_eq!(version_of(&pg, "d").await, None, "no part of a bad batch");
+    assert_eq!(pg.version("d").await, None, "no part of a bad batch");
     assert_eq!(pg.metric(CHANNEL_INVALID).await, 1.0);
     let learned = "pollgate_versions_learned_total{source=\"redis\"}";
     assert_eq!(pg.metric(learned).await, 4.0);
@@ -315,13 +320,9 @@ async fn channel_lines_and_json_apply_and_a_bad_batch_applies_nothing() {
 
 #[tokio::test]
 async fn stream_entries_apply_and_a_restart_loses_none() {
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir_str(dir.path());
-    let flags = ["--redis-stream", "versions", "--data-dir", &d];
-    let pg = start_pg(&up, &redis, &flags);
-    let mut c = redis.conn().await;
+    let rig = StreamRig::start().await;
+    let pg = rig.pollgate(&[]);
+    let mut c = rig.redis.conn().await;
     xadd_versions(&mut c, "versions", "k", 50).await;
     xadd(&mut c, "versions", &[("body", "batch1 7\nbatch2 8")]).await;
     xadd(&mut c, "versions", &[("key", "bad key"), ("version", "1")]).await;
@@ -340,13 +341,13 @@ async fn stream_entries_apply_and_a_restart_loses_none() {
     // Entries written while pollgate is down are read after the restart,
     // and only those: the snapshot kept the position.
     xadd_versions(&mut c, "versions", "later", 30).await;
-    let pg = start_pg(&up, &redis, &flags);
+    let pg = rig.pollgate(&[]);
     assert!(has(&pg, "later29", 30).await, "{:?}", pg.log.lock());
     assert!(metric_is(&pg, STREAM_APPLIED, 30.0).await);
     for i in 0..30 {
-        assert_eq!(version_of(&pg, &format!("later{i}")).await, Some(i + 1));
+        assert_eq!(pg.version(&format!("later{i}")).await, Some(i + 1));
     }
-    assert_eq!(version_of(&pg, "k0").await, Some(1), "from the snapshot");
+    assert_eq!(pg.version("k0").await, Some(1), "from the snapshot");
     assert_eq!(pg.metric(GAPS).await, 0.0);
 }
 
@@ -380,13 +381,9 @@ async fn a_killed_redis_is_survived_and_reconnected_to() {
 
 #[tokio::test]
 async fn a_stream_trimmed_past_the_position_is_a_counted_gap() {
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir_str(dir.path());
-    let flags = ["--redis-stream", "versions", "--data-dir", &d];
-    let pg = start_pg(&up, &redis, &flags);
-    let mut c = redis.conn().await;
+    let rig = StreamRig::start().await;
+    let pg = rig.pollgate(&[]);
+    let mut c = rig.redis.conn().await;
     xadd_versions(&mut c, "versions", "k", 5).await;
     assert!(has(&pg, "k4", 5).await);
     stop(pg);
@@ -399,11 +396,11 @@ async fn a_stream_trimmed_past_the_position_is_a_counted_gap() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let pg = start_pg(&up, &redis, &flags);
+    let pg = rig.pollgate(&[]);
     assert!(metric_is(&pg, GAPS, 1.0).await, "{:?}", pg.log.lock());
     assert!(has(&pg, "lost9", 10).await);
     assert_eq!(
-        version_of(&pg, "lost0").await,
+        pg.version("lost0").await,
         None,
         "trimmed before it was read"
     );
@@ -453,21 +450,18 @@ async fn two_pollgates_on_one_redis_agree() {
 #[tokio::test]
 async fn a_gap_free_complete_stream_spares_the_app_revalidations_after_a_restart() {
     async fn upstream_hits_after_restart(complete: bool) -> usize {
-        let redis = RedisServer::start();
-        let up = Upstream::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir_str(dir.path());
-        let mut flags = vec!["--redis-stream", "versions", "--data-dir", &d];
-        flags.extend(["--max-age", "3s"]);
+        let rig = StreamRig::start().await;
+        let mut flags = vec!["--max-age", "3s"];
         if complete {
             flags.extend(["--redis-stream-complete", "true"]);
         }
-        let pg = start_pg(&up, &redis, &flags);
-        let mut c = redis.conn().await;
+        let pg = rig.pollgate(&flags);
+        let mut c = rig.redis.conn().await;
         xadd_versions(&mut c, "versions", "p", 100).await;
         assert!(has(&pg, "p99", 100).await);
         stop(pg);
-        let pg = start_pg(&up, &redis, &flags);
+        let pg = rig.pollgate(&flags);
+        let up = &rig.up;
         assert!(metric_is(&pg, CONNECTED, 1.0).await);
         let before = up.hits();
         // Every key polled as up to date for longer than max_age: every
@@ -526,5 +520,5 @@ async fn a_stream_over_tls_is_read_and_a_server_from_another_ca_is_refused() {
     .await;
     assert!(refused, "{:?}", other.log.lock());
     assert_eq!(other.metric(CONNECTED).await, 0.0);
-    assert_eq!(version_of(&other, "tls").await, None);
+    assert_eq!(other.version("tls").await, None);
 }

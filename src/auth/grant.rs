@@ -22,6 +22,13 @@ pub(super) struct Claims {
     keys: Vec<String>,
 }
 
+#[cfg(test)]
+impl Claims {
+    pub(super) fn new(exp: u64, keys: Vec<String>) -> Claims {
+        Claims { exp, keys }
+    }
+}
+
 impl Grant {
     pub(super) fn from_claims(c: Claims) -> Grant {
         let (prefixes, exact): (Vec<String>, Vec<String>) =
@@ -63,6 +70,13 @@ impl Grant {
     pub fn remaining(&self) -> std::time::Duration {
         let end = self.exp.saturating_add(super::LEEWAY_S);
         std::time::Duration::from_secs(end.saturating_sub(super::now_unix()))
+    }
+
+    /// Would a verification at `now` accept it? As `jsonwebtoken` judges
+    /// `exp`: up to and including the last second of the leeway. For a
+    /// remembered token, so that remembering changes nothing.
+    pub fn verifiable(&self, now: u64) -> bool {
+        now <= self.exp.saturating_add(super::LEEWAY_S)
     }
 
     /// Still valid at `now` (Unix seconds), allowing `leeway` for clock skew.

@@ -10,13 +10,16 @@
 //!   cookie), and removing it from a query before forwarding.
 //!
 //! A verified token is cached per connection ([`ConnCache`]): a keep-alive
-//! client pays for the signature once, then a string compare per poll.
+//! client pays for the signature once, then a string compare per poll; and
+//! in a bounded cache shared by all connections ([`verified`]), so a
+//! reconnecting client or a raw SSE watch does not pay it again either.
 //! A token is never logged: errors name the failure, never the token.
 
 pub mod carrier;
 pub mod grant;
 pub mod keys;
 mod reload;
+mod verified;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +73,8 @@ pub struct Auth {
     generation: AtomicU64,
     /// Fixed for the process: the clients' contract, not a secret.
     cookie: String,
+    /// Tokens verified recently, for every connection (bounded).
+    verified: verified::Verified,
     /// `ok` counts tokens verified (once per connection that keeps its
     /// token); refusals count requests.
     results: [Counter; RESULTS.len()],
@@ -109,6 +114,7 @@ impl Auth {
             policy: ArcSwap::from_pointee(Policy::new(s)?),
             generation: AtomicU64::new(0),
             cookie: s.cookie.to_string(),
+            verified: Default::default(),
             results: Default::default(),
         }))
     }
@@ -162,6 +168,22 @@ impl Auth {
         Ok(g)
     }
 
+    /// [`Auth::verify`], or the grant of the same token verified before on
+    /// any connection under the same `generation` of keys and policy.
+    fn verify_shared(&self, token: &str, generation: u64) -> Result<Arc<Grant>, Refusal> {
+        if let Some(g) = self.verified.get(token, generation) {
+            if !g.verifiable(now_unix()) {
+                return Err(Refusal::Expired);
+            }
+            self.count(None);
+            return Ok(g);
+        }
+        let g = Arc::new(self.verify(token)?);
+        self.verified
+            .insert(token, g.clone(), generation, now_unix());
+        Ok(g)
+    }
+
     fn verify_uncounted(&self, token: &str) -> Result<Grant, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid)?;
         let policy = self.policy.load();
@@ -211,11 +233,22 @@ fn validation(alg: Algorithm, audience: Option<&str>) -> Validation {
     v
 }
 
-/// Unix seconds now: `exp` and `nbf` are in those.
+/// Unix seconds now: `exp` and `nbf` are in those. The coarse clock (the
+/// kernel's last tick, a few ms old, read without the TSC): whole seconds
+/// are all expiry needs, and a remembered token's expiry is checked per hit.
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if r != 0 {
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+    }
+    ts.tv_sec.max(0) as u64
 }
 
 /// The token a connection last presented and what it grants. A keep-alive
@@ -264,7 +297,7 @@ impl ConnCache {
         // Read before verifying: a reload during the check leaves a stale
         // generation behind, so the next request verifies again.
         let generation = auth.generation();
-        let g = Arc::new(auth.verify(t)?);
+        let g = auth.verify_shared(t, generation)?;
         *self.last.lock() = Some(Remembered {
             token: t.into(),
             grant: g.clone(),

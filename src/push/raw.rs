@@ -28,25 +28,35 @@ use crate::state::State;
 
 const PREFIX: &[u8] = b"GET /pollgate/v1/watch";
 
+/// The HTTP/2 prior-knowledge connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a public connection opens, read once from its first bytes (peeked,
+/// not consumed), so hyper gets its HTTP/1.1 or HTTP/2 server directly
+/// instead of a wrapper that replays the sniffed bytes on every read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    Watch,
+    Http1,
+    Http2,
+}
+
 /// Serves the connection here if it opens with an SSE watch; otherwise hands
-/// it back (unread) for hyper, with the time left for its head: sniffing and
-/// hyper's own header read together stay within `header_read_timeout`.
-/// `None`: the connection is finished.
+/// it back (unread) for hyper with its protocol. Sniffing has until
+/// `header_read_timeout`; after it, hyper's heads are timed by `heads`
+/// from the same accept. `None`: the connection is finished.
 pub async fn intercept(
     state: &Arc<State>,
     tcp: TcpStream,
     stop: &mut watch::Receiver<bool>,
-) -> Option<(TcpStream, Instant)> {
+) -> Option<(TcpStream, Opening)> {
     let deadline = Instant::now() + state.cfg.header_read_timeout;
-    if !state.cfg.push {
-        return Some((tcp, deadline));
-    }
-    let is_watch = tokio::select! {
-        r = tokio::time::timeout_at(deadline, opens_with_watch(&tcp)) => r.ok()?,
+    let opening = tokio::select! {
+        r = tokio::time::timeout_at(deadline, sniff(&tcp)) => r.ok()?,
         _ = stopping(stop) => return None,
     }?;
-    if !is_watch {
-        return Some((tcp, deadline));
+    if opening != Opening::Watch || !state.cfg.push {
+        return Some((tcp, opening));
     }
     if state.hub.runtime().is_none() {
         serve(state, tcp, deadline).await;
@@ -65,26 +75,39 @@ pub async fn intercept(
     None
 }
 
-/// Peeks at the request line: `Some(true)` for a watch, `Some(false)` for
-/// anything else, `None` when the client closed without sending anything.
-/// A partly arrived line costs nothing while the client stalls: the task
-/// sleeps until more bytes arrive (no timed re-peeking).
-async fn opens_with_watch(tcp: &TcpStream) -> Option<bool> {
-    let mut buf = [0u8; PREFIX.len() + 1];
+/// Peeks at the first bytes until they say how the connection opens;
+/// `None` when the client closed without sending anything. A partly
+/// arrived line costs nothing while the client stalls: the task sleeps
+/// until more bytes arrive (no timed re-peeking).
+async fn sniff(tcp: &TcpStream) -> Option<Opening> {
+    let mut buf = [0u8; H2_PREFACE.len()];
     let mut n = tcp.peek(&mut buf).await.ok()?;
     loop {
         if n == 0 {
             return None;
         }
-        let seen = &buf[..n.min(PREFIX.len())];
-        if !PREFIX.starts_with(seen) {
-            return Some(false);
-        }
-        if n > PREFIX.len() {
-            return Some(matches!(buf[PREFIX.len()], b'?' | b' '));
+        if let Some(o) = classify(&buf[..n]) {
+            return Some(o);
         }
         n = peek_more(tcp, &mut buf, n).await.ok()?;
     }
+}
+
+/// The opening these first bytes show, `None` while they could still be
+/// either a watch or the HTTP/2 preface.
+fn classify(seen: &[u8]) -> Option<Opening> {
+    let could_be = |p: &[u8]| p.starts_with(&seen[..seen.len().min(p.len())]);
+    if could_be(PREFIX) {
+        let next = seen.get(PREFIX.len())?;
+        return Some(match next {
+            b'?' | b' ' => Opening::Watch,
+            _ => Opening::Http1,
+        });
+    }
+    if could_be(H2_PREFACE) {
+        return (seen.len() >= H2_PREFACE.len()).then_some(Opening::Http2);
+    }
+    Some(Opening::Http1)
 }
 
 /// Waits until the socket holds more than `have` bytes (or is closed: 0),
@@ -292,5 +315,26 @@ fn write_headers(head: &mut String, headers: &HeaderMap) {
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes());
         head.push_str(&format!("{name}: {value}\r\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{classify, Opening::*};
+
+    #[test]
+    fn openings_are_told_apart_as_soon_as_the_bytes_allow() {
+        assert_eq!(classify(b""), None);
+        assert_eq!(classify(b"G"), None);
+        assert_eq!(classify(b"GET /pollgate/v1/watch"), None);
+        assert_eq!(classify(b"GET /pollgate/v1/watch?keys=a"), Some(Watch));
+        assert_eq!(classify(b"GET /pollgate/v1/watch HTTP/1.1"), Some(Watch));
+        assert_eq!(classify(b"GET /pollgate/v1/watchX"), Some(Http1));
+        assert_eq!(classify(b"GET /projects/p1/changes"), Some(Http1));
+        assert_eq!(classify(b"P"), None);
+        assert_eq!(classify(b"PO"), Some(Http1));
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Some(Http2));
+        assert_eq!(classify(b"PRI * HTTP/1.1\r\n"), Some(Http1));
     }
 }

@@ -150,6 +150,16 @@ async fn answer(s: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes
     Ok(resp.body(Full::new(Bytes::from(text))).unwrap())
 }
 
+/// A port the kernel just handed out and nobody listens on (for a process
+/// that must be told its port in advance, or an address that refuses).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// pollgate as a real child process on ephemeral ports.
 pub struct Pollgate {
     pub child: Child,
@@ -238,6 +248,16 @@ impl Pollgate {
         )
         .await;
         (s, b)
+    }
+
+    /// The version pollgate holds for `key` (`GET /v1/versions/{key}`).
+    pub async fn version(&self, key: &str) -> Option<u64> {
+        let (s, _, body) = get(&self.internal_url(&format!("/v1/versions/{key}"))).await;
+        if s != StatusCode::OK {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["version"].as_u64()
     }
 
     /// Value of one sample line in /metrics, e.g. `pollgate_requests_total{outcome="hit"}`.

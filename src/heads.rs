@@ -1,0 +1,234 @@
+//! `header_read_timeout` for the public listener's HTTP/1.1 connections,
+//! kept per connection by one coarse sweeper instead of hyper's per-request
+//! timer (a boxed `Sleep` and a timer-wheel insert and removal on every
+//! request: ~340 instructions per hit, `make loadtest-instructions`).
+//!
+//! A connection that answers nothing and has nothing in flight for
+//! `header_read_timeout` is inside a head that does not come (slowloris) or
+//! idle between requests, which hyper's timer also counts; either way it is
+//! closed, like hyper closes it: the task ends without an answer. The sweeper
+//! looks every quarter of the timeout (at most every second), so a head gets
+//! between the timeout and 1.25× of it; never less.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use parking_lot::Mutex;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
+
+use crate::body::{Body, BoxError};
+
+/// What the sweeper reads of one connection; only the connection's task
+/// writes it (uncontended atomics, no lock).
+#[derive(Default)]
+pub struct Clock {
+    /// Bumped when a request is answered at once and when a slower one's
+    /// response body is dropped (written, or abandoned).
+    served: AtomicU64,
+    /// Requests whose response body is not finished yet.
+    busy: AtomicU64,
+    /// Set once the connection is hyper's HTTP/1.1: before that, sniffing
+    /// has its own deadline, and a raw SSE stream is not a head.
+    armed: AtomicBool,
+}
+
+impl Clock {
+    /// HTTP/1.1 from now on: the sweeper may close this connection.
+    pub fn arm(&self) {
+        self.armed.store(true, Relaxed);
+    }
+
+    /// A request answered at once (a hit): one uncontended counter.
+    pub fn served_now(&self) {
+        self.served.fetch_add(1, Relaxed);
+    }
+
+    /// A request whose answer takes time: the connection is busy until the
+    /// returned guard (kept in the response body) is dropped.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Relaxed);
+        Busy(self.clone())
+    }
+}
+
+/// A request in flight on a [`Clock`]'s connection.
+pub struct Busy(Arc<Clock>);
+
+/// A response body that keeps its connection [`Busy`] until hyper drops it:
+/// a streamed answer is not a head, however long it lasts.
+pub struct Tracked {
+    body: Body,
+    _busy: Option<Busy>,
+}
+
+impl Tracked {
+    pub fn new(body: Body, busy: Option<Busy>) -> Tracked {
+        Tracked { body, _busy: busy }
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.served.fetch_add(1, Relaxed);
+        self.0.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One watched connection, as the sweeper last saw it.
+struct Watched {
+    clock: Arc<Clock>,
+    task: AbortHandle,
+    seen: u64,
+    since: Instant,
+}
+
+/// Connections registered since the last sweep (the accept loop only holds
+/// this lock for a push; the sweep itself runs on its own list).
+type Pending = Arc<Mutex<Vec<Watched>>>;
+
+/// Owns the sweeper task; dropping it stops the sweeps.
+pub struct Heads {
+    pending: Pending,
+    sweeper: JoinHandle<()>,
+}
+
+impl Heads {
+    pub fn start(timeout: Duration) -> Heads {
+        let pending = Pending::default();
+        let sweeper = tokio::spawn(sweep(pending.clone(), timeout));
+        Heads { pending, sweeper }
+    }
+
+    /// Watches a connection accepted now: its first head is due within the
+    /// timeout (sniffing included), then each one within the timeout of the
+    /// last answer.
+    pub fn watch(&self, clock: Arc<Clock>, task: AbortHandle) {
+        let w = Watched {
+            clock,
+            task,
+            seen: 0,
+            since: Instant::now(),
+        };
+        self.pending.lock().push(w);
+    }
+}
+
+impl Drop for Heads {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
+}
+
+/// How often the sweeper looks: a quarter of the timeout, at most a second.
+fn period(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
+}
+
+async fn sweep(pending: Pending, timeout: Duration) {
+    let mut watched: Vec<Watched> = Vec::new();
+    let mut tick = tokio::time::interval(period(timeout));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        watched.append(&mut pending.lock());
+        let now = Instant::now();
+        watched.retain_mut(|w| keep(w, now, timeout));
+    }
+}
+
+/// `false` once the connection is gone or has been closed for its head.
+fn keep(w: &mut Watched, now: Instant, timeout: Duration) -> bool {
+    if w.task.is_finished() {
+        return false;
+    }
+    let served = w.clock.served.load(Relaxed);
+    if w.clock.busy.load(Relaxed) > 0 || served != w.seen {
+        w.seen = served;
+        w.since = now;
+        return true;
+    }
+    if w.clock.armed.load(Relaxed) && now.duration_since(w.since) >= timeout {
+        w.task.abort();
+        return false;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn idle_task() -> (AbortHandle, JoinHandle<()>) {
+        let h = tokio::spawn(std::future::pending::<()>());
+        (h.abort_handle(), h)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_armed_connection_is_closed_after_the_timeout_not_before() {
+        let heads = Heads::start(Duration::from_secs(4));
+        let clock = Arc::new(Clock::default());
+        clock.arm();
+        let (abort, task) = idle_task().await;
+        heads.watch(clock.clone(), abort);
+        tokio::time::sleep(Duration::from_millis(3900)).await;
+        assert!(!task.is_finished());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_and_busy_requests_keep_a_connection() {
+        let heads = Heads::start(Duration::from_secs(4));
+        let clock = Arc::new(Clock::default());
+        clock.arm();
+        let (abort, task) = idle_task().await;
+        heads.watch(clock.clone(), abort);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            clock.served_now();
+        }
+        let busy = clock.busy();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!task.is_finished(), "a request in flight is not a head");
+        drop(busy);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!task.is_finished(), "the timeout counts from the answer");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unarmed_connection_is_left_to_its_own_deadline() {
+        let heads = Heads::start(Duration::from_secs(1));
+        let (abort, task) = idle_task().await;
+        heads.watch(Arc::new(Clock::default()), abort);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!task.is_finished());
+    }
+}
