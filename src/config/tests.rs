@@ -546,3 +546,24 @@ fn a_flag_missing_its_value_still_reports_the_rest() {
     };
     assert!(help.contains("--max-age"));
 }
+
+#[test]
+fn log_level_takes_a_filter_and_names_a_bad_one() {
+    let c = ok(&["--log-level", "warn,pollgate::upstream=debug"], &[]);
+    assert_eq!(c.log_level, "warn,pollgate::upstream=debug");
+    assert_eq!(ok(&[], &[]).log_level, "info");
+    let e = errs(&["--log-level", "pollgate=loud"], &[]);
+    assert!(e.len() == 1 && e[0].starts_with("log_level:"), "{e:?}");
+    assert!(errs(&["--log-level", " "], &[])[0].contains("empty"));
+}
+
+#[test]
+fn flags_and_env_pin_keys_the_file_cannot_change() {
+    let cli = run(
+        &["--upstream", "http://a:1"],
+        &[("POLLGATE_ADMIN_TOKEN", "x")],
+    )
+    .unwrap();
+    assert_eq!(cli.pinned, ["upstream", "admin_token"]);
+    assert!(run(&[], &[]).unwrap().pinned.is_empty());
+}
