@@ -340,6 +340,26 @@ fn node_id_follows_the_internal_port() {
 }
 
 #[test]
+fn port_zero_is_named_by_the_port_bound() {
+    let mut c = ok(&["--internal-listen", "127.0.0.1:0"], &[]);
+    c.name_by_bound_port(40123);
+    assert_eq!(c.node_id, default_node_id(40123));
+    let mut c = ok(
+        &["--internal-listen", "127.0.0.1:0", "--node-id", "n1"],
+        &[],
+    );
+    c.name_by_bound_port(40123);
+    assert_eq!(c.node_id, "n1", "an explicit name is kept");
+    let mut c = ok(&["--internal-listen", "127.0.0.1:9555"], &[]);
+    c.name_by_bound_port(40123);
+    assert_eq!(
+        c.node_id,
+        default_node_id(9555),
+        "a fixed port is its own name"
+    );
+}
+
+#[test]
 fn peer_needs_a_cluster_key() {
     let e = errs(&["--peer", "10.0.0.2:8081"], &[]);
     assert_eq!(e, [PEER_WITHOUT_KEY]);
