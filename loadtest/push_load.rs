@@ -114,6 +114,7 @@ async fn run(args: Args) {
     );
 
     let t0 = Instant::now();
+    let cpu0 = cpu_ms(args.pid);
     let gate = Arc::new(Semaphore::new(args.concurrency));
     for id in 0..args.conns {
         let (a, s, g) = (args.clone(), sh.clone(), gate.clone());
@@ -122,6 +123,7 @@ async fn run(args: Args) {
     }
     let ok = wait_until(args.deadline, || sh.held.load(Relaxed) >= args.conns).await;
     let ramp = t0.elapsed();
+    let ramp_cpu_ms = cpu_ms(args.pid) - cpu0;
     let held = sh.held.load(Relaxed);
     println!(
         "ramp: held={held}/{} in {:.2}s, accept rate {:.0}/s, refused={} errors={}{}",
@@ -131,6 +133,12 @@ async fn run(args: Args) {
         sh.refused.load(Relaxed),
         sh.errors.load(Relaxed),
         if ok { "" } else { " (deadline hit)" }
+    );
+    // Accepting, sniffing, reading the head, admitting and the first event:
+    // the whole cost of a watcher arriving (10 ms ticks: use thousands).
+    println!(
+        "ramp: server CPU {ramp_cpu_ms} ms = {:.1} µs per accepted watcher",
+        ramp_cpu_ms as f64 * 1000.0 / held.max(1) as f64
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss1 = rss_kib(args.pid);

@@ -17,10 +17,11 @@ use crate::state::{StartError, State};
 /// part has stopped. Background tasks are started here, each as a handle
 /// whose `shutdown(self)` is awaited after the server has drained.
 pub async fn run(
-    cfg: Config,
+    mut cfg: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    cfg.name_by_bound_port(listeners.internal_addr().port());
     let state = State::new(cfg)?;
     // Loaded before serving: a poll meeting a half-loaded table would go
     // upstream as "unknown", the stampede a warm start exists to prevent.

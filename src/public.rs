@@ -22,7 +22,7 @@ use crate::cors::Cors;
 use crate::error::Error;
 use crate::metrics::Outcome;
 use crate::route::Match;
-use crate::state::State;
+use crate::state::{PublicConfig, State};
 
 pub type Answer = Result<Response<Body>, Infallible>;
 /// A hit is `Left` (ready at once, nothing boxed); everything else is a boxed
@@ -58,7 +58,9 @@ pub fn route(
     conn: &Arc<ConnCache>,
     req: Request<Body>,
 ) -> Reply {
-    if let Some(cors) = preflight_of_ours(state, &req) {
+    // One load per request: routes and CORS as of this moment.
+    let public = state.public.load();
+    if let Some(cors) = preflight_of_ours(&public, &req) {
         return now(cors.preflight(req.headers()));
     }
     if let Err(e) = crate::inbound::screen(&req) {
@@ -69,7 +71,7 @@ pub fn route(
     if uri.path() == crate::push::client_js::PATH {
         let js = crate::push::client_js::response(req.method(), req.headers());
         let origin = req.headers().get(header::ORIGIN).cloned();
-        return now(with_cors(state, origin, js));
+        return now(crate::cors::apply(public.cors.as_ref(), origin, js));
     }
     if let Some(t) = crate::push::transport(uri.path()) {
         let clients = &state.upstream.clients;
@@ -79,9 +81,9 @@ pub fn route(
         let (state, conn) = (state.clone(), conn.clone());
         return boxed(async move { crate::push::handle(&state, &conn, req, t).await });
     }
-    match state
+    let cors = public.cors.as_ref();
+    match public
         .routes
-        .load()
         .matches(uri.path(), uri.query(), req.headers())
     {
         Match::Poll { key, version, .. } if state.cfg.host_keys => {
@@ -89,10 +91,10 @@ pub fn route(
                 state.metrics.request(Outcome::BadRequest);
                 return now(Error::BadRequest("host:key must fit the key rules").into_response());
             };
-            poll_route(state, remote, conn, &req, scoped.as_str(), version)
+            poll_route(state, cors, conn, &req, scoped.as_str(), version)
                 .unwrap_or_else(|how| how.run(state, remote, req))
         }
-        Match::Poll { key, version, .. } => poll_route(state, remote, conn, &req, key, version)
+        Match::Poll { key, version, .. } => poll_route(state, cors, conn, &req, key, version)
             .unwrap_or_else(|how| how.run(state, remote, req)),
         Match::Bad(reason) => {
             state.metrics.request(Outcome::BadRequest);
@@ -116,18 +118,16 @@ fn scoped_key(req: &Request<Body>, key: &str) -> Option<crate::inbound::ScopedKe
 
 /// `Some` for a CORS preflight to a poll route or `/pollgate/v1/*` while
 /// `cors_origins` is set; anything else (pass-through included) goes on.
-fn preflight_of_ours(state: &State, req: &Request<Body>) -> Option<Arc<Cors>> {
-    // The cheap test first: a refcount per hit would be shared-cache traffic.
+fn preflight_of_ours<'a>(public: &'a PublicConfig, req: &Request<Body>) -> Option<&'a Cors> {
+    let cors = public.cors.as_ref()?;
     if !Cors::is_preflight(req.method(), req.headers()) {
         return None;
     }
-    let cors = state.cors.load_full()?;
     let uri = req.uri();
     let ours = uri.path().starts_with("/pollgate/v1/")
         || matches!(
-            state
+            public
                 .routes
-                .load()
                 .matches(uri.path(), uri.query(), req.headers()),
             Match::Poll { .. }
         );
@@ -147,15 +147,15 @@ struct Onward {
 /// beyond the answer's headers), `Err` with how it goes upstream.
 fn poll_route(
     state: &State,
-    _remote: SocketAddr,
+    cors: Option<&Cors>,
     conn: &ConnCache,
     req: &Request<Body>,
     key: &str,
     version: Option<u64>,
 ) -> Result<Reply, Onward> {
-    let origin = match state.cors.load().is_some() {
-        true => req.headers().get(header::ORIGIN).cloned(),
-        false => None,
+    let origin = match cors {
+        Some(_) => req.headers().get(header::ORIGIN).cloned(),
+        None => None,
     };
     let authorized = match &state.auth {
         None => true,
@@ -166,7 +166,7 @@ fn poll_route(
     };
     if authorized {
         if let Some(hit) = version.and_then(|v| crate::poll::try_hit(state, key, v)) {
-            return Ok(now(with_cors(state, origin, hit)));
+            return Ok(now(crate::cors::apply(cors, origin, hit)));
         }
     }
     Err(Onward {
@@ -211,7 +211,7 @@ pub fn with_cors(
     origin: Option<HeaderValue>,
     resp: Response<Body>,
 ) -> Response<Body> {
-    crate::cors::apply(state.cors.load().as_deref(), origin, resp)
+    crate::cors::apply(state.public.load().cors.as_ref(), origin, resp)
 }
 
 fn now(resp: Response<Body>) -> Reply {

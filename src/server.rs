@@ -71,7 +71,7 @@ enum Side {
 /// Serves both listeners until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, state: Arc<State>, shutdown: impl Future<Output = ()>) {
     let builders = Arc::new(Builders::new(&state.cfg));
-    let heads = Heads::start(state.cfg.header_read_timeout);
+    let heads = Heads::start(state.cfg.header_read_timeout, state.shutdown.subscribe());
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -187,7 +187,7 @@ impl Conn {
         let remote = self.remote;
         let res = match self.side {
             Side::Public => match crate::public::intercept(&self.state, stream, &mut stop).await {
-                Some((stream, opening)) => self.public(stream, opening, stop).await,
+                Some((stream, opening)) => self.public(stream, opening).await,
                 None => return,
             },
             Side::Internal => {
@@ -200,28 +200,29 @@ impl Conn {
         }
     }
 
-    async fn public(self, stream: TcpStream, opening: Opening, stop: Stop) -> Result<(), String> {
+    /// Told of shutdown by [`Heads`] (through the connection's [`Clock`]).
+    async fn public(self, stream: TcpStream, opening: Opening) -> Result<(), String> {
         let io = TokioIo::new(stream);
-        let builders = self.builders.clone();
+        let (builders, clock) = (self.builders.clone(), self.clock.clone());
         if opening == Opening::Http2 {
             let conn = builders.h2.serve_connection(io, self.service());
-            return until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+            return until_stopped(conn, clock.stopping(), |c| c.graceful_shutdown()).await;
         }
-        self.clock.arm();
+        clock.arm();
         let conn = builders
             .h1
             .serve_connection(io, self.service())
             .with_upgrades();
-        until_stopped(conn, stop, |c| c.graceful_shutdown()).await
+        until_stopped(conn, clock.stopping(), |c| c.graceful_shutdown()).await
     }
 
-    async fn internal(self, stream: TcpStream, stop: Stop) -> Result<(), String> {
+    async fn internal(self, stream: TcpStream, mut stop: Stop) -> Result<(), String> {
         let builders = self.builders.clone();
         let io = TokioIo::new(stream);
         let conn = builders
             .internal
             .serve_connection_with_upgrades(io, self.service());
-        until_stopped(conn, stop, |c| c.graceful_shutdown()).await
+        until_stopped(conn, stopping(&mut stop), |c| c.graceful_shutdown()).await
     }
 
     /// The connection's service. Per connection: a keep-alive client's
@@ -268,7 +269,7 @@ type Stop = watch::Receiver<bool>;
 /// Drives a connection; on shutdown asks it to finish what it serves.
 async fn until_stopped<C, E>(
     conn: C,
-    mut stop: Stop,
+    stop: impl Future<Output = ()>,
     graceful: fn(Pin<&mut C>),
 ) -> Result<(), String>
 where
@@ -277,8 +278,9 @@ where
 {
     tokio::pin!(conn);
     let res = tokio::select! {
+        biased;
         r = conn.as_mut() => r,
-        _ = stopping(&mut stop) => {
+        _ = stop => {
             graceful(conn.as_mut());
             conn.await
         }

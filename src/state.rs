@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::auth::{Auth, Policy};
@@ -29,6 +29,22 @@ pub enum StartError {
     Auth(String),
 }
 
+/// The part of the config the public router reads on every request.
+pub struct PublicConfig {
+    pub routes: Routes,
+    /// CORS for listed origins; `None`: no CORS headers at all.
+    pub cors: Option<Cors>,
+}
+
+impl PublicConfig {
+    pub fn new(cfg: &Config) -> Result<PublicConfig, RouteError> {
+        Ok(PublicConfig {
+            routes: Routes::parse(&cfg.route)?,
+            cors: Cors::new(&cfg.cors_origins),
+        })
+    }
+}
+
 /// A trusted source of versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionSource {
@@ -41,8 +57,10 @@ pub enum VersionSource {
 pub struct State {
     pub cfg: Config,
     pub table: Table,
-    /// Poll routes; swapped whole by a reload.
-    pub routes: ArcSwap<Routes>,
+    /// Poll routes and CORS: what the public router reads per request,
+    /// loaded once per request (one `ArcSwap` load on the hit path) and
+    /// swapped whole by a reload.
+    pub public: ArcSwap<PublicConfig>,
     pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
     pub coalescer: Coalescer,
@@ -53,9 +71,6 @@ pub struct State {
     pub hub: Hub,
     /// Public-listener authorization; `None`: off (no secret, no JWKS).
     pub auth: Option<Arc<Auth>>,
-    /// CORS for listed origins; `None`: no CORS headers at all. Swapped
-    /// whole by a reload.
-    pub cors: ArcSwapOption<Cors>,
     /// Gossip: inbound handling, outbox, peers, metrics.
     pub cluster: Cluster,
     /// Flips to true when shutdown starts: connections finish, streams close.
@@ -68,7 +83,7 @@ pub struct State {
 impl State {
     pub fn new(cfg: Config) -> Result<Arc<State>, StartError> {
         let metrics = Arc::new(Metrics::default());
-        let routes = Routes::parse(&cfg.route)?;
+        let public = PublicConfig::new(&cfg)?;
         let auth = auth(&cfg, &metrics)?;
         let upstream = Upstream::new(&cfg, metrics.clone());
         let table = Table::new();
@@ -77,14 +92,13 @@ impl State {
             live: crate::reload::Live::new(&cfg),
             table,
             cluster,
-            routes: ArcSwap::from_pointee(routes),
+            public: ArcSwap::from_pointee(public),
             upstream,
             coalescer: Coalescer::new(),
             backoff: Backoff::default(),
             tunables: Tunables::from_config(&cfg),
             hub: Hub::new(&cfg),
             auth,
-            cors: ArcSwapOption::from(Cors::new(&cfg.cors_origins).map(Arc::new)),
             shutdown: watch::Sender::new(false),
             metrics,
             cfg,
@@ -149,19 +163,16 @@ impl State {
     /// JWKS file refuses the reload whole.
     fn apply(&self, new: &Config, changed: &[&str]) -> Result<(), Vec<String>> {
         let has = |k: &str| changed.contains(&k);
-        let routes = Routes::parse(&new.route).map_err(|e| vec![e.to_string()])?;
+        let public = PublicConfig::new(new).map_err(|e| vec![e.to_string()])?;
         let policy = match (&self.auth, AUTH_KEYS.iter().any(|k| has(k))) {
             (Some(_), true) => Some(Policy::new(&settings(new)).map_err(|e| vec![e])?),
             _ => None,
         };
-        if has("route") {
-            self.routes.store(Arc::new(routes));
+        if has("route") || has("cors_origins") {
+            self.public.store(Arc::new(public));
         }
         if let (Some(auth), Some(p)) = (&self.auth, policy) {
             auth.install(p);
-        }
-        if has("cors_origins") {
-            self.cors.store(Cors::new(&new.cors_origins).map(Arc::new));
         }
         self.upstream.reload(new);
         self.cluster.set_keys(&new.cluster_key);

@@ -15,6 +15,40 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
+/// `script` and everything started in its terminal, marked by `MARK` in
+/// their environment; dropped (say, by a failed assertion), all of them are
+/// killed, so a broken Ctrl-C leaves no demo running.
+struct Terminal(std::process::Child);
+
+// Not `POLLGATE_*`: pollgate refuses variables of its prefix it does not know.
+const MARK: &str = "PG_MAKE_RUN_TEST";
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let mark = format!("{MARK}={}", std::process::id());
+        for pid in marked(mark.as_bytes()) {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    }
+}
+
+/// Processes whose environment holds `mark` (as `NAME=value`).
+fn marked(mark: &[u8]) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            env.split(|b| *b == 0).any(|kv| kv == mark)
+        })
+        .collect()
+}
+
 #[test]
 fn ctrl_c_stops_make_run_with_exit_0() {
     let tools = [("script", "bsdutils"), ("make", "make"), ("curl", "curl")];
@@ -36,17 +70,21 @@ fn ctrl_c_stops_make_run_with_exit_0() {
         "make --no-print-directory -o build-demo run RELEASE={} DEMO_UPSTREAM={up} DEMO_PUBLIC={public} DEMO_INTERNAL={internal}",
         debug.display()
     );
-    let mut child = Command::new("script")
-        .args(["-qec", &make, "/dev/null"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("POLLGATE_LISTEN", &public)
-        .env("POLLGATE_INTERNAL_LISTEN", &internal)
-        .env("POLLGATE_UPSTREAM", format!("http://{up}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Terminal(
+        Command::new("script")
+            .args(["-qec", &make, "/dev/null"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("POLLGATE_LISTEN", &public)
+            .env("POLLGATE_INTERNAL_LISTEN", &internal)
+            .env("POLLGATE_UPSTREAM", format!("http://{up}"))
+            .env(MARK, std::process::id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {

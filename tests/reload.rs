@@ -240,6 +240,36 @@ fn reloads_logged(pg: &Pollgate) -> usize {
         .count()
 }
 
+/// A WebSocket watching `key` from version 1, its watch known to be in
+/// place: the sync key `w` (published at 1, watched from 0) answered first.
+async fn ws_watching(pg: &Pollgate, key: &str) -> common::WsClient {
+    use futures_util::SinkExt;
+    assert_eq!(publish(pg, "p", "w 1\n").await, 200);
+    let mut ws = common::ws_connect(pg.public).await.unwrap();
+    let watch = format!(r#"{{"op":"watch","keys":{{"{key}":1,"w":0}}}}"#);
+    ws.send(tokio_tungstenite::tungstenite::Message::text(watch))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws_next_text(&mut ws).await,
+        r#"{"op":"stale","key":"w","version":1}"#
+    );
+    ws
+}
+
+/// The next text message (pings skipped), or a panic after `WAIT`.
+async fn ws_next_text(ws: &mut common::WsClient) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("no text message: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn routes_upstreams_cors_and_limits_change_on_sighup_and_open_streams_go_on() {
     let (a, b) = (
@@ -254,6 +284,7 @@ async fn routes_upstreams_cors_and_limits_change_on_sighup_and_open_streams_go_o
     // A push stream and a keep-alive poller opened before the reload.
     let mut stream = common::Stream::open(&pg.url("/pollgate/v1/watch?keys=k:1")).await;
     assert_eq!(stream.status, 200);
+    let mut ws = ws_watching(&pg, "k").await;
     assert_eq!(get_with(&pg.url("/p/k?v=1"), &[]).await.0, 200);
     assert_eq!((a.hits(), b.hits()), (1, 0), "/p/... is pass-through to a");
 
@@ -296,6 +327,8 @@ async fn routes_upstreams_cors_and_limits_change_on_sighup_and_open_streams_go_o
         .await
         .expect("stale notice on the old stream");
     assert!(notice.contains("\"version\":3"), "{notice}");
+    let ws_notice = ws_next_text(&mut ws).await;
+    assert_eq!(ws_notice, r#"{"op":"stale","key":"k","version":3}"#);
 }
 
 #[tokio::test]

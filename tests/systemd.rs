@@ -35,16 +35,10 @@ fn setup(config: &str) -> (tempfile::TempDir, UnixDatagram) {
     (dir, sock)
 }
 
-/// A replica named `name` (ports are 0, so the default node ids would clash).
-fn replica(
-    config: &std::path::Path,
-    name: &str,
-    peer: Option<&str>,
-    notify: Option<&str>,
-) -> Pollgate {
+/// A replica on port 0 with its default node id (named by the bound port:
+/// two replicas here must not clash as `host:0`).
+fn replica(config: &std::path::Path, peer: Option<&str>, notify: Option<&str>) -> Pollgate {
     let mut args = vec![
-        "--node-id",
-        name,
         "--listen",
         "127.0.0.1:0",
         "--internal-listen",
@@ -68,9 +62,9 @@ async fn ready_after_catching_up_reloading_around_a_reload_stopping_at_shutdown(
     let (dir, sock) = setup("admin_token = \"a\"\n");
     let (config, path) = (dir.path().join("pollgate.toml"), dir.path().join("notify"));
     // A peer to catch up with first: readiness waits for a pull from it.
-    let peer = replica(&config, "peer", None, None);
+    let peer = replica(&config, None, None);
     let peer_addr = peer.internal.to_string();
-    let mut pg = replica(&config, "pg", Some(&peer_addr), path.to_str());
+    let mut pg = replica(&config, Some(&peer_addr), path.to_str());
 
     let first = next(&sock).await;
     assert!(first.contains("STATUS=waiting for peers"), "{first}");
@@ -110,7 +104,7 @@ async fn no_ready_while_readyz_says_not_ready() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let peer = silent.local_addr().unwrap().to_string();
     drop(silent);
-    let pg = replica(&config, "pg", Some(&peer), path.to_str());
+    let pg = replica(&config, Some(&peer), path.to_str());
     assert!(next(&sock).await.contains("STATUS=waiting for peers"));
     assert_eq!(readyz(&pg).await, 503);
     // A negative can only be watched for a while: one second of silence.

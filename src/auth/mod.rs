@@ -144,8 +144,8 @@ impl Auth {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The request's token, wherever it travels.
-    pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    /// The request's token, wherever it travels (see [`carrier::find`]).
+    pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a [u8]> {
         carrier::find(headers, query, &self.cookie)
     }
 
@@ -156,7 +156,7 @@ impl Auth {
         &self,
         headers: &'a HeaderMap,
         query: Option<&'a str>,
-    ) -> Option<&'a str> {
+    ) -> Option<&'a [u8]> {
         carrier::find(headers, query, "")
     }
 
@@ -269,13 +269,13 @@ struct Remembered {
 impl ConnCache {
     /// The grant for this request's token (verified, or remembered); a
     /// refusal is counted.
-    pub fn grant(&self, auth: &Auth, token: Option<&str>) -> Result<Arc<Grant>, Refusal> {
+    pub fn grant(&self, auth: &Auth, token: Option<&[u8]>) -> Result<Arc<Grant>, Refusal> {
         counted(auth, self.grant_uncounted(auth, token))
     }
 
     /// The hit path's check: is `key` covered by this request's token?
     /// No allocation and no refcount traffic when the token is remembered.
-    pub fn check(&self, auth: &Auth, token: Option<&str>, key: &str) -> Result<(), Refusal> {
+    pub fn check(&self, auth: &Auth, token: Option<&[u8]>, key: &str) -> Result<(), Refusal> {
         let known =
             token.and_then(|t| self.with_known(auth, t, |g| (g.live(now_unix()), g.covers(key))));
         let r = match known {
@@ -289,11 +289,12 @@ impl ConnCache {
         counted(auth, r)
     }
 
-    fn grant_uncounted(&self, auth: &Auth, token: Option<&str>) -> Result<Arc<Grant>, Refusal> {
+    fn grant_uncounted(&self, auth: &Auth, token: Option<&[u8]>) -> Result<Arc<Grant>, Refusal> {
         let t = token.ok_or(Refusal::Missing)?;
         if let Some(g) = self.with_known(auth, t, Arc::clone) {
             return g.live(now_unix()).then_some(g).ok_or(Refusal::Expired);
         }
+        let t = std::str::from_utf8(t).map_err(|_| Refusal::Invalid)?;
         // Read before verifying: a reload during the check leaves a stale
         // generation behind, so the next request verifies again.
         let generation = auth.generation();
@@ -311,12 +312,12 @@ impl ConnCache {
     fn with_known<R>(
         &self,
         auth: &Auth,
-        token: &str,
+        token: &[u8],
         f: impl FnOnce(&Arc<Grant>) -> R,
     ) -> Option<R> {
         let last = self.last.lock();
         let r = last.as_ref()?;
-        (*r.token == *token && r.generation == auth.generation()).then(|| f(&r.grant))
+        (r.token.as_bytes() == token && r.generation == auth.generation()).then(|| f(&r.grant))
     }
 }
 

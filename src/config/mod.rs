@@ -271,6 +271,18 @@ pub fn default_node_id(port: u16) -> String {
     format!("{host}:{port}")
 }
 
+impl Config {
+    /// Names a replica whose `internal_listen` asked for port 0 by the port
+    /// really bound: the default `host:0` would be the same on every such
+    /// replica, and replicas that share a name refuse to gossip ("ourselves").
+    /// A `node_id` that was set explicitly is kept.
+    pub fn name_by_bound_port(&mut self, bound: u16) {
+        if self.internal_listen.port() == 0 && self.node_id == default_node_id(0) {
+            self.node_id = default_node_id(bound);
+        }
+    }
+}
+
 /// What the command line asked for.
 #[derive(Debug)]
 pub struct Cli {

@@ -340,6 +340,26 @@ fn node_id_follows_the_internal_port() {
 }
 
 #[test]
+fn port_zero_is_named_by_the_port_bound() {
+    let mut c = ok(&["--internal-listen", "127.0.0.1:0"], &[]);
+    c.name_by_bound_port(40123);
+    assert_eq!(c.node_id, default_node_id(40123));
+    let mut c = ok(
+        &["--internal-listen", "127.0.0.1:0", "--node-id", "n1"],
+        &[],
+    );
+    c.name_by_bound_port(40123);
+    assert_eq!(c.node_id, "n1", "an explicit name is kept");
+    let mut c = ok(&["--internal-listen", "127.0.0.1:9555"], &[]);
+    c.name_by_bound_port(40123);
+    assert_eq!(
+        c.node_id,
+        default_node_id(9555),
+        "a fixed port is its own name"
+    );
+}
+
+#[test]
 fn peer_needs_a_cluster_key() {
     let e = errs(&["--peer", "10.0.0.2:8081"], &[]);
     assert_eq!(e, [PEER_WITHOUT_KEY]);
@@ -545,4 +565,25 @@ fn a_flag_missing_its_value_still_reports_the_rest() {
         panic!("--help still shows the help")
     };
     assert!(help.contains("--max-age"));
+}
+
+#[test]
+fn log_level_takes_a_filter_and_names_a_bad_one() {
+    let c = ok(&["--log-level", "warn,pollgate::upstream=debug"], &[]);
+    assert_eq!(c.log_level, "warn,pollgate::upstream=debug");
+    assert_eq!(ok(&[], &[]).log_level, "info");
+    let e = errs(&["--log-level", "pollgate=loud"], &[]);
+    assert!(e.len() == 1 && e[0].starts_with("log_level:"), "{e:?}");
+    assert!(errs(&["--log-level", " "], &[])[0].contains("empty"));
+}
+
+#[test]
+fn flags_and_env_pin_keys_the_file_cannot_change() {
+    let cli = run(
+        &["--upstream", "http://a:1"],
+        &[("POLLGATE_ADMIN_TOKEN", "x")],
+    )
+    .unwrap();
+    assert_eq!(cli.pinned, ["upstream", "admin_token"]);
+    assert!(run(&[], &[]).unwrap().pinned.is_empty());
 }

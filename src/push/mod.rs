@@ -185,7 +185,7 @@ pub async fn handle(
     let resp = serve(state, conn, req, t)
         .await
         .unwrap_or_else(Error::into_response);
-    crate::cors::apply(state.cors.load().as_deref(), origin, resp)
+    crate::cors::apply(state.public.load().cors.as_ref(), origin, resp)
 }
 
 /// Validates and authorizes first (a refused request spends no admission
@@ -273,7 +273,12 @@ fn same_or_trusted_origin(state: &State, headers: &HeaderMap) -> bool {
         .and_then(|o| o.split_once("://"))
         .map(|(_, a)| a.as_bytes());
     (host.is_some() && host == authority)
-        || state.cors.load().as_ref().is_some_and(|c| c.trusts(origin))
+        || state
+            .public
+            .load()
+            .cors
+            .as_ref()
+            .is_some_and(|c| c.trusts(origin))
 }
 
 pub(crate) fn admit(state: &State, t: Transport) -> Result<Ticket, Error> {

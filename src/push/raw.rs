@@ -255,7 +255,7 @@ async fn stream_events(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     let mut cors = HeaderMap::new();
-    if let Some(c) = &*state.cors.load() {
+    if let Some(c) = &state.public.load().cors {
         c.decorate(origin, &mut cors);
     }
     write_headers(&mut head, &cors);
@@ -294,7 +294,7 @@ async fn write(state: &State, tcp: &mut TcpStream, bytes: &[u8]) -> Result<(), (
 
 /// The same response [`Error::into_response`] gives the hyper path, written by hand.
 async fn write_error(state: &State, tcp: &mut TcpStream, e: Error, origin: Option<HeaderValue>) {
-    let resp = crate::cors::apply(state.cors.load().as_deref(), origin, e.into_response());
+    let resp = crate::cors::apply(state.public.load().cors.as_ref(), origin, e.into_response());
     let (parts, body) = resp.into_parts();
     let body = match body {
         Body::Full(Some(b)) => b,
