@@ -6,7 +6,9 @@
 //! A connection that answers nothing and has nothing in flight for
 //! `header_read_timeout` is inside a head that does not come (slowloris) or
 //! idle between requests, which hyper's timer also counts; either way it is
-//! closed, like hyper closes it: the task ends without an answer. The sweeper
+//! closed, like hyper closes it: the connection is dropped without an
+//! answer. Only connections served by hyper are watched: a raw SSE watch
+//! (`push::raw`) never allocates a [`Clock`] or an entry here. The sweeper
 //! looks every quarter of the timeout (at most every second), so a head gets
 //! between the timeout and 1.25× of it; never less.
 //!
@@ -17,7 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,7 +30,7 @@ use futures_util::task::AtomicWaker;
 use http_body::{Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
@@ -46,9 +48,18 @@ pub struct Clock {
     /// Set once the connection is hyper's HTTP/1.1: before that, sniffing
     /// has its own deadline, and a raw SSE stream is not a head.
     armed: AtomicBool,
-    /// Shutdown started: finish what is in flight, then close.
-    stop: AtomicBool,
+    /// 0 while serving, then a [`Stop`] (as `u8`): set by the sweeper.
+    stop: AtomicU8,
     stop_waker: AtomicWaker,
+}
+
+/// Why a connection must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Shutdown started: finish what is in flight, then close.
+    Shutdown = 1,
+    /// No head within `header_read_timeout`: close now.
+    HeadTimeout = 2,
 }
 
 impl Clock {
@@ -62,23 +73,31 @@ impl Clock {
         self.served.fetch_add(1, Relaxed);
     }
 
-    /// Resolves once shutdown asks this connection to finish.
-    pub fn stopping(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| {
-            if self.stop.load(Acquire) {
-                return Poll::Ready(());
+    /// Resolves when the sweeper says this connection must end; again
+    /// after a shutdown, for a head timeout that comes during the drain.
+    pub fn stopping(&self, after: Option<Stop>) -> impl Future<Output = Stop> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(s) = self.stopped(after) {
+                return Poll::Ready(s);
             }
             // Registered before the second look, so a stop in between wakes us.
             self.stop_waker.register(cx.waker());
-            match self.stop.load(Acquire) {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
-            }
+            self.stopped(after).map_or(Poll::Pending, Poll::Ready)
         })
     }
 
-    fn stop(&self) {
-        self.stop.store(true, Release);
+    fn stopped(&self, after: Option<Stop>) -> Option<Stop> {
+        let s = match self.stop.load(Acquire) {
+            1 => Stop::Shutdown,
+            2 => Stop::HeadTimeout,
+            _ => return None,
+        };
+        (Some(s) != after).then_some(s)
+    }
+
+    /// Tells the connection; a head timeout overrides a shutdown, not back.
+    pub fn stop(&self, why: Stop) {
+        self.stop.fetch_max(why as u8, Release);
         self.stop_waker.wake();
     }
 
@@ -135,21 +154,40 @@ impl Drop for Busy {
 
 /// One watched connection, as the sweeper last saw it.
 struct Watched {
+    /// Shared with the connection: when it is the last reference, the
+    /// connection is gone.
     clock: Arc<Clock>,
-    task: AbortHandle,
     seen: u64,
     since: Instant,
     /// Told to stop (shutdown), once.
     stopped: bool,
 }
 
-/// Connections registered since the last sweep (the accept loop only holds
-/// this lock for a push; the sweep itself runs on its own list).
-type Pending = Arc<Mutex<Vec<Watched>>>;
+/// Connections registered since the last sweep (a connection holds this
+/// lock for a push; the sweep itself runs on its own list).
+#[derive(Default)]
+pub struct Registry {
+    pending: Mutex<Vec<Watched>>,
+}
+
+impl Registry {
+    /// Watches a connection accepted at `accepted` and now served by hyper:
+    /// its first head is due within the timeout of the accept (sniffing
+    /// included), then each one within the timeout of the last answer.
+    pub fn watch(&self, clock: Arc<Clock>, accepted: Instant) {
+        let w = Watched {
+            clock,
+            seen: 0,
+            since: accepted,
+            stopped: false,
+        };
+        self.pending.lock().push(w);
+    }
+}
 
 /// Owns the sweeper task; dropping it stops the sweeps.
 pub struct Heads {
-    pending: Pending,
+    registry: Arc<Registry>,
     sweeper: JoinHandle<()>,
 }
 
@@ -157,23 +195,14 @@ impl Heads {
     /// Sweeps every so often for `timeout`, and tells every connection once
     /// `shutdown` flips.
     pub fn start(timeout: Duration, shutdown: watch::Receiver<bool>) -> Heads {
-        let pending = Pending::default();
-        let sweeper = tokio::spawn(sweep(pending.clone(), timeout, shutdown));
-        Heads { pending, sweeper }
+        let registry = Arc::<Registry>::default();
+        let sweeper = tokio::spawn(sweep(registry.clone(), timeout, shutdown));
+        Heads { registry, sweeper }
     }
 
-    /// Watches a connection accepted now: its first head is due within the
-    /// timeout (sniffing included), then each one within the timeout of the
-    /// last answer.
-    pub fn watch(&self, clock: Arc<Clock>, task: AbortHandle) {
-        let w = Watched {
-            clock,
-            task,
-            seen: 0,
-            since: Instant::now(),
-            stopped: false,
-        };
-        self.pending.lock().push(w);
+    /// Where connections register.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 }
 
@@ -188,7 +217,7 @@ fn period(timeout: Duration) -> Duration {
     (timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
 }
 
-async fn sweep(pending: Pending, timeout: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn sweep(registry: Arc<Registry>, timeout: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut watched: Vec<Watched> = Vec::new();
     let mut tick = tokio::time::interval(period(timeout));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,11 +227,11 @@ async fn sweep(pending: Pending, timeout: Duration, mut shutdown: watch::Receive
             _ = tick.tick() => {}
             _ = stopping(&mut shutdown), if !stopping_now => stopping_now = true,
         }
-        watched.append(&mut pending.lock());
+        watched.append(&mut registry.pending.lock());
         if stopping_now {
             watched.iter_mut().filter(|w| !w.stopped).for_each(|w| {
                 w.stopped = true;
-                w.clock.stop();
+                w.clock.stop(Stop::Shutdown);
             });
         }
         let now = Instant::now();
@@ -212,7 +241,7 @@ async fn sweep(pending: Pending, timeout: Duration, mut shutdown: watch::Receive
 
 /// `false` once the connection is gone or has been closed for its head.
 fn keep(w: &mut Watched, now: Instant, timeout: Duration) -> bool {
-    if w.task.is_finished() {
+    if Arc::strong_count(&w.clock) == 1 {
         return false;
     }
     let served = w.clock.served.load(Relaxed);
@@ -222,7 +251,7 @@ fn keep(w: &mut Watched, now: Instant, timeout: Duration) -> bool {
         return true;
     }
     if w.clock.armed.load(Relaxed) && now.duration_since(w.since) >= timeout {
-        w.task.abort();
+        w.clock.stop(Stop::HeadTimeout);
         return false;
     }
     true
@@ -239,31 +268,31 @@ mod tests {
         rx
     }
 
-    async fn idle_task() -> (AbortHandle, JoinHandle<()>) {
-        let h = tokio::spawn(std::future::pending::<()>());
-        (h.abort_handle(), h)
+    /// A connection: a task that ends when its clock says so.
+    fn connection(heads: &Heads, armed: bool) -> (Arc<Clock>, JoinHandle<Stop>) {
+        let clock = Arc::new(Clock::default());
+        if armed {
+            clock.arm();
+        }
+        heads.registry().watch(clock.clone(), Instant::now());
+        let c = clock.clone();
+        (clock, tokio::spawn(async move { c.stopping(None).await }))
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_armed_connection_is_closed_after_the_timeout_not_before() {
         let heads = Heads::start(Duration::from_secs(4), never());
-        let clock = Arc::new(Clock::default());
-        clock.arm();
-        let (abort, task) = idle_task().await;
-        heads.watch(clock.clone(), abort);
+        let (_clock, task) = connection(&heads, true);
         tokio::time::sleep(Duration::from_millis(3900)).await;
         assert!(!task.is_finished());
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(task.await.unwrap(), Stop::HeadTimeout);
     }
 
     #[tokio::test(start_paused = true)]
     async fn answers_and_busy_requests_keep_a_connection() {
         let heads = Heads::start(Duration::from_secs(4), never());
-        let clock = Arc::new(Clock::default());
-        clock.arm();
-        let (abort, task) = idle_task().await;
-        heads.watch(clock.clone(), abort);
+        let (clock, task) = connection(&heads, true);
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_secs(3)).await;
             clock.served_now();
@@ -275,38 +304,51 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(!task.is_finished(), "the timeout counts from the answer");
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(task.await.unwrap(), Stop::HeadTimeout);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unarmed_connection_is_left_to_its_own_deadline() {
         let heads = Heads::start(Duration::from_secs(1), never());
-        let (abort, task) = idle_task().await;
-        heads.watch(Arc::new(Clock::default()), abort);
+        let (_clock, task) = connection(&heads, false);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(!task.is_finished());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_reaches_every_connection() {
+    async fn a_connection_gone_is_forgotten() {
+        let heads = Heads::start(Duration::from_secs(1), never());
+        let (clock, task) = connection(&heads, true);
+        let gone = Arc::downgrade(&clock);
+        drop(clock);
+        task.abort();
+        let _ = task.await;
+        assert_eq!(gone.strong_count(), 1, "only the sweeper holds it");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(gone.strong_count(), 0, "the sweeper let go of it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_reaches_every_connection_then_a_head_timeout_still_can() {
         let (tx, rx) = watch::channel(false);
         let heads = Heads::start(Duration::from_secs(10), rx);
-        let clocks: Vec<Arc<Clock>> = (0..3).map(|_| Arc::default()).collect();
-        let mut tasks = Vec::new();
-        for c in &clocks {
-            let c2 = c.clone();
-            let t = tokio::spawn(async move { c2.stopping().await });
-            heads.watch(c.clone(), t.abort_handle());
-            tasks.push(t);
-        }
+        let conns: Vec<_> = (0..3).map(|_| connection(&heads, true)).collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(tasks.iter().all(|t| !t.is_finished()));
+        assert!(conns.iter().all(|(_, t)| !t.is_finished()));
         tx.send_replace(true);
-        for t in tasks {
-            tokio::time::timeout(Duration::from_millis(100), t)
+        for (clock, t) in conns {
+            let why = tokio::time::timeout(Duration::from_millis(100), t)
                 .await
                 .expect("told at once, not at the next sweep")
                 .unwrap();
+            assert_eq!(why, Stop::Shutdown);
+            let next = clock.stopping(Some(Stop::Shutdown));
+            let why = tokio::time::timeout(Duration::from_secs(20), next).await;
+            assert_eq!(
+                why.ok(),
+                Some(Stop::HeadTimeout),
+                "a drain is no reason to wait for a head"
+            );
         }
     }
 }

@@ -19,10 +19,11 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::auth::ConnCache;
 use crate::config::Config;
-use crate::heads::{Busy, Clock, Heads, Tracked};
+use crate::heads::{Busy, Clock, Heads, Registry, Stop, Tracked};
 use crate::inbound::LocalAddr;
 use crate::public::Reply;
 use crate::push::raw::Opening;
@@ -70,8 +71,8 @@ enum Side {
 
 /// Serves both listeners until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, state: Arc<State>, shutdown: impl Future<Output = ()>) {
-    let builders = Arc::new(Builders::new(&state.cfg));
     let heads = Heads::start(state.cfg.header_read_timeout, state.shutdown.subscribe());
+    let builders = Arc::new(Builders::new(&state.cfg, heads.registry().clone()));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -83,19 +84,13 @@ pub async fn run(listeners: Listeners, state: Arc<State>, shutdown: impl Future<
         match accepted {
             Ok((stream, remote)) => {
                 let stop = state.shutdown.subscribe();
-                let clock = Arc::new(Clock::default());
-                let conn = Conn {
+                let conn = Accepted {
                     builders: builders.clone(),
                     state: state.clone(),
                     remote,
                     side,
-                    clock: clock.clone(),
-                    local: None,
                 };
-                let task = conns.spawn(conn.serve(stream, stop));
-                if let Side::Public = side {
-                    heads.watch(clock, task);
-                }
+                conns.spawn(conn.serve(stream, stop));
             }
             Err(e) => accept_error(e).await,
         }
@@ -136,10 +131,12 @@ struct Builders {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     internal: auto::Builder<TokioExecutor>,
+    /// Where public connections served by hyper register their [`Clock`].
+    heads: Arc<Registry>,
 }
 
 impl Builders {
-    fn new(cfg: &Config) -> Builders {
+    fn new(cfg: &Config, heads: Arc<Registry>) -> Builders {
         let mut h1 = http1::Builder::new();
         h1.header_read_timeout(None)
             .max_buf_size(cfg.max_header_size.max(8192))
@@ -151,6 +148,7 @@ impl Builders {
             h1,
             h2,
             internal: internal_builder(cfg),
+            heads,
         }
     }
 }
@@ -168,31 +166,32 @@ fn internal_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// One accepted connection and what serving it needs.
-struct Conn {
+/// A connection just accepted: what the accept loop knows of it.
+struct Accepted {
     builders: Arc<Builders>,
     state: Arc<State>,
     remote: SocketAddr,
     side: Side,
-    /// What [`Heads`] reads to time this connection's heads (public only).
-    clock: Arc<Clock>,
-    /// The internal listener's address, for handlers that check it (gossip).
-    local: Option<LocalAddr>,
 }
 
-impl Conn {
+impl Accepted {
     /// Serves requests until the connection closes or shutdown asks it to finish.
-    async fn serve(mut self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    async fn serve(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
         let _ = stream.set_nodelay(true);
+        let accepted = Instant::now();
         let remote = self.remote;
         let res = match self.side {
             Side::Public => match crate::public::intercept(&self.state, stream, &mut stop).await {
-                Some((stream, opening)) => self.public(stream, opening).await,
+                Some((stream, opening)) => {
+                    let conn = self.into_conn(None);
+                    conn.watched(accepted, &stop);
+                    conn.public(stream, opening).await
+                }
                 None => return,
             },
             Side::Internal => {
-                self.local = stream.local_addr().ok().map(LocalAddr);
-                self.internal(stream, stop).await
+                let local = stream.local_addr().ok().map(LocalAddr);
+                self.into_conn(local).internal(stream, stop).await
             }
         };
         if let Err(e) = res {
@@ -200,29 +199,74 @@ impl Conn {
         }
     }
 
+    /// Served by hyper from now on (a raw SSE watch never gets here).
+    fn into_conn(self, local: Option<LocalAddr>) -> Conn {
+        Conn {
+            builders: self.builders,
+            state: self.state,
+            remote: self.remote,
+            side: self.side,
+            clock: Arc::default(),
+            local,
+        }
+    }
+}
+
+/// A connection served by hyper and what serving it needs.
+struct Conn {
+    builders: Arc<Builders>,
+    state: Arc<State>,
+    remote: SocketAddr,
+    side: Side,
+    /// What [`Heads`] reads to time this connection's heads and tells it
+    /// to stop by (public only; the internal listener's is never watched).
+    clock: Arc<Clock>,
+    /// The internal listener's address, for handlers that check it (gossip).
+    local: Option<LocalAddr>,
+}
+
+impl Conn {
+    /// Registers with [`Heads`]; told of a shutdown that already started.
+    fn watched(&self, accepted: Instant, stop: &watch::Receiver<bool>) {
+        self.builders.heads.watch(self.clock.clone(), accepted);
+        if *stop.borrow() {
+            self.clock.stop(Stop::Shutdown);
+        }
+    }
+
     /// Told of shutdown by [`Heads`] (through the connection's [`Clock`]).
     async fn public(self, stream: TcpStream, opening: Opening) -> Result<(), String> {
         let io = TokioIo::new(stream);
         let (builders, clock) = (self.builders.clone(), self.clock.clone());
+        let (first, drain) = (clock.stopping(None), clock.stopping(Some(Stop::Shutdown)));
         if opening == Opening::Http2 {
             let conn = builders.h2.serve_connection(io, self.service());
-            return until_stopped(conn, clock.stopping(), |c| c.graceful_shutdown()).await;
+            return until_stopped(conn, first, drain, |c| c.graceful_shutdown()).await;
         }
         clock.arm();
         let conn = builders
             .h1
             .serve_connection(io, self.service())
             .with_upgrades();
-        until_stopped(conn, clock.stopping(), |c| c.graceful_shutdown()).await
+        until_stopped(conn, first, drain, |c| c.graceful_shutdown()).await
     }
 
-    async fn internal(self, stream: TcpStream, mut stop: Stop) -> Result<(), String> {
+    async fn internal(
+        self,
+        stream: TcpStream,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
         let builders = self.builders.clone();
         let io = TokioIo::new(stream);
         let conn = builders
             .internal
             .serve_connection_with_upgrades(io, self.service());
-        until_stopped(conn, stopping(&mut stop), |c| c.graceful_shutdown()).await
+        let first = async {
+            stopping(&mut stop).await;
+            Stop::Shutdown
+        };
+        let drain = std::future::pending();
+        until_stopped(conn, first, drain, |c| c.graceful_shutdown()).await
     }
 
     /// The connection's service. Per connection: a keep-alive client's
@@ -264,12 +308,13 @@ impl Conn {
     }
 }
 
-type Stop = watch::Receiver<bool>;
-
-/// Drives a connection; on shutdown asks it to finish what it serves.
+/// Drives a connection until it ends or `first` says to stop: on a
+/// shutdown it is asked to finish what it serves (unless `drain` then says
+/// its head is late), on a head timeout it is dropped (closed) at once.
 async fn until_stopped<C, E>(
     conn: C,
-    stop: impl Future<Output = ()>,
+    first: impl Future<Output = Stop>,
+    drain: impl Future<Output = Stop>,
     graceful: fn(Pin<&mut C>),
 ) -> Result<(), String>
 where
@@ -277,15 +322,20 @@ where
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
-    let res = tokio::select! {
+    let why = tokio::select! {
         biased;
-        r = conn.as_mut() => r,
-        _ = stop => {
-            graceful(conn.as_mut());
-            conn.await
-        }
+        r = conn.as_mut() => return r.map_err(|e| e.to_string()),
+        why = first => why,
     };
-    res.map_err(|e| e.to_string())
+    if why == Stop::Shutdown {
+        graceful(conn.as_mut());
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => return r.map_err(|e| e.to_string()),
+            _ = drain => {}
+        }
+    }
+    Err("no request head within header_read_timeout".into())
 }
 
 /// A request's answer on its way: a hit is ready at once; anything else
