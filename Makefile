@@ -12,7 +12,7 @@ DEMO_PUBLIC := 127.0.0.1:8080
 DEMO_INTERNAL := 127.0.0.1:8081
 DEMO_TOKEN := demo-token
 
-.PHONY: run test test-browser fmt clippy bench loadtest loadtest-instructions loadtest-peers loadtest-mem loadtest-snapshot loadtest-cluster loadtest-redis loadtest-redis-fleet build-demo
+.PHONY: run test test-browser fmt clippy bench fuzz-smoke loadtest-soak loadtest-faults loadtest loadtest-instructions loadtest-peers loadtest-mem loadtest-snapshot loadtest-cluster loadtest-redis loadtest-redis-fleet build-demo
 
 build-demo:
 	$(CARGO) build --release --bin pollgate --example demo_upstream
@@ -52,6 +52,21 @@ clippy:
 
 bench:
 	$(CARGO) bench
+
+# Every fuzz target 30 s over its committed corpus (FUZZ_SECONDS, FUZZ_TARGETS).
+# Needs cargo-fuzz (`cargo install cargo-fuzz`); not part of `make test`: the
+# sanitizer build of pollgate alone is ~12 min here. See README, "Fuzzing".
+fuzz-smoke:
+	./scripts/fuzz-smoke.sh
+
+# N minutes of hits and publishes, failing on any non-304 or on RSS/fd growth
+# (SOAK_MINUTES=5); and faults under load: upstream down, a replica
+# SIGKILLed and restarted (FAULTS_SECONDS=40). Release build, loopback only.
+loadtest-soak:
+	./loadtest/soak.sh
+
+loadtest-faults:
+	./loadtest/faults.sh
 
 # Needs wrk, taskset and valgrind (apt-get install wrk util-linux valgrind).
 # Env knobs: see the top of loadtest/run.sh (LT_DURATION=10s, LT_ONLY=ceiling,

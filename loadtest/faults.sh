@@ -38,9 +38,13 @@ start_upstream() {
   UP_PID=$SPAWNED
 }
 # replica NAME PUBLIC INTERNAL PEER_INTERNAL — sets PG_PID.
+# max_age 10m: the keys are published once, and the whole run (load, B's
+# restart and catch-up, B's own load) can pass the default 60 s; an expired
+# key would be revalidated and answered 200 by the demo upstream, which is not
+# the fault under test.
 replica() {
   start_pollgate "$LT_TMP/$1.log" "$2" "$3" -- --upstream "http://127.0.0.1:$up" \
-    --cluster-key faults --peer "127.0.0.1:$4" --node-id "$1"
+    --cluster-key faults --peer "127.0.0.1:$4" --node-id "$1" --max-age 10m
 }
 version_at() { # INTERNAL KEY → version or nothing
   curl -sf "http://127.0.0.1:$1/v1/versions/$2" | sed -n 's/.*"version": *\([0-9]*\).*/\1/p'

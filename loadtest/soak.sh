@@ -30,7 +30,10 @@ PG_BIN=${LT_POLLGATE_BIN:-$(target_dir)/release/pollgate}
 
 port=$(free_port)
 iport=$(free_port)
-start_pollgate "$LT_TMP/pollgate.log" "$port" "$iport"
+# No upstream runs here, so nothing may expire: with the default max_age
+# (60 s) every key would be revalidated against a dead upstream after a
+# minute, and the soak would measure 502s instead of pollgate's steady state.
+start_pollgate "$LT_TMP/pollgate.log" "$port" "$iport" -- --max-age 0s
 publish_keys "$iport" "p%d" "$KEYS" 50000
 echo "soak: ${SOAK_MINUTES} min of hits on 127.0.0.1:$port, publishes to q*, pid $PG_PID" >&2
 

@@ -11,7 +11,7 @@ fn routes() -> &'static Routes {
         let t = [
             "/projects/{key}/changes?since={version}".to_string(),
             "/v/{key}/{version}".to_string(),
-            "/etag/{key}?version=header:If-None-Match".to_string(),
+            "/etag/{key} header:If-None-Match".to_string(),
         ];
         Routes::parse(&t).expect("templates parse")
     })
