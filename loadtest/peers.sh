@@ -12,6 +12,8 @@
 #   varnish          Varnish answering 304 from cache (If-None-Match set from
 #                    `since` in VCL; the cache is filled before measuring)
 #   pollgate         the release build
+#   pollgate-base    a second pollgate binary (LT_POLLGATE_BASE_BIN), e.g. the
+#                    build before a change: before/after in the same rounds
 #
 # All servers are started and checked first (each must answer the workload
 # correctly), then measured interleaved: for each connection count, LT_ROUNDS
@@ -23,6 +25,7 @@
 #   LT_DURATION=5s LT_WARMUP=1s LT_ROUNDS=3 LT_CONNS="64 256"
 #   LT_PEERS="ceiling naive nginx nginx-memcached varnish pollgate"
 #   LT_SERVER_CPU=0 LT_CLIENT_CPU=1  LT_POLLGATE_BIN=  (as run.sh)
+#   LT_POLLGATE_BASE_BIN=  binary of the pollgate-base peer
 #   LT_NO_BUILD=1     use the binaries already built (no cargo build)
 #   LT_NO_INSTALL=1   do not apt-get install missing tools, fail instead
 set -euo pipefail
@@ -226,17 +229,18 @@ varnish_stat() {
   varnishstat -n "$LT_TMP/varnish/work" -1 -f "$1" | awk '{ print $2 }'
 }
 
+# start_pollgate_peer PEER BINARY
 start_pollgate_peer() {
-  local port iport dead
+  local peer=$1 port iport dead
   port=$(free_port)
   iport=$(free_port)
   dead=$(free_port) # nothing listens: a poll that misses fails loudly
-  start_pollgate "$LT_TMP/pollgate.log" "$port" "$iport" pin -- \
+  PG_BIN=$2 start_pollgate "$LT_TMP/$peer.log" "$port" "$iport" pin -- \
     --upstream "http://127.0.0.1:$dead" --max-age 1h
-  echo "publishing $KEYS keys at version 1" >&2
+  echo "publishing $KEYS keys at version 1 to $peer" >&2
   publish_keys "$iport" "p%d" "$KEYS" 20000
-  PIDS[pollgate]=$PG_PID URL[pollgate]="http://127.0.0.1:$port"
-  check pollgate 304
+  PIDS[$peer]=$PG_PID URL[$peer]="http://127.0.0.1:$port"
+  check "$peer" 304
 }
 
 for peer in $LT_PEERS; do
@@ -246,7 +250,11 @@ for peer in $LT_PEERS; do
     nginx) start_nginx ;;
     nginx-memcached) start_nginx_memcached ;;
     varnish) start_varnish ;;
-    pollgate) start_pollgate_peer ;;
+    pollgate) start_pollgate_peer pollgate "$PG_BIN" ;;
+    pollgate-base)
+      [ -n "${LT_POLLGATE_BASE_BIN:-}" ] || die "pollgate-base needs LT_POLLGATE_BASE_BIN"
+      start_pollgate_peer pollgate-base "$LT_POLLGATE_BASE_BIN"
+      ;;
     *) die "unknown peer '$peer'" ;;
   esac
 done
