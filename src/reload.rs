@@ -152,7 +152,8 @@ impl Live {
             Err(LoadError::Invalid(errs)) => return Err(ReloadError::Invalid(errs)),
             Err(LoadError::Display(_)) => return Err(ReloadError::NoSource),
         };
-        let new = cli.config;
+        let mut new = cli.config;
+        new.keep_start_name(&self.start);
         let rust_log = source.env.iter().any(|(k, _)| k == "RUST_LOG");
         let mut current = self.current.lock();
         let changed: Vec<_> = config::changed_keys(&current, &new)

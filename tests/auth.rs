@@ -305,10 +305,9 @@ async fn rs256_and_eddsa_from_a_jwks_replaced_while_running() {
     let p1 = "/projects/p1/changes?since=5";
     let rs = |key: &EncodingKey, kid: &str| mint(keys(&["p1"]), Algorithm::RS256, Some(kid), key);
 
-    assert_eq!(
-        poll_bearer(&pg, p1, &rs(&rsa1, "r1")).await.0,
-        StatusCode::NOT_MODIFIED
-    );
+    // Verified once: remembered by pollgate across connections from here on.
+    let old = rs(&rsa1, "r1");
+    assert_eq!(poll_bearer(&pg, p1, &old).await.0, StatusCode::NOT_MODIFIED);
     let ed = mint(keys(&["p1"]), Algorithm::EdDSA, Some("e1"), &ed1);
     assert_eq!(poll_bearer(&pg, p1, &ed).await.0, StatusCode::NOT_MODIFIED);
     // The RSA key under the wrong kid, and an unknown key: refused.
@@ -341,6 +340,11 @@ async fn rs256_and_eddsa_from_a_jwks_replaced_while_running() {
     assert_eq!(
         poll_bearer(&pg, p1, &rs(&rsa1, "r1")).await.0,
         StatusCode::OK
+    );
+    assert_eq!(
+        poll_bearer(&pg, p1, &old).await.0,
+        StatusCode::OK,
+        "a token remembered under the old keys is verified again, and refused"
     );
 
     // A broken file keeps the keys loaded before; SIGHUP re-reads at once.

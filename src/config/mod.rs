@@ -277,9 +277,21 @@ impl Config {
     /// replica, and replicas that share a name refuse to gossip ("ourselves").
     /// A `node_id` that was set explicitly is kept.
     pub fn name_by_bound_port(&mut self, bound: u16) {
-        if self.internal_listen.port() == 0 && self.node_id == default_node_id(0) {
+        if self.named_by_port_zero() {
             self.node_id = default_node_id(bound);
         }
+    }
+
+    /// A reloaded config names the replica as it was named at `start` (the
+    /// file still says port 0; the port bound then is the one in use).
+    pub fn keep_start_name(&mut self, start: &Config) {
+        if self.named_by_port_zero() && self.internal_listen == start.internal_listen {
+            self.node_id = start.node_id.clone();
+        }
+    }
+
+    fn named_by_port_zero(&self) -> bool {
+        self.internal_listen.port() == 0 && self.node_id == default_node_id(0)
     }
 }
 

@@ -360,6 +360,21 @@ fn port_zero_is_named_by_the_port_bound() {
 }
 
 #[test]
+fn a_reload_keeps_the_name_given_by_the_bound_port() {
+    let mut start = ok(&["--internal-listen", "127.0.0.1:0"], &[]);
+    start.name_by_bound_port(40123);
+    let mut reloaded = ok(&["--internal-listen", "127.0.0.1:0"], &[]);
+    reloaded.keep_start_name(&start);
+    assert_eq!(reloaded.node_id, start.node_id);
+    let mut renamed = ok(
+        &["--internal-listen", "127.0.0.1:0", "--node-id", "n2"],
+        &[],
+    );
+    renamed.keep_start_name(&start);
+    assert_eq!(renamed.node_id, "n2", "a new explicit name is a change");
+}
+
+#[test]
 fn peer_needs_a_cluster_key() {
     let e = errs(&["--peer", "10.0.0.2:8081"], &[]);
     assert_eq!(e, [PEER_WITHOUT_KEY]);
