@@ -12,8 +12,8 @@
 #   FUZZ_SANITIZER=    e.g. `none` if this toolchain lacks the ASan runtime
 #
 # New inputs a run finds go to a temporary directory, so the committed corpus
-# only changes on purpose (`cargo fuzz cmin`, see README). A crash leaves its
-# input in fuzz/artifacts/<target>/ and fails the script.
+# only changes on purpose (`cargo fuzz cmin <t> -- -use_counters=0`, see
+# README). A crash leaves its input in fuzz/artifacts/<target>/ and fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
