@@ -68,7 +68,10 @@ fi
 TARGET=$(target_dir)
 PG_BIN=${LT_POLLGATE_BIN:-$TARGET/release/pollgate}
 CLK_TCK=$(getconf CLK_TCK)
-pin() { taskset -c "$LT_SERVER_CPU" "$@"; }
+# A command prefix, not a function: `spawn` backgrounds its command, and a
+# backgrounded function is a subshell whose pid is not the server's, so the
+# exit trap's kill would leave the server running.
+PIN=(taskset -c "$LT_SERVER_CPU")
 
 declare -A URL PIDS EXPECT # per peer: base URL, root pids whose trees are its CPU, status of a hit
 
@@ -85,13 +88,13 @@ check() {
 }
 
 start_ceiling() {
-  start_example ceiling "$LT_TMP/ceiling.log" pin "$TARGET/release/examples/ceiling" --listen 127.0.0.1:0
+  start_example ceiling "$LT_TMP/ceiling.log" "${PIN[@]}" "$TARGET/release/examples/ceiling" --listen 127.0.0.1:0
   URL[ceiling]="http://$ADDR" PIDS[ceiling]=$SPAWNED
   check ceiling 304
 }
 
 start_naive() {
-  start_example naive "$LT_TMP/naive.log" pin "$TARGET/release/examples/naive" \
+  start_example naive "$LT_TMP/naive.log" "${PIN[@]}" "$TARGET/release/examples/naive" \
     --listen 127.0.0.1:0 --keys "$KEYS"
   URL[naive]="http://$ADDR" PIDS[naive]=$SPAWNED
   check naive 304
@@ -129,7 +132,7 @@ EOF
 
 start_nginx_with() {
   local peer=$1 dir="$LT_TMP/$1" port=$2
-  spawn "$dir.log" pin nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+  spawn "$dir.log" "${PIN[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
   PIDS[$peer]=$SPAWNED URL[$peer]="http://127.0.0.1:$port"
   wait_for "$peer" "$SPAWNED" "$dir.log" curl -s -o /dev/null "${URL[$peer]}/"
 }
@@ -150,7 +153,7 @@ start_nginx() {
 start_nginx_memcached() {
   local mport port mpid
   mport=$(free_port)
-  spawn "$LT_TMP/memcached.log" pin memcached -u nobody -l 127.0.0.1 -p "$mport" -U 0 -t 1 -m 128
+  spawn "$LT_TMP/memcached.log" "${PIN[@]}" memcached -u nobody -l 127.0.0.1 -p "$mport" -U 0 -t 1 -m 128
   mpid=$SPAWNED
   wait_for memcached "$mpid" "$LT_TMP/memcached.log" python3 -c \
     "import socket; socket.create_connection(('127.0.0.1', $mport), 1)"
@@ -203,7 +206,7 @@ sub vcl_deliver {
   unset resp.http.Via; unset resp.http.X-Varnish; unset resp.http.Age;
 }
 EOF
-  spawn "$dir.log" pin varnishd -F -j none -n "$dir/work" -a "127.0.0.1:$port" \
+  spawn "$dir.log" "${PIN[@]}" varnishd -F -j none -n "$dir/work" -a "127.0.0.1:$port" \
     -f "$dir/pollgate.vcl" -s malloc,1g -p thread_pools=1
   PIDS[varnish]=$SPAWNED URL[varnish]="http://127.0.0.1:$port"
   wait_for varnish "$SPAWNED" "$dir.log" curl -sf -o /dev/null "${URL[varnish]}/projects/p0/changes"
@@ -235,7 +238,7 @@ start_pollgate_peer() {
   port=$(free_port)
   iport=$(free_port)
   dead=$(free_port) # nothing listens: a poll that misses fails loudly
-  PG_BIN=$2 start_pollgate "$LT_TMP/$peer.log" "$port" "$iport" pin -- \
+  PG_BIN=$2 start_pollgate "$LT_TMP/$peer.log" "$port" "$iport" "${PIN[@]}" -- \
     --upstream "http://127.0.0.1:$dead" --max-age 1h
   echo "publishing $KEYS keys at version 1 to $peer" >&2
   publish_keys "$iport" "p%d" "$KEYS" 20000
