@@ -48,6 +48,7 @@ pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod cors;

@@ -236,10 +236,7 @@ pub struct Stamp {
 pub const MAX_STAMP_SKEW_MS: u64 = 60_000;
 
 fn from_the_future(stamp: &Stamp) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    stamp.at_ms > now.saturating_add(MAX_STAMP_SKEW_MS)
+    stamp.at_ms > crate::clock::unix_ms().saturating_add(MAX_STAMP_SKEW_MS)
 }
 
 pub struct Tunables {
