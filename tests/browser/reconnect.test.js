@@ -92,32 +92,42 @@ test("pollgate's own refusal: the next attempt is never sooner than its Retry-Af
   const env = await start({ pollgateArgs: ["--push-admission-burst", "1", "--push-admission-per-s", "1"] });
   t.after(env.close);
   await env.pg.publish("p1 1\n");
+  // Each page logs its own watch requests: the start, and the status and
+  // Retry-After of the answer. Logged in the page, not from Playwright's
+  // request/response events: a refusal whose body the client cancels at once
+  // can reach Playwright as a failed request with no response, which made
+  // the two lists disagree about which request was refused.
   const pages = await Promise.all(
     [0, 1].map(async () => {
       const context = await env.browser.newContext();
+      await context.addInitScript(() => {
+        const real = window.fetch.bind(window);
+        window.watchLog = [];
+        window.fetch = async (url, init) => {
+          if (!String(url).includes("/pollgate/v1/watch")) return real(url, init);
+          const entry = { start: performance.now() };
+          window.watchLog.push(entry);
+          const res = await real(url, init);
+          entry.status = res.status;
+          entry.retryAfter = Number(res.headers.get("retry-after"));
+          return res;
+        };
+      });
       const page = await openPage(context, env.origin, clientPage());
       await page.waitForFunction(() => window.ready);
       return page;
     }),
   );
-  // Per page: each watch request's time, and the Retry-After of a refusal.
-  const seen = pages.map((p) => {
-    const log = { starts: [], refusals: [] };
-    p.on("request", (r) => r.url().includes("/pollgate/v1/watch") && log.starts.push(performance.now()));
-    p.on("response", (r) => {
-      if (r.url().includes("/pollgate/v1/watch") && r.status() === 503) log.refusals.push(Number(r.headers()["retry-after"]));
-    });
-    return log;
-  });
   await Promise.all(pages.map((p, i) => p.evaluate((i) => (watch("p1", 1), watch(`c${i}`, 0)), i)));
   await until(async () => (await env.pg.metric("pollgate_push_connections")) === 2, "both connected", 15000);
-  const refused = seen.filter((s) => s.refusals.length);
-  assert.ok(refused.length >= 1, "pollgate refused one");
-  for (const s of refused) {
-    for (let i = 0; i < s.refusals.length; i++) {
-      const gap = s.starts[i + 1] - s.starts[i];
-      assert.ok(gap >= s.refusals[i] * 1000, `retried after ${Math.round(gap)} ms, asked ${s.refusals[i]} s`);
-    }
+  const logs = await Promise.all(pages.map((p) => p.evaluate(() => window.watchLog)));
+  const refusals = logs.flatMap((log) => log.map((e, i) => ({ ...e, next: log[i + 1] })).filter((e) => e.status === 503));
+  assert.ok(refusals.length >= 1, `pollgate refused one: ${JSON.stringify(logs)}`);
+  for (const r of refusals) {
+    assert.ok(r.retryAfter >= 1, `a refusal names its wait: ${JSON.stringify(r)}`);
+    assert.ok(r.next, `a refused client tried again: ${JSON.stringify(logs)}`);
+    const gap = r.next.start - r.start;
+    assert.ok(gap >= r.retryAfter * 1000, `retried after ${Math.round(gap)} ms, asked ${r.retryAfter} s`);
   }
 });
 
