@@ -142,6 +142,12 @@ impl State {
         result
     }
 
+    /// Reads the secret files again (see [`crate::reload::Live::refresh_files`]).
+    pub fn refresh_secret_files(&self) -> Result<Option<Applied>, ReloadError> {
+        self.live
+            .refresh_files(|new, changed| self.apply(new, changed))
+    }
+
     /// Resolves once `/readyz` would answer 200 (or at shutdown: `false`).
     pub async fn wait_ready(&self, stop: &mut watch::Receiver<bool>) -> bool {
         loop {
