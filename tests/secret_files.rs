@@ -321,8 +321,13 @@ async fn a_world_readable_secret_file_starts_with_a_warning() {
         "127.0.0.1:0",
         "--publish-token-file",
         path,
+        "--admin-token",
+        "admin",
     ]);
     assert!(accepted(&pg, "pub").await);
+    let (status, body) = reload(&pg, "admin").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("readable by every user"), "{body}");
     let warned =
         pg.log.lock().iter().any(|l| {
             l.contains("WARN") && l.contains(path) && l.contains("readable by every user")
