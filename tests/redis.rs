@@ -318,6 +318,50 @@ async fn channel_lines_and_json_apply_and_a_bad_batch_applies_nothing() {
     assert_eq!(pg.metric(learned).await, 4.0);
 }
 
+/// The ids of Redis's connections in pub/sub mode (pollgate's channel reader).
+async fn pubsub_client_ids(c: &mut MultiplexedConnection) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(c)
+        .await
+        .unwrap();
+    let id = |line: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix("id="))
+            .map(str::to_owned)
+    };
+    list.lines().filter_map(id).collect()
+}
+
+/// The channel reader pings Redis every 15 s to find a half-open connection.
+/// A ping must not end a healthy subscription: it once did, so the channel
+/// reconnected every 15 s and lost what was published meanwhile. Waiting out
+/// one ping is the point of this test (not synchronisation): the same
+/// connection must still be subscribed after it, and deliver.
+#[tokio::test]
+async fn an_idle_channel_survives_its_keepalive_ping() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let pg = start_pg(&up, &redis, &["--redis-channel", "versions"]);
+    assert!(metric_is(&pg, CONNECTED, 1.0).await, "{:?}", pg.log.lock());
+    let mut c = redis.conn().await;
+    publish(&mut c, "versions", "a 1").await;
+    assert!(has(&pg, "a", 1).await);
+    let before = pubsub_client_ids(&mut c).await;
+    assert_eq!(before.len(), 1, "one channel connection");
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    assert_eq!(
+        pubsub_client_ids(&mut c).await,
+        before,
+        "{:?}",
+        pg.log.lock()
+    );
+    publish(&mut c, "versions", "b 2").await;
+    assert!(has(&pg, "b", 2).await);
+}
+
 #[tokio::test]
 async fn stream_entries_apply_and_a_restart_loses_none() {
     let rig = StreamRig::start().await;
