@@ -45,8 +45,11 @@ pub async fn run(
     let sighup = crate::reload::SighupHandle::start(move || {
         crate::reload::log(&reloading.reload());
     });
+    let checking = state.clone();
+    let files = crate::reload::FileCheckHandle::start(move || checking.refresh_secret_files());
     server::run(listeners, state.clone(), shutdown).await;
     systemd.shutdown().await;
+    files.shutdown().await;
     sighup.shutdown().await;
     // Before the last snapshot, so it holds the last position applied.
     redis.shutdown().await;

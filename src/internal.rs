@@ -48,7 +48,7 @@ fn applied_json(a: &crate::reload::Applied) -> String {
         .iter()
         .map(|(k, w)| (k.to_string(), serde_json::Value::from(*w)))
         .collect();
-    serde_json::json!({"changed": a.changed, "restart_needed": names, "why": why, "pinned": a.pinned})
+    serde_json::json!({"changed": a.changed, "restart_needed": names, "why": why, "pinned": a.pinned, "warnings": a.warnings})
         .to_string()
 }
 
@@ -63,7 +63,7 @@ fn metrics(state: &State) -> Response<Body> {
 }
 
 /// `POST /v1/reload` (admin token): what SIGHUP does, with the outcome as
-/// JSON — 200 `{"changed":[..],"restart_needed":[..],"why":{..},"pinned":[..]}`,
+/// JSON — 200 `{"changed":[..],"restart_needed":[..],"why":{..},"pinned":[..],"warnings":[..]}`,
 /// or 400 with every error of a refused config (nothing changed).
 fn reload(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
     crate::inbound::authorize(state.live.secrets().admin.as_slice(), req, "admin_token")?;

@@ -32,10 +32,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.print_config {
+        cli.warnings
+            .iter()
+            .for_each(|w| eprintln!("pollgate: warning: {w}"));
         print!("{}", config::to_toml(&cli.config));
         return ExitCode::SUCCESS;
     }
     init_tracing(&cli.config, &env);
+    cli.warnings.iter().for_each(|w| tracing::warn!("{w}"));
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(serve(cli.config))
 }

@@ -4,7 +4,8 @@
 //!
 //! What changes live ([`LIVE_KEYS`]): the internal listener's tokens, poll
 //! routes, upstreams, per-client limits, the log filter, `cluster_key`, how
-//! public-listener tokens are verified, and CORS origins. Open connections
+//! public-listener tokens are verified, CORS origins and `redis_url` (the
+//! Redis readers reconnect with it), each also through its `_file` key. Open connections
 //! keep going: a push stream stays open (its token was checked when it
 //! opened and it still ends at the token's `exp`), a keep-alive client's
 //! remembered token is verified again under the new keys. Every other key
@@ -70,9 +71,11 @@ impl Secrets {
 }
 
 /// Keys a reload applies (some only in the cases [`live_now`] allows).
-pub const LIVE_KEYS: [&str; 13] = [
+pub const LIVE_KEYS: [&str; 19] = [
     "publish_token",
+    "publish_token_file",
     "admin_token",
+    "admin_token_file",
     "route",
     "upstream",
     "client_rate_per_s",
@@ -80,10 +83,14 @@ pub const LIVE_KEYS: [&str; 13] = [
     "trusted_proxies",
     "log_level",
     "cluster_key",
+    "cluster_key_file",
     "auth_jwt_secret",
+    "auth_jwt_secret_file",
     "auth_jwks",
     "auth_audience",
     "cors_origins",
+    "redis_url",
+    "redis_url_file",
 ];
 
 /// What a reload did.
@@ -97,6 +104,8 @@ pub struct Applied {
     /// Live keys set by an environment variable or a flag: they beat the
     /// file, and the environment is the one the process started with.
     pub pinned: Vec<&'static str>,
+    /// Worth logging, not refusing (a world-readable secret file).
+    pub warnings: Vec<String>,
 }
 
 /// Why a reload changed nothing.
@@ -154,9 +163,54 @@ impl Live {
         };
         let mut new = cli.config;
         new.keep_start_name(&self.start);
-        let rust_log = source.env.iter().any(|(k, _)| k == "RUST_LOG");
         let mut current = self.current.lock();
-        let changed: Vec<_> = config::changed_keys(&current, &new)
+        let mut applied = self.commit(&mut current, new, rust_log(source), apply)?;
+        applied.pinned = cli
+            .pinned
+            .into_iter()
+            .filter(|k| LIVE_KEYS.contains(k))
+            .collect();
+        applied.warnings = cli.warnings;
+        Ok(applied)
+    }
+
+    /// Reads the secret files the running config names again (the kubelet
+    /// updates a mounted Secret without a signal) and, when one changed,
+    /// applies the result as a reload would: all of it or, when a file is
+    /// broken, nothing. `None`: nothing changed. The rest of the config is
+    /// the running one: the config file is only re-read by a reload.
+    pub fn refresh_files(
+        &self,
+        apply: impl FnOnce(&Config, &[&'static str]) -> Result<(), Vec<String>>,
+    ) -> Result<Option<Applied>, ReloadError> {
+        let mut current = self.current.lock();
+        if !config::has_secret_files(&current) {
+            return Ok(None);
+        }
+        let mut new = current.clone();
+        let found = config::read_secret_files(&mut new);
+        if !found.errs.is_empty() {
+            return Err(ReloadError::Invalid(found.errs));
+        }
+        if new == *current {
+            return Ok(None);
+        }
+        let env_log = SOURCE.get().is_some_and(rust_log);
+        let mut applied = self.commit(&mut current, new, env_log, apply)?;
+        applied.warnings = found.warnings;
+        Ok(Some(applied))
+    }
+
+    /// Puts `new`'s live changes in force (or refuses them all) and makes it
+    /// the config the next reload compares with.
+    fn commit(
+        &self,
+        current: &mut Config,
+        new: Config,
+        rust_log: bool,
+        apply: impl FnOnce(&Config, &[&'static str]) -> Result<(), Vec<String>>,
+    ) -> Result<Applied, ReloadError> {
+        let changed: Vec<_> = config::changed_keys(current, &new)
             .into_iter()
             .filter(|k| live_now(k, &self.start, &new, rust_log).is_ok())
             .collect();
@@ -177,13 +231,14 @@ impl Live {
         Ok(Applied {
             changed,
             restart_needed,
-            pinned: cli
-                .pinned
-                .into_iter()
-                .filter(|k| LIVE_KEYS.contains(k))
-                .collect(),
+            pinned: Vec::new(),
+            warnings: Vec::new(),
         })
     }
+}
+
+fn rust_log(source: &Source) -> bool {
+    source.env.iter().any(|(k, _)| k == "RUST_LOG")
 }
 
 /// The filter was parsed when the config was loaded, so this cannot fail
@@ -204,11 +259,14 @@ pub fn live_now(
 ) -> Result<(), &'static str> {
     let auth_on = |c: &Config| !c.auth_jwt_secret.is_empty() || c.auth_jwks.is_some();
     match key {
-        "cluster_key" if start.cluster_key.is_empty() || new.cluster_key.is_empty() => Err(
+        "cluster_key" | "cluster_key_file" if start.cluster_key.is_empty() || new.cluster_key.is_empty() => Err(
             "gossip endpoints exist only with a cluster_key: setting the first key or removing the last needs a restart (rotate by listing old and new)",
         ),
-        "auth_jwt_secret" | "auth_jwks" | "auth_audience" if auth_on(start) != auth_on(new) => Err(
+        "auth_jwt_secret" | "auth_jwt_secret_file" | "auth_jwks" | "auth_audience" if auth_on(start) != auth_on(new) => Err(
             "turning authorization on or off needs a restart: open push streams and remembered tokens were admitted under the other rule",
+        ),
+        "redis_url" | "redis_url_file" if start.redis_url.is_none() || new.redis_url.is_none() => Err(
+            "the Redis feed is started (or not) at start: turning it on or off needs a restart",
         ),
         "log_level" if rust_log => Err("RUST_LOG is set and wins over log_level"),
         "log_level" if LOG_FILTER.get().is_none() => Err("no reloadable log filter in this process"),
@@ -237,7 +295,7 @@ pub fn why_restart(key: &str) -> &'static str {
         "auth_cookie" => "the cookie name is the browser clients' contract, fixed at start",
         "peer" | "node_id" | "insecure_cluster" => "cluster membership is set up at start",
         "data_dir" | "snapshot_interval" => "the snapshot task is started with it",
-        "redis_url" | "redis_channel" | "redis_stream" | "redis_stream_complete" | "redis_tls_ca" => {
+        "redis_channel" | "redis_stream" | "redis_stream_complete" | "redis_tls_ca" => {
             "the Redis feed connects and subscribes at start"
         }
         "log_format" => "the log output is set up once, at start",
@@ -250,6 +308,9 @@ pub fn why_restart(key: &str) -> &'static str {
 
 /// Logs a reload's result the way an operator reads it after `kill -HUP`.
 pub fn log(result: &Result<Applied, ReloadError>) {
+    for w in result.iter().flat_map(|a| &a.warnings) {
+        tracing::warn!("{w}");
+    }
     match result {
         Ok(a) if a.restart_needed.is_empty() => {
             tracing::info!(changed = ?a.changed, pinned = ?a.pinned, "config reloaded")
@@ -285,6 +346,59 @@ impl SighupHandle {
     pub async fn shutdown(self) {
         self.0.abort();
         let _ = self.0.await;
+    }
+}
+
+/// How often the secret files are read again: a rotation is not
+/// latency-critical (the old value stays valid while the app switches), and
+/// reading a few small files once a second costs nothing measurable.
+pub const CHECK_FILES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Re-reads the secret files every [`CHECK_FILES_EVERY`] until shut down,
+/// logging what changed, and a broken file once (not every second) until
+/// it is fixed. Takes the action, like [`SighupHandle`].
+pub struct FileCheckHandle(tokio::task::JoinHandle<()>);
+
+impl FileCheckHandle {
+    pub fn start(
+        check: impl Fn() -> Result<Option<Applied>, ReloadError> + Send + 'static,
+    ) -> FileCheckHandle {
+        FileCheckHandle(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECK_FILES_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_error = None;
+            loop {
+                tick.tick().await;
+                last_error = log_file_check(check(), last_error);
+            }
+        }))
+    }
+
+    pub async fn shutdown(self) {
+        self.0.abort();
+        let _ = self.0.await;
+    }
+}
+
+/// Logs one check; returns the error now standing (logged only when new).
+fn log_file_check(
+    result: Result<Option<Applied>, ReloadError>,
+    last_error: Option<String>,
+) -> Option<String> {
+    match result {
+        Ok(None) => None,
+        Ok(Some(applied)) => {
+            tracing::info!("a secret file changed");
+            log(&Ok(applied));
+            None
+        }
+        Err(e) => {
+            let e = format!("secret file not re-read, nothing changed: {e}");
+            if last_error.as_ref() != Some(&e) {
+                tracing::warn!("{e}");
+            }
+            Some(e)
+        }
     }
 }
 
@@ -386,5 +500,43 @@ mod tests {
             "RUST_LOG wins"
         );
         assert!(live_now("listen", &off, &off, false).is_err());
+        let old = with(|c| c.redis_url = Some("redis://:a@h/0".into()));
+        let new = with(|c| c.redis_url = Some("redis://:b@h/0".into()));
+        assert!(live_now("redis_url", &old, &new, false).is_ok());
+        assert!(live_now("redis_url_file", &old, &new, false).is_ok());
+        assert!(live_now("redis_url", &off, &new, false).is_err(), "feed on");
+        assert!(
+            live_now("redis_url", &old, &off, false).is_err(),
+            "feed off"
+        );
+    }
+
+    #[test]
+    fn secret_files_are_refreshed_all_or_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (tokens, admin) = (dir.path().join("tokens"), dir.path().join("admin"));
+        let put = |f: &std::path::Path, text: &str| {
+            std::fs::write(f, text).unwrap();
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        put(&tokens, "a\n");
+        put(&admin, "x\n");
+        let file = dir.path().join("pg.toml");
+        let toml = format!("publish_token_file = {tokens:?}\nadmin_token_file = {admin:?}\n");
+        std::fs::write(&file, toml).unwrap();
+        let live = Live::new(&loaded(&file));
+        assert_eq!(live.refresh_files(nothing).unwrap(), None, "unchanged");
+        put(&tokens, "b\na\n");
+        let applied = live.refresh_files(nothing).unwrap().unwrap();
+        assert_eq!(applied.changed, ["publish_token"]);
+        assert_eq!(live.secrets().publish, ["b", "a"]);
+        // One broken file: the other's change waits too.
+        put(&tokens, "");
+        put(&admin, "y\n");
+        let err = live.refresh_files(nothing).unwrap_err().to_string();
+        assert!(err.contains("publish_token_file"), "{err}");
+        assert_eq!(live.secrets().admin, ["x"]);
+        assert_eq!(live.secrets().publish, ["b", "a"]);
     }
 }

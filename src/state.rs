@@ -75,6 +75,9 @@ pub struct State {
     pub cluster: Cluster,
     /// Flips to true when shutdown starts: connections finish, streams close.
     pub shutdown: watch::Sender<bool>,
+    /// The running `redis_url`: a reload that changes it (a rotated
+    /// password) makes the Redis readers reconnect with the new one.
+    pub redis_url: watch::Sender<Option<String>>,
     /// The config a reload compares with, and the internal listener's
     /// tokens (read per request, swapped whole).
     pub live: crate::reload::Live,
@@ -100,6 +103,7 @@ impl State {
             hub: Hub::new(&cfg),
             auth,
             shutdown: watch::Sender::new(false),
+            redis_url: watch::Sender::new(cfg.redis_url.clone()),
             metrics,
             cfg,
         }))
@@ -142,6 +146,12 @@ impl State {
         result
     }
 
+    /// Reads the secret files again (see [`crate::reload::Live::refresh_files`]).
+    pub fn refresh_secret_files(&self) -> Result<Option<Applied>, ReloadError> {
+        self.live
+            .refresh_files(|new, changed| self.apply(new, changed))
+    }
+
     /// Resolves once `/readyz` would answer 200 (or at shutdown: `false`).
     pub async fn wait_ready(&self, stop: &mut watch::Receiver<bool>) -> bool {
         loop {
@@ -176,6 +186,9 @@ impl State {
         }
         self.upstream.reload(new);
         self.cluster.set_keys(&new.cluster_key);
+        if has("redis_url") {
+            self.redis_url.send_replace(new.redis_url.clone());
+        }
         Ok(())
     }
 }

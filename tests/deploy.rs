@@ -192,6 +192,82 @@ fn systemd_unit_arguments_and_limits_fit_pollgate() {
     }
 }
 
+/// The unit with its commented systemd-credentials example put in force:
+/// the `#LoadCredential=` lines, and `#ExecStart=` in place of ExecStart.
+fn unit_with_credentials(text: &str) -> String {
+    fn example(l: &str) -> Option<&str> {
+        let l = l.strip_prefix('#')?;
+        (l.starts_with("LoadCredential=") || l.starts_with("ExecStart=")).then_some(l)
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("ExecStart=") {
+            continue;
+        }
+        out.push_str(example(line).unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn systemd_credentials_example_verifies_and_loads() {
+    let text = unit_with_credentials(&read(&repo("deploy/pollgate.service")));
+    let service = unit_section(&text, "Service");
+    let creds: Vec<&str> = service
+        .iter()
+        .filter(|(k, _)| k == "LoadCredential")
+        .map(|(_, v)| v.split_once(':').expect("LoadCredential=ID:PATH").0)
+        .collect();
+    assert!(creds.len() >= 3, "the example loads {creds:?}");
+    // systemd puts each credential in $CREDENTIALS_DIRECTORY (%d), mode 0400.
+    let dir = tempfile::tempdir().unwrap();
+    for id in &creds {
+        let path = dir.path().join(id);
+        std::fs::write(&path, "a-credential-long-enough-for-any-key-0123\n").unwrap();
+        let ro = std::os::unix::fs::PermissionsExt::from_mode(0o400);
+        std::fs::set_permissions(&path, ro).unwrap();
+    }
+    let example = repo("deploy/pollgate.toml").display().to_string();
+    let args: Vec<String> = unit_value(&service, "ExecStart")
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.replace(INSTALLED_CONFIG, &example))
+        .map(|a| a.replace("%d", dir.path().to_str().unwrap()))
+        .collect();
+    let cfg = effective(&print_config(&args, &[]));
+    let files: Vec<&str> = cfg
+        .iter()
+        .filter(|(k, _)| k.ends_with("_file"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        files.len(),
+        creds.len(),
+        "one *_file per credential: {cfg:?}"
+    );
+    for id in &creds {
+        let path = dir.path().join(id).display().to_string();
+        assert!(files.contains(&path.as_str()), "{id} not read: {files:?}");
+    }
+    let Some(analyze) = common::tool::require("systemd-analyze", "systemd") else {
+        return;
+    };
+    let unit = dir.path().join("pollgate.service");
+    let bin = env!("CARGO_BIN_EXE_pollgate");
+    std::fs::write(&unit, text.replace(INSTALLED_BIN, bin)).unwrap();
+    let out = Command::new(&analyze)
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify with credentials: {stderr}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // deploy/kubernetes/
 
@@ -382,6 +458,79 @@ fn pollgate_command(c: &Value) -> (Vec<String>, Vec<(String, String)>) {
     (args, env)
 }
 
+/// What a mounted Secret's file holds here: long enough for any secret key.
+const MOUNTED_SECRET: &str = "secret-from-the-manifest-volume-0123456789";
+
+/// The Secret volumes `c` mounts, written under `dir` as the kubelet would
+/// (one file per projected key, with the volume's mode); each mount path
+/// with where it is here. A volume naming a Secret or key the manifests do
+/// not define fails.
+fn mount_secrets(
+    file: &str,
+    w: &Value,
+    c: &Value,
+    docs: &[(String, Value)],
+    dir: &Path,
+) -> Vec<(String, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let volumes = w["spec"]["template"]["spec"]["volumes"].as_sequence();
+    let mut out = Vec::new();
+    for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
+        let Some(v) = volumes
+            .into_iter()
+            .flatten()
+            .find(|v| s(&v["name"]) == s(&m["name"]))
+        else {
+            continue;
+        };
+        let secret = &v["secret"];
+        if secret.is_null() {
+            continue;
+        }
+        let wanted = s(&secret["secretName"]);
+        let (_, doc) = docs
+            .iter()
+            .find(|(_, d)| kind(d) == "Secret" && name(d) == wanted)
+            .unwrap_or_else(|| panic!("{file}: volume {} names no Secret {wanted}", s(&v["name"])));
+        let keys = secret_keys(doc);
+        let local = dir.join(format!("secret-{}", s(&v["name"])));
+        std::fs::create_dir_all(&local).unwrap();
+        let mode = secret["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        assert!(
+            mode <= 0o777,
+            "{file}: defaultMode {mode} is not a file mode"
+        );
+        let items: Vec<(&str, &str)> = match secret["items"].as_sequence() {
+            Some(items) => items
+                .iter()
+                .map(|i| (s(&i["key"]), s(&i["path"])))
+                .collect(),
+            None => keys.iter().map(|k| (k.as_str(), k.as_str())).collect(),
+        };
+        for (key, path) in items {
+            assert!(
+                keys.contains(key),
+                "{file}: Secret {wanted} has no key {key}"
+            );
+            let path = local.join(path);
+            std::fs::write(&path, format!("{MOUNTED_SECRET}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        out.push((s(&m["mountPath"]).to_string(), local));
+    }
+    out
+}
+
+/// `args` with each mount path replaced by where its files are here.
+fn with_mounts(args: &[String], mounts: &[(String, PathBuf)]) -> Vec<String> {
+    let moved = |a: &String| {
+        mounts.iter().fold(a.clone(), |a, (mount, local)| {
+            a.replace(mount.as_str(), local.to_str().unwrap())
+        })
+    };
+    args.iter().map(moved).collect()
+}
+
 /// The flag value of `--name=value` or `--name value` in `args`.
 fn flag<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
     let mut out = Vec::new();
@@ -404,7 +553,9 @@ fn pollgate_containers_accept_their_arguments_and_fit_the_shutdown_budget() {
         for c in containers(w).iter().filter(|c| is_pollgate(c)) {
             seen += 1;
             let (args, env) = pollgate_command(c);
-            let cfg = effective(&print_config(&args, &env));
+            let secrets = tempfile::tempdir().unwrap();
+            let mounts = mount_secrets(file, w, c, &docs, secrets.path());
+            let cfg = effective(&print_config(&with_mounts(&args, &mounts), &env));
             let internal: std::net::SocketAddr = cfg["internal_listen"].parse().unwrap();
             for probe in probes(c) {
                 let port = container_port(containers(w), &probe["httpGet"]["port"]);
@@ -493,7 +644,8 @@ async fn every_probe_path_answers_on_the_internal_listener() {
     for (file, w) in workloads(&docs) {
         for c in containers(w).iter().filter(|c| is_pollgate(c)) {
             let data = tempfile::tempdir().unwrap();
-            let args = local_args(c, data.path());
+            let mounts = mount_secrets(file, w, c, &docs, data.path());
+            let args = with_mounts(&local_args(c, data.path()), &mounts);
             let pg = Pollgate::start_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
             for probe in probes(c) {
                 let path = s(&probe["httpGet"]["path"]);

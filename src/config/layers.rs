@@ -6,6 +6,7 @@ use clap::ArgMatches;
 use toml::Value;
 
 use super::cli::flag_names;
+use super::files::{read_secret_files, FileFindings, SECRET_FILES};
 use super::keys::{key_index, Key, CONFIG_ENV, ENV_PREFIX, KEYS};
 use super::parse::unknown;
 use super::{default_node_id, Config};
@@ -17,13 +18,15 @@ struct Raw {
     from: String,
 }
 
-/// The config the layers give, with every bad name and value in `errs`,
-/// and the keys an environment variable or a flag set (they beat the file).
+/// The config the layers give (secret files read), with every bad name and
+/// value in `errs`, and the keys an environment variable or a flag set
+/// (they beat the file).
 pub(super) fn layered(
     m: &ArgMatches,
     env: &[(String, String)],
-    errs: &mut Vec<String>,
+    found: &mut FileFindings,
 ) -> (Config, Vec<&'static str>) {
+    let errs = &mut found.errs;
     let mut raws: Vec<Option<Raw>> = vec![None; KEYS.len()];
     if let Some((path, from)) = config_path(m, env) {
         read_file(&path, &from, &mut raws, errs);
@@ -36,7 +39,29 @@ pub(super) fn layered(
         .filter(|(_, r)| r.as_ref().is_some_and(|r| !r.from.starts_with("file ")))
         .map(|(k, _)| k.name)
         .collect();
-    (build(&raws, errs), pinned)
+    let mut config = build(&raws, errs);
+    errs.extend(both_given(&raws));
+    let files = read_secret_files(&mut config);
+    found.errs.extend(files.errs);
+    found.warnings.extend(files.warnings);
+    (config, pinned)
+}
+
+/// A secret and its `_file` key both set, in any layers: an error, not a
+/// precedence rule, since either way one of them would be silently unused
+/// (an old `POLLGATE_PUBLISH_TOKEN` left beside a new credential file).
+fn both_given(raws: &[Option<Raw>]) -> Vec<String> {
+    let from = |name: &str| key_index(name).and_then(|i| raws[i].as_ref().map(|r| &r.from));
+    SECRET_FILES
+        .iter()
+        .filter_map(|f| {
+            let (key, file) = (from(f.key)?, from(f.file_key)?);
+            Some(format!(
+                "{} (from {key}) and {} (from {file}) are both given: give one",
+                f.key, f.file_key
+            ))
+        })
+        .collect()
 }
 
 /// Parses each key's winning text into a config, starting from the default.

@@ -28,6 +28,7 @@
 //!    (`tests/deploy.rs` requires every key there).
 
 mod cli;
+mod files;
 mod keys;
 mod layers;
 mod parse;
@@ -39,6 +40,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use files::{has_secret_files, read_secret_files, FileFindings};
 pub use keys::{changed_keys, to_toml, REDACTED};
 pub use parse::{check_redis_url, MAX_STREAM_NAME};
 
@@ -63,9 +65,19 @@ pub struct Config {
     /// Unset: admin refused. Several: any of them is accepted, so it
     /// rotates like `publish_token` (reloadable).
     pub admin_token: Vec<String>,
+    /// Unset. Files holding `publish_token` / `admin_token` values, one per
+    /// line, instead of the key itself: a systemd credential or a mounted
+    /// Kubernetes Secret, kept out of the config and the environment, and
+    /// re-read by a reload and every second, so a token rotates without a
+    /// restart (the kubelet updates a mounted Secret without signalling).
+    pub publish_token_file: Option<PathBuf>,
+    /// Unset. As `publish_token_file`, for `admin_token`.
+    pub admin_token_file: Option<PathBuf>,
     /// None. HS256 secrets the app signs public-listener tokens with; any
     /// listed one verifies, so a secret rotates by listing old and new.
     pub auth_jwt_secret: Vec<String>,
+    /// Unset. As `publish_token_file`, for `auth_jwt_secret`.
+    pub auth_jwt_secret_file: Option<PathBuf>,
     /// Unset. JWKS file of public keys (RS256, ES256, EdDSA); re-read when it
     /// changes or on SIGHUP. With a secret or this, a poll is answered from
     /// memory only for a token covering its key, and push needs one.
@@ -91,6 +103,8 @@ pub struct Config {
     /// verifies, so a key rotates across replicas with two reloads and no
     /// moment in which one replica refuses another (reloadable).
     pub cluster_key: Vec<String>,
+    /// Unset. As `publish_token_file`, for `cluster_key` (the first line signs).
+    pub cluster_key_file: Option<PathBuf>,
     /// `false`. Allows `peer` without `cluster_key` (unauthenticated gossip);
     /// must be said explicitly so nobody runs an open cluster by accident.
     pub insecure_cluster: bool,
@@ -184,8 +198,14 @@ pub struct Config {
 
     /// Unset: no Redis feed. `redis://[:password@]host:port/db`, `rediss://`
     /// for TLS: where the app (or anything) writes version changes once for
-    /// every pollgate to read.
+    /// every pollgate to read. A reload that changes it (a rotated password)
+    /// has the readers reconnect with it; turning the feed on or off needs a
+    /// restart (reloadable).
     pub redis_url: Option<String>,
+    /// Unset. A file holding the `redis_url`, so its password stays out of
+    /// the config and the environment; re-read like `publish_token_file`, so
+    /// a rotated password needs no restart (the feed reconnects with it).
+    pub redis_url_file: Option<PathBuf>,
     /// None. PUB/SUB channels; a message is a publish body. Lossy.
     pub redis_channel: Vec<String>,
     /// None. Streams read from the last applied ID (kept in the snapshot).
@@ -214,7 +234,10 @@ impl Default for Config {
             version_header: http::HeaderName::from_static("x-pollgate-version"),
             publish_token: Vec::new(),
             admin_token: Vec::new(),
+            publish_token_file: None,
+            admin_token_file: None,
             auth_jwt_secret: Vec::new(),
+            auth_jwt_secret_file: None,
             auth_jwks: None,
             auth_audience: None,
             auth_cookie: "pollgate_token".to_string(),
@@ -224,6 +247,7 @@ impl Default for Config {
             peer: Vec::new(),
             node_id: default_node_id(8081),
             cluster_key: Vec::new(),
+            cluster_key_file: None,
             insecure_cluster: false,
             data_dir: None,
             snapshot_interval: Duration::from_secs(5),
@@ -257,6 +281,7 @@ impl Default for Config {
             max_keys_per_watch: 100,
             wait_max_timeout: Duration::from_secs(60),
             redis_url: None,
+            redis_url_file: None,
             redis_channel: Vec::new(),
             redis_stream: Vec::new(),
             redis_stream_complete: false,
@@ -304,6 +329,9 @@ pub struct Cli {
     /// Keys set by an environment variable or a flag: they beat the file,
     /// so a reload (which can only re-read the file) never changes them.
     pub pinned: Vec<&'static str>,
+    /// Worth saying but not refusing (a world-readable secret file): logged
+    /// once logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// Why `load` did not produce a config.
@@ -330,8 +358,13 @@ fn load_inner(
     env: &[(String, String)],
     check_routes: bool,
 ) -> Result<Cli, LoadError> {
-    let (matches, mut errs) = cli::parse_args(args)?;
-    let (config, pinned) = layers::layered(&matches, env, &mut errs);
+    let (matches, errs) = cli::parse_args(args)?;
+    let mut found = FileFindings {
+        errs,
+        warnings: Vec::new(),
+    };
+    let (config, pinned) = layers::layered(&matches, env, &mut found);
+    let mut errs = found.errs;
     errs.extend(config.validate_fields());
     if check_routes {
         errs.extend(config.validate_routes());
@@ -341,6 +374,7 @@ fn load_inner(
             config,
             print_config: matches.get_flag("print_config"),
             pinned,
+            warnings: found.warnings,
         }),
         false => Err(LoadError::Invalid(errs)),
     }
@@ -367,7 +401,12 @@ impl Config {
             self.upstream_timeout
                 .is_zero()
                 .then(|| "upstream_timeout: must be longer than 0s".into()),
-            (!self.peer.is_empty() && self.cluster_key.is_empty() && !self.insecure_cluster)
+            // A `_file` key counts as set: when its file is broken, that
+            // error is the one to read, not "unset" after it.
+            (!self.peer.is_empty()
+                && self.cluster_key.is_empty()
+                && self.cluster_key_file.is_none()
+                && !self.insecure_cluster)
                 .then(|| PEER_WITHOUT_KEY.into()),
             (self.ghost_timeout <= self.heartbeat_interval).then(|| GHOST_TOO_SHORT.into()),
             self.auth_jwks
@@ -401,7 +440,8 @@ impl Config {
     /// `redis_url` and something to read come together.
     fn redis_feed_mismatch(&self) -> Option<String> {
         let reads = !(self.redis_channel.is_empty() && self.redis_stream.is_empty());
-        match (self.redis_url.is_some(), reads) {
+        let url_given = self.redis_url.is_some() || self.redis_url_file.is_some();
+        match (url_given, reads) {
             (true, false) => {
                 Some("redis_url set but no redis_channel or redis_stream: nothing to read".into())
             }
@@ -410,6 +450,7 @@ impl Config {
                 Some("redis_stream_complete needs at least one redis_stream".into())
             }
             _ => (self.redis_tls_ca.is_some()
+                && (self.redis_url.is_some() || self.redis_url_file.is_none())
                 && !self
                     .redis_url
                     .as_deref()

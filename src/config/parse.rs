@@ -316,6 +316,20 @@ pub(super) fn redacted_all(secrets: &[String]) -> Option<Value> {
         .flatten()
 }
 
+/// A path key: its text, or unset.
+pub(super) fn path_text(path: &Option<std::path::PathBuf>) -> Option<Value> {
+    path.as_ref().and_then(|p| text(p.display()))
+}
+
+/// A secret read from its `_file` key is shown as unset: the file key is
+/// printed instead, so the output loads again without "both given".
+pub(super) fn unless_file(
+    file: &Option<std::path::PathBuf>,
+    shown: Option<Value>,
+) -> Option<Value> {
+    file.is_none().then_some(shown).flatten()
+}
+
 /// HS256 needs a key at least as long as its output to be worth its name.
 pub(super) fn jwt_secret(s: &str) -> Result<String, String> {
     let s = secret(s)?;

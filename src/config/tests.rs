@@ -602,3 +602,131 @@ fn flags_and_env_pin_keys_the_file_cannot_change() {
     assert_eq!(cli.pinned, ["upstream", "admin_token"]);
     assert!(run(&[], &[]).unwrap().pinned.is_empty());
 }
+
+/// A secret file with `mode` in a fresh temp dir (kept alive by the handle).
+fn secret_file(text: &str, mode: u32) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+#[test]
+fn a_secret_file_gives_one_value_per_line() {
+    let (_d, tokens) = secret_file("new-token\r\n\nold-token\n", 0o600);
+    let (_e, key) = secret_file("k3y\n", 0o400);
+    let env = [("POLLGATE_CLUSTER_KEY_FILE", key.as_str())];
+    let cli = run(&["--publish-token-file", &tokens], &env).unwrap();
+    assert_eq!(cli.config.publish_token, ["new-token", "old-token"]);
+    assert_eq!(cli.config.cluster_key, ["k3y"]);
+    assert!(cli.warnings.is_empty(), "{:?}", cli.warnings);
+    // The file key from the config file too.
+    let (_f, secret) = secret_file(&format!("{}\n", "s".repeat(32)), 0o640);
+    let toml = TempToml::new(&format!("auth_jwt_secret_file = {secret:?}\n"));
+    let c = ok(&["--config", toml.path()], &[]);
+    assert_eq!(c.auth_jwt_secret, ["s".repeat(32)]);
+}
+
+#[test]
+fn print_config_shows_the_file_not_the_secret_and_loads_again() {
+    let (_d, tokens) = secret_file("s3cret-p\n", 0o600);
+    let cli = run(&["--publish-token-file", &tokens], &[]).unwrap();
+    let out = to_toml(&cli.config);
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(
+        out.contains(&format!("publish_token_file = {tokens:?}")),
+        "{out}"
+    );
+    assert!(out.contains("# publish_token is unset"), "{out}");
+    let file = TempToml::new(&out);
+    assert_eq!(ok(&["--config", file.path()], &[]), cli.config);
+}
+
+#[test]
+fn a_broken_secret_file_is_an_error_naming_key_and_path() {
+    let (_d, empty) = secret_file("\n\r\n", 0o600);
+    one_error(
+        &["--admin-token-file", &empty],
+        &[],
+        &["admin_token_file", &empty, "empty"],
+    );
+    let missing = format!("{empty}-gone");
+    one_error(
+        &["--cluster-key-file", &missing],
+        &[],
+        &["cluster_key_file", &missing, "cannot read"],
+    );
+    let (_e, spaced) = secret_file("good\nbad token\n", 0o600);
+    let e = errs(&["--publish-token-file", &spaced], &[]);
+    assert!(e.len() == 1 && e[0].contains("line 2 of"), "{e:?}");
+    assert!(
+        !e[0].contains("bad token"),
+        "a secret is never echoed: {e:?}"
+    );
+    let (_f, short) = secret_file("too-short\n", 0o600);
+    one_error(
+        &["--auth-jwt-secret-file", &short],
+        &[],
+        &["auth_jwt_secret_file", "32 bytes"],
+    );
+    let dir = empty.rsplit_once('/').unwrap().0.to_string();
+    one_error(
+        &["--admin-token-file", &dir],
+        &[],
+        &["admin_token_file", "not a regular file"],
+    );
+    let (_h, big) = secret_file(&"t\n".repeat(40 << 10), 0o600);
+    one_error(
+        &["--publish-token-file", &big],
+        &[],
+        &["publish_token_file", "larger than 64KiB"],
+    );
+    let (_g, two) = secret_file("redis://:a@h:1/0\nredis://:b@h:1/0\n", 0o600);
+    one_error(
+        &["--redis-url-file", &two, "--redis-channel", "c"],
+        &[],
+        &["redis_url_file", "2 lines"],
+    );
+}
+
+#[test]
+fn a_world_writable_secret_file_is_refused_a_readable_one_warned_about() {
+    let (_d, writable) = secret_file("t\n", 0o662);
+    one_error(
+        &["--publish-token-file", &writable],
+        &[],
+        &["publish_token_file", &writable, "writable by every user"],
+    );
+    let (_e, readable) = secret_file("t\n", 0o644);
+    let cli = run(&["--publish-token-file", &readable], &[]).unwrap();
+    assert_eq!(cli.config.publish_token, ["t"]);
+    assert!(
+        cli.warnings.len() == 1
+            && cli.warnings[0].contains("publish_token_file")
+            && cli.warnings[0].contains("readable by every user"),
+        "{:?}",
+        cli.warnings
+    );
+}
+
+#[test]
+fn a_secret_and_its_file_both_given_is_an_error() {
+    let (_d, tokens) = secret_file("t\n", 0o600);
+    let env = [("POLLGATE_PUBLISH_TOKEN", "t")];
+    one_error(
+        &["--publish-token-file", &tokens],
+        &env,
+        &[
+            "publish_token (from POLLGATE_PUBLISH_TOKEN)",
+            "publish_token_file (from --publish-token-file)",
+            "both given",
+        ],
+    );
+    let (_e, url) = secret_file("redis://h:1/0\n", 0o600);
+    let toml = TempToml::new("redis_url = \"redis://h:1/0\"\nredis_channel = [\"c\"]\n");
+    let e = errs(&["--config", toml.path(), "--redis-url-file", &url], &[]);
+    assert!(e.len() == 1 && e[0].contains("both given"), "{e:?}");
+}
