@@ -4,7 +4,8 @@
 //!
 //! What changes live ([`LIVE_KEYS`]): the internal listener's tokens, poll
 //! routes, upstreams, per-client limits, the log filter, `cluster_key`, how
-//! public-listener tokens are verified, and CORS origins. Open connections
+//! public-listener tokens are verified, CORS origins and `redis_url` (the
+//! Redis readers reconnect with it), each also through its `_file` key. Open connections
 //! keep going: a push stream stays open (its token was checked when it
 //! opened and it still ends at the token's `exp`), a keep-alive client's
 //! remembered token is verified again under the new keys. Every other key
@@ -70,7 +71,7 @@ impl Secrets {
 }
 
 /// Keys a reload applies (some only in the cases [`live_now`] allows).
-pub const LIVE_KEYS: [&str; 17] = [
+pub const LIVE_KEYS: [&str; 19] = [
     "publish_token",
     "publish_token_file",
     "admin_token",
@@ -88,6 +89,8 @@ pub const LIVE_KEYS: [&str; 17] = [
     "auth_jwks",
     "auth_audience",
     "cors_origins",
+    "redis_url",
+    "redis_url_file",
 ];
 
 /// What a reload did.
@@ -262,6 +265,9 @@ pub fn live_now(
         "auth_jwt_secret" | "auth_jwt_secret_file" | "auth_jwks" | "auth_audience" if auth_on(start) != auth_on(new) => Err(
             "turning authorization on or off needs a restart: open push streams and remembered tokens were admitted under the other rule",
         ),
+        "redis_url" | "redis_url_file" if start.redis_url.is_none() || new.redis_url.is_none() => Err(
+            "the Redis feed is started (or not) at start: turning it on or off needs a restart",
+        ),
         "log_level" if rust_log => Err("RUST_LOG is set and wins over log_level"),
         "log_level" if LOG_FILTER.get().is_none() => Err("no reloadable log filter in this process"),
         k if LIVE_KEYS.contains(&k) => Ok(()),
@@ -289,7 +295,7 @@ pub fn why_restart(key: &str) -> &'static str {
         "auth_cookie" => "the cookie name is the browser clients' contract, fixed at start",
         "peer" | "node_id" | "insecure_cluster" => "cluster membership is set up at start",
         "data_dir" | "snapshot_interval" => "the snapshot task is started with it",
-        "redis_url" | "redis_url_file" | "redis_channel" | "redis_stream" | "redis_stream_complete" | "redis_tls_ca" => {
+        "redis_channel" | "redis_stream" | "redis_stream_complete" | "redis_tls_ca" => {
             "the Redis feed connects and subscribes at start"
         }
         "log_format" => "the log output is set up once, at start",
@@ -494,5 +500,43 @@ mod tests {
             "RUST_LOG wins"
         );
         assert!(live_now("listen", &off, &off, false).is_err());
+        let old = with(|c| c.redis_url = Some("redis://:a@h/0".into()));
+        let new = with(|c| c.redis_url = Some("redis://:b@h/0".into()));
+        assert!(live_now("redis_url", &old, &new, false).is_ok());
+        assert!(live_now("redis_url_file", &old, &new, false).is_ok());
+        assert!(live_now("redis_url", &off, &new, false).is_err(), "feed on");
+        assert!(
+            live_now("redis_url", &old, &off, false).is_err(),
+            "feed off"
+        );
+    }
+
+    #[test]
+    fn secret_files_are_refreshed_all_or_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (tokens, admin) = (dir.path().join("tokens"), dir.path().join("admin"));
+        let put = |f: &std::path::Path, text: &str| {
+            std::fs::write(f, text).unwrap();
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        put(&tokens, "a\n");
+        put(&admin, "x\n");
+        let file = dir.path().join("pg.toml");
+        let toml = format!("publish_token_file = {tokens:?}\nadmin_token_file = {admin:?}\n");
+        std::fs::write(&file, toml).unwrap();
+        let live = Live::new(&loaded(&file));
+        assert_eq!(live.refresh_files(nothing).unwrap(), None, "unchanged");
+        put(&tokens, "b\na\n");
+        let applied = live.refresh_files(nothing).unwrap().unwrap();
+        assert_eq!(applied.changed, ["publish_token"]);
+        assert_eq!(live.secrets().publish, ["b", "a"]);
+        // One broken file: the other's change waits too.
+        put(&tokens, "");
+        put(&admin, "y\n");
+        let err = live.refresh_files(nothing).unwrap_err().to_string();
+        assert!(err.contains("publish_token_file"), "{err}");
+        assert_eq!(live.secrets().admin, ["x"]);
+        assert_eq!(live.secrets().publish, ["b", "a"]);
     }
 }

@@ -75,6 +75,9 @@ pub struct State {
     pub cluster: Cluster,
     /// Flips to true when shutdown starts: connections finish, streams close.
     pub shutdown: watch::Sender<bool>,
+    /// The running `redis_url`: a reload that changes it (a rotated
+    /// password) makes the Redis readers reconnect with the new one.
+    pub redis_url: watch::Sender<Option<String>>,
     /// The config a reload compares with, and the internal listener's
     /// tokens (read per request, swapped whole).
     pub live: crate::reload::Live,
@@ -100,6 +103,7 @@ impl State {
             hub: Hub::new(&cfg),
             auth,
             shutdown: watch::Sender::new(false),
+            redis_url: watch::Sender::new(cfg.redis_url.clone()),
             metrics,
             cfg,
         }))
@@ -182,6 +186,9 @@ impl State {
         }
         self.upstream.reload(new);
         self.cluster.set_keys(&new.cluster_key);
+        if has("redis_url") {
+            self.redis_url.send_replace(new.redis_url.clone());
+        }
         Ok(())
     }
 }

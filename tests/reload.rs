@@ -203,7 +203,8 @@ async fn keys_that_cannot_change_live_are_named() {
     assert_eq!(v["changed"], serde_json::json!([]));
     // Set by a flag: the file cannot change it, and the answer says so.
     assert_eq!(v["pinned"], serde_json::json!(["upstream"]), "{body}");
-    assert!(logged(&pg, "restart_needed"));
+    // The log line is read from stderr by another thread: it may trail the answer.
+    assert!(eventually(WAIT, || async { logged(&pg, "restart_needed") }).await);
     // Reload is an admin action.
     let (s, _, _) = send("POST", &pg.internal_url("/v1/reload"), &[], vec![]).await;
     assert_eq!(s, 401);

@@ -185,7 +185,8 @@ async fn a_file_updated_without_a_signal_is_picked_up() {
     write_secret(&files.publish, &["new-token"]);
     assert!(eventually(WAIT, || accepted(&pg, "new-token")).await);
     assert_eq!(publish(&pg, "old-token", "k 2\n").await, 401);
-    assert!(logged(&pg, "a secret file changed"));
+    // Logged once applied, and read from stderr by another thread.
+    assert!(eventually(WAIT, || async { logged(&pg, "a secret file changed") }).await);
 }
 
 #[tokio::test]
@@ -320,8 +321,13 @@ async fn a_world_readable_secret_file_starts_with_a_warning() {
         "127.0.0.1:0",
         "--publish-token-file",
         path,
+        "--admin-token",
+        "admin",
     ]);
     assert!(accepted(&pg, "pub").await);
+    let (status, body) = reload(&pg, "admin").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("readable by every user"), "{body}");
     let warned =
         pg.log.lock().iter().any(|l| {
             l.contains("WARN") && l.contains(path) && l.contains("readable by every user")

@@ -141,4 +141,5 @@ Sizes: 512 (bytes), 1KB (1000), 16KiB (16384), 1MiB; units B, KB, KiB, MB, MiB,
 GB, GiB in any case. Booleans: true/false, yes/no, on/off, 1/0.
 
 --print-config never prints secrets (tokens, cluster_key): it shows \"<set>\",
-which is refused when loaded again, so put the real values back before reuse.";
+which is refused when loaded again, so put the real values back before reuse.
+A secret from a *_file key (--publish-token-file) is printed as that path.";

@@ -80,10 +80,10 @@ fn read_into(
     warnings: &mut Vec<String>,
 ) -> Result<(), String> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     if let Some(w) = permissions(path)? {
         warnings.push(format!("{}: {shown} {w}", f.file_key));
     }
+    let text = read_small(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     let lines = secret_lines(&text);
     let key = &KEYS[key_index(f.key).expect("a secret file stands for a key")];
     match lines.len() {
@@ -103,6 +103,23 @@ fn read_into(
     })
 }
 
+/// Largest secret file read: a few keys or URLs fit many times over, and a
+/// path mistaken for a secret (a log, a disk image) is refused, not loaded.
+const MAX_SECRET_FILE: u64 = 64 << 10;
+
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let file = std::fs::File::open(path)?;
+    file.take(MAX_SECRET_FILE + 1).read_to_string(&mut text)?;
+    match text.len() as u64 > MAX_SECRET_FILE {
+        true => Err(std::io::Error::other(
+            "larger than 64KiB: not a secret file",
+        )),
+        false => Ok(text),
+    }
+}
+
 /// One value per non-empty line; a line's trailing CR (a file written on
 /// Windows) is not part of it.
 fn secret_lines(text: &str) -> Vec<String> {
@@ -119,11 +136,15 @@ fn secret_lines(text: &str) -> Vec<String> {
 /// secret `0444` by default, where the mount's own directories keep other
 /// users out, so refusing them would refuse the two most common ways a
 /// secret file arrives, and push operators back to environment variables.
+/// Checked before reading: only a regular file is read (a FIFO would block
+/// the periodic check for good).
 fn permissions(path: &Path) -> Result<Option<String>, String> {
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .permissions()
-        .mode();
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mode = meta.permissions().mode();
     if mode & 0o002 != 0 {
         return Err(format!(
             "{} is writable by every user (mode {:04o}): anyone could choose the secret; chmod o-w it",

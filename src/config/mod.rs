@@ -198,11 +198,13 @@ pub struct Config {
 
     /// Unset: no Redis feed. `redis://[:password@]host:port/db`, `rediss://`
     /// for TLS: where the app (or anything) writes version changes once for
-    /// every pollgate to read.
+    /// every pollgate to read. A reload that changes it (a rotated password)
+    /// has the readers reconnect with it; turning the feed on or off needs a
+    /// restart (reloadable).
     pub redis_url: Option<String>,
     /// Unset. A file holding the `redis_url`, so its password stays out of
-    /// the config and the environment. Read at start (and by a reload, which
-    /// names a changed URL as needing a restart: the feed connects once).
+    /// the config and the environment; re-read like `publish_token_file`, so
+    /// a rotated password needs no restart (the feed reconnects with it).
     pub redis_url_file: Option<PathBuf>,
     /// None. PUB/SUB channels; a message is a publish body. Lossy.
     pub redis_channel: Vec<String>,

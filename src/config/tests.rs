@@ -672,6 +672,18 @@ fn a_broken_secret_file_is_an_error_naming_key_and_path() {
         &[],
         &["auth_jwt_secret_file", "32 bytes"],
     );
+    let dir = empty.rsplit_once('/').unwrap().0.to_string();
+    one_error(
+        &["--admin-token-file", &dir],
+        &[],
+        &["admin_token_file", "not a regular file"],
+    );
+    let (_h, big) = secret_file(&"t\n".repeat(40 << 10), 0o600);
+    one_error(
+        &["--publish-token-file", &big],
+        &[],
+        &["publish_token_file", "larger than 64KiB"],
+    );
     let (_g, two) = secret_file("redis://:a@h:1/0\nredis://:b@h:1/0\n", 0o600);
     one_error(
         &["--redis-url-file", &two, "--redis-channel", "c"],

@@ -52,12 +52,16 @@ test("pollgate SIGKILLed and restarted under 12 contexts: spread reconnects, one
   const perWindow = new Map();
   firsts.forEach((ms) => perWindow.set(Math.floor(ms / 250), (perWindow.get(Math.floor(ms / 250)) || 0) + 1));
   assert.ok(Math.max(...perWindow.values()) <= N / 2, `first attempts per 250 ms: ${[...perWindow.values()]}`);
-  // Backoff: while down (3 s) a context can take at most one attempt per step
-  // (ceilings 1, 2, 4 s after the server's 1–5 s hint): never more than 3.
+  // Backoff: while down (~3 s) no context retries in a tight loop. The first
+  // attempt waits for the server's 1–5 s `retry:` hint, then full jitter
+  // below ceilings of 2, 4, 8 s: four attempts in 3 s happen (~0.3 % of
+  // contexts, so ~3 % of runs: an earlier bound of 3 flaked), six have odds
+  // of ~1e-5 per context even if the outage stretches to 4 s under load.
+  // A client without backoff would make dozens.
   const downMs = backAt - killedAt;
   for (const [c, times] of byCtx) {
     const whileDown = times.filter((ms) => ms < downMs).length;
-    assert.ok(whileDown <= 3, `context c${c}: ${whileDown} attempts in ${Math.round(downMs)} ms down`);
+    assert.ok(whileDown <= 5, `context c${c}: ${whileDown} attempts in ${Math.round(downMs)} ms down`);
   }
   await screenshot(pages[0], "reconnect-after-crash");
 });

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::stats::{Source, Stats};
+use super::Target;
 use crate::state::State;
 
 /// Connecting (TCP, TLS, AUTH, SUBSCRIBE) longer than this is a failure.
@@ -21,27 +22,32 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 
 pub struct Reader {
     pub state: Arc<State>,
-    pub client: redis::Client,
+    pub target: Target,
     pub channels: Vec<String>,
     pub stats: Arc<Stats>,
 }
 
 impl Reader {
     /// Subscribes, applies messages until the connection drops, then waits a
-    /// backoff step and starts over; returns when `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// backoff step and starts over (at once when a reload changed
+    /// `redis_url`); returns when `stop` turns true.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
+            let mut new_url = false;
             match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
                 Ok(Ok((sink, stream))) => {
                     backoff.reset();
                     self.stats.set_connected(Source::Channel, true);
                     tracing::info!(channels = ?self.channels, "Redis channels subscribed");
-                    self.serve(sink, stream, &mut stop).await;
+                    new_url = self.serve(sink, stream, &mut stop).await;
                     self.stats.set_connected(Source::Channel, false);
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "Redis subscribe failed; retrying"),
                 Err(_) => tracing::warn!("Redis subscribe timed out; retrying"),
+            }
+            if new_url {
+                continue;
             }
             let wait = backoff.next_delay();
             tokio::select! {
@@ -51,21 +57,27 @@ impl Reader {
         }
     }
 
-    async fn connect(&self) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
-        let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
-        sink.subscribe(&self.channels).await?;
+    async fn connect(&mut self) -> Result<(PubSubSink, PubSubStream), String> {
+        let client = self.target.client()?;
+        let pubsub = client.get_async_pubsub().await;
+        let (mut sink, stream) = pubsub.map_err(|e| e.to_string())?.split();
+        sink.subscribe(&self.channels)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((sink, stream))
     }
 
-    /// Until the connection ends, a ping fails or `stop` turns true.
+    /// Until the connection ends, a ping fails, `stop` turns true or a
+    /// reload changes `redis_url` (then `true`: reconnect at once).
     async fn serve(
         &self,
         mut sink: PubSubSink,
         mut stream: PubSubStream,
         stop: &mut watch::Receiver<bool>,
-    ) {
+    ) -> bool {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let mut target = self.target.clone();
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
@@ -78,9 +90,14 @@ impl Reader {
                         break tracing::warn!("Redis channel connection stopped answering; reconnecting");
                     }
                 }
+                _ = target.changed() => {
+                    tracing::info!("redis_url changed: Redis channels reconnect with it");
+                    return true;
+                }
                 _ = stop.changed() => break,
             }
         }
+        false
     }
 
     fn apply(&self, channel: &str, body: &[u8]) {

@@ -95,9 +95,7 @@ impl RedisHandle {
         if let (true, Some(url)) = (settings.enabled(), settings.url.as_deref()) {
             stats.register(state);
             match client(url, settings.tls_ca.as_deref()) {
-                Ok(client) => {
-                    tasks = start_readers(state, settings, client, &stats, positions, &stop)
-                }
+                Ok(_) => tasks = start_readers(state, settings, &stats, positions, &stop),
                 Err(e) => tracing::error!(error = %e, "redis_url unusable; Redis feed off"),
             }
         }
@@ -117,26 +115,61 @@ impl RedisHandle {
 fn start_readers(
     state: &Arc<State>,
     settings: &Settings,
-    client: redis::Client,
     stats: &Arc<Stats>,
     positions: Arc<Positions>,
     stop: &watch::Sender<bool>,
 ) -> Vec<JoinHandle<()>> {
+    let target = Target {
+        urls: state.redis_url.subscribe(),
+        tls_ca: settings.tls_ca.clone(),
+    };
     let mut tasks = Vec::new();
     if !settings.channels.is_empty() {
         let r = channel::Reader {
             state: state.clone(),
-            client: client.clone(),
+            target: target.clone(),
             channels: settings.channels.clone(),
             stats: stats.clone(),
         };
         tasks.push(tokio::spawn(r.run(stop.subscribe())));
     }
     if !settings.streams.is_empty() {
-        let r = stream::Reader::new(state.clone(), client, settings, stats.clone(), positions);
+        let r = stream::Reader::new(state.clone(), target, settings, stats.clone(), positions);
         tasks.push(tokio::spawn(r.run(stop.subscribe())));
     }
     tasks
+}
+
+/// Where a reader connects: the running `redis_url`, which a reload may
+/// change (a rotated password), and the CA to verify it with.
+#[derive(Clone)]
+pub struct Target {
+    urls: watch::Receiver<Option<String>>,
+    tls_ca: Option<std::path::PathBuf>,
+}
+
+impl Target {
+    /// A client for the URL in force now (marked seen, so [`Target::changed`]
+    /// waits for the next one).
+    fn client(&mut self) -> Result<redis::Client, String> {
+        let url = self.urls.borrow_and_update().clone();
+        client(
+            url.as_deref().ok_or("redis_url unset")?,
+            self.tls_ca.as_deref(),
+        )
+    }
+
+    fn has_changed(&self) -> bool {
+        self.urls.has_changed().unwrap_or(false)
+    }
+
+    /// Resolves when a reload changes the URL; never once the process's
+    /// state (the sender) is gone: `stop` ends the reader then.
+    async fn changed(&mut self) {
+        if self.urls.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Parses a publish body (JSON when it starts with `[`, else lines) and, only

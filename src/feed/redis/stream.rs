@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::backoff::Backoff;
 use super::reply::{self, Entry, Info, StreamId};
 use super::stats::{Source, Stats};
-use super::Settings;
+use super::{Settings, Target};
 use crate::error::Error;
 use crate::route::{check_key, parse_version};
 use crate::snapshot::Positions;
@@ -39,7 +39,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(BLOCK_MS + 5000);
 
 pub struct Reader {
     state: Arc<State>,
-    client: redis::Client,
+    target: Target,
     streams: Vec<String>,
     stats: Arc<Stats>,
     positions: Arc<Positions>,
@@ -53,6 +53,13 @@ pub struct Reader {
     known: Vec<bool>,
 }
 
+/// Why [`Reader::follow`] returned without an error.
+enum Ended {
+    Stop,
+    /// A reload changed `redis_url`: reconnect with it.
+    NewUrl,
+}
+
 /// What one round read.
 #[derive(Default)]
 struct Round {
@@ -64,7 +71,7 @@ struct Round {
 impl Reader {
     pub fn new(
         state: Arc<State>,
-        client: redis::Client,
+        target: Target,
         s: &Settings,
         stats: Arc<Stats>,
         positions: Arc<Positions>,
@@ -80,13 +87,14 @@ impl Reader {
             streams: s.streams.clone(),
             complete: s.stream_complete,
             state,
-            client,
+            target,
             stats,
             positions,
         }
     }
 
-    /// Reads until `stop` turns true, reconnecting with backoff after errors.
+    /// Reads until `stop` turns true, reconnecting with backoff after errors
+    /// (and at once, from the last ID applied, when a reload changed `redis_url`).
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
@@ -97,7 +105,11 @@ impl Reader {
                     self.stats.set_connected(Source::Stream, false);
                     self.stats.set_caught_up(false);
                     match res {
-                        Ok(()) => return,
+                        Ok(Ended::Stop) => return,
+                        Ok(Ended::NewUrl) => {
+                            tracing::info!("redis_url changed: Redis streams reconnect with it");
+                            continue;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "Redis stream read failed; reconnecting")
                         }
@@ -112,23 +124,30 @@ impl Reader {
         }
     }
 
-    async fn connect(&self) -> RedisResult<MultiplexedConnection> {
+    async fn connect(&mut self) -> Result<MultiplexedConnection, String> {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        self.client
+        let client = self.target.client()?;
+        client
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
+            .map_err(|e| e.to_string())
     }
 
-    /// Rounds until an error (`Err`) or `stop` (`Ok`).
+    /// Rounds until an error (`Err`), `stop`, or a new `redis_url`.
     async fn follow(
         &mut self,
         conn: &mut MultiplexedConnection,
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
-    ) -> RedisResult<()> {
+    ) -> RedisResult<Ended> {
+        let mut target = self.target.clone();
         while !*stop.borrow() {
+            // A busy stream never waits below: look between rounds too.
+            if target.has_changed() {
+                return Ok(Ended::NewUrl);
+            }
             let issued = self.state.table.now_ms();
             let replies = self.read_round(conn).await?;
             backoff.reset();
@@ -146,11 +165,12 @@ impl Reader {
                 let wait = self.wait_cmd();
                 tokio::select! {
                     r = wait.query_async::<Value>(conn) => { r?; }
+                    _ = target.changed() => return Ok(Ended::NewUrl),
                     _ = stop.changed() => {}
                 }
             }
         }
-        Ok(())
+        Ok(Ended::Stop)
     }
 
     /// `MULTI; XINFO STREAM s…; XREAD COUNT n STREAMS s… id…; EXEC`.
