@@ -140,7 +140,8 @@ async fn a_publish_token_rotates_on_sighup_without_a_failed_publish() {
         Vec::new(),
         "no publish failed during the rotation"
     );
-    assert!(logged(&pg, "config reloaded"));
+    // The harness reads stderr on another thread: wait for the line.
+    assert!(eventually(WAIT, || async { logged(&pg, "config reloaded") }).await);
 }
 
 async fn accepted(pg: &Pollgate, token: &str) -> bool {
