@@ -2,19 +2,12 @@
 //! (publish, admin, gossip) bearer tokens compared in constant time, bodies
 //! bounded in size and time; on the public one, methods and Host screened.
 
-use std::net::SocketAddr;
-
 use http::{header, Method, Request, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
 use crate::error::Error;
-
-/// The local address an internal-listener connection was accepted on, as a
-/// request extension: gossip refuses frames sealed for another address.
-#[derive(Debug, Clone, Copy)]
-pub struct LocalAddr(pub SocketAddr);
 
 /// Bearer check in constant time against every accepted token (several
 /// during a rotation). None configured → 403 saying how to set one.

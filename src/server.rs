@@ -24,7 +24,6 @@ use tokio::time::Instant;
 use crate::auth::ConnCache;
 use crate::config::Config;
 use crate::heads::{Busy, Clock, Heads, Registry, Stop, Tracked};
-use crate::inbound::LocalAddr;
 use crate::public::Reply;
 use crate::push::raw::Opening;
 use crate::shutdown::stopping;
@@ -183,16 +182,13 @@ impl Accepted {
         let res = match self.side {
             Side::Public => match crate::public::intercept(&self.state, stream, &mut stop).await {
                 Some((stream, opening)) => {
-                    let conn = self.into_conn(None);
+                    let conn = self.into_conn();
                     conn.watched(accepted, &stop);
                     conn.public(stream, opening).await
                 }
                 None => return,
             },
-            Side::Internal => {
-                let local = stream.local_addr().ok().map(LocalAddr);
-                self.into_conn(local).internal(stream, stop).await
-            }
+            Side::Internal => self.into_conn().internal(stream, stop).await,
         };
         if let Err(e) = res {
             tracing::debug!(%remote, error = %e, "connection ended with an error");
@@ -200,14 +196,13 @@ impl Accepted {
     }
 
     /// Served by hyper from now on (a raw SSE watch never gets here).
-    fn into_conn(self, local: Option<LocalAddr>) -> Conn {
+    fn into_conn(self) -> Conn {
         Conn {
             builders: self.builders,
             state: self.state,
             remote: self.remote,
             side: self.side,
             clock: Arc::default(),
-            local,
         }
     }
 }
@@ -221,8 +216,6 @@ struct Conn {
     /// What [`Heads`] reads to time this connection's heads and tells it
     /// to stop by (public only; the internal listener's is never watched).
     clock: Arc<Clock>,
-    /// The internal listener's address, for handlers that check it (gossip).
-    local: Option<LocalAddr>,
 }
 
 impl Conn {
@@ -287,13 +280,10 @@ impl Conn {
     }
 
     /// The internal listener's requests are never hits: always a boxed future.
-    fn respond(&self, conn: &Arc<ConnCache>, mut req: Request<Incoming>) -> Answering {
+    fn respond(&self, conn: &Arc<ConnCache>, req: Request<Incoming>) -> Answering {
         let reply: Reply = match self.side {
             Side::Public => crate::public::respond(&self.state, self.remote, conn, req),
             Side::Internal => {
-                if let Some(l) = self.local {
-                    req.extensions_mut().insert(l);
-                }
                 let state = self.state.clone();
                 Either::Right(Box::pin(async move {
                     Ok(crate::internal::handle(&state, req).await)

@@ -185,7 +185,11 @@ impl State {
             auth.install(p);
         }
         self.upstream.reload(new);
-        self.cluster.set_keys(&new.cluster_key);
+        // Only when live: removing the last key is restart-only, and keys
+        // set to none would sign and verify with the empty key meanwhile.
+        if has("cluster_key") {
+            self.cluster.set_keys(&new.cluster_key);
+        }
         if has("redis_url") {
             self.redis_url.send_replace(new.redis_url.clone());
         }

@@ -5,12 +5,16 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{eventually, free_port, get, send, Pollgate, Upstream};
 use http::StatusCode;
 use pollgate::cluster::auth::{unix_ms, Auth};
 use pollgate::cluster::codec::{self, Item, Message, Request};
+use pollgate::config::default_node_id;
 
 const KEY: &str = "cluster-secret";
 const ADMIN: &str = "admin-secret";
@@ -138,7 +142,8 @@ fn push_frame(auth: &Auth, ts: u64, to: &Pollgate, key: &str, version: u64) -> V
             confirmed_ago_ms: Some(0),
         }]),
     };
-    auth.seal_request_at(ts, &to.internal.to_string(), &codec::encode_message(&msg))
+    let to = default_node_id(to.internal.port());
+    auth.seal_request_at(ts, &to, &codec::encode_message(&msg))
         .0
         .to_vec()
 }
@@ -338,4 +343,98 @@ async fn peers_without_a_cluster_key_are_a_startup_error() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster_key"), "{err}");
+}
+
+/// A plain TCP forwarder on 127.0.0.1:0, like a published container port, a
+/// Service VIP or a TCP proxy: whoever it forwards to sees the connection
+/// arrive on its own address, not on the one the sender dialed.
+struct Forwarder {
+    addr: SocketAddr,
+    target: Arc<OnceLock<SocketAddr>>,
+    /// Connections carried to the target.
+    carried: Arc<AtomicUsize>,
+    /// Owns the accept loop, which owns the connections (a `JoinSet`).
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn bind() -> Forwarder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (target, carried) = (Arc::new(OnceLock::new()), Arc::new(AtomicUsize::new(0)));
+        let (t, c) = (target.clone(), carried.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                // Before its target is known a connection is refused by
+                // closing it; the sender retries.
+                let Some(&to) = t.get() else { continue };
+                c.fetch_add(1, Ordering::Relaxed);
+                conns.spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Forwarder {
+            addr,
+            target,
+            carried,
+            task,
+        }
+    }
+
+    fn forward_to(&self, to: SocketAddr) {
+        self.target.set(to).unwrap();
+    }
+
+    fn carried(&self) -> usize {
+        self.carried.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Docker port mappings, a Service in front of each replica, a TCP proxy:
+/// the receiver sees another local address than the sender dialed. Frames
+/// are bound to the recipient's node_id, not its address, so gossip flows.
+#[tokio::test]
+async fn replicas_behind_a_tcp_forwarder_gossip() {
+    let up = Upstream::start().await;
+    let (to_a, to_b) = (Forwarder::bind().await, Forwarder::bind().await);
+    let peer = |f: &Forwarder| f.addr.to_string();
+    let a = Pollgate::start(&up.url(), &["--cluster-key", KEY, "--peer", &peer(&to_b)]);
+    let b = Pollgate::start(&up.url(), &["--cluster-key", KEY, "--peer", &peer(&to_a)]);
+    to_a.forward_to(a.internal);
+    to_b.forward_to(b.internal);
+    let formed = eventually(Duration::from_secs(10), || async {
+        for pg in [&a, &b] {
+            if !ready(pg).await || pg.metric("pollgate_cluster_peers_up").await < 1.0 {
+                return false;
+            }
+        }
+        true
+    });
+    assert!(
+        formed.await,
+        "never saw each other up through the forwarders"
+    );
+    assert_eq!(a.publish("via-a 3\n").await.0, StatusCode::OK);
+    assert_eq!(b.publish("via-b 4\n").await.0, StatusCode::OK);
+    for (pg, key, v) in [(&b, "via-a", 3), (&a, "via-b", 4)] {
+        let seen = eventually(Duration::from_secs(5), || async {
+            pg.version(key).await == Some(v)
+        });
+        assert!(seen.await, "{key} did not cross the forwarder");
+    }
+    assert!(to_a.carried() > 0 && to_b.carried() > 0);
+    for pg in [&a, &b] {
+        let refused = "pollgate_cluster_rejected_total{reason=\"bad_mac\"}";
+        assert_eq!(pg.metric(refused).await, 0.0);
+    }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pollgate::cluster::auth::Reject;
 use pollgate::cluster::transport::mem::{Faults, Network};
 use pollgate::config::Config;
 use pollgate::gossip::GossipHandle;
@@ -49,20 +50,25 @@ impl Sim {
     }
 
     fn spawn_with(&self, i: usize, key: &str, peer: Vec<String>) -> Node {
+        self.spawn_named(i, &self.names[i], key, peer)
+    }
+
+    /// A node at address `names[i]` whose node_id is `node_id`.
+    fn spawn_named(&self, i: usize, node_id: &str, key: &str, peer: Vec<String>) -> Node {
         let name = self.names[i].clone();
         let cfg = Config {
-            node_id: name.clone(),
+            node_id: node_id.into(),
             peer,
             cluster_key: vec![key.into()],
             ..Config::default()
         };
         let state = State::new(cfg).unwrap();
-        let (s, me) = (state.clone(), name.clone());
+        let s = state.clone();
         self.net.register(
             &name,
             Arc::new(move |frame| {
                 s.cluster
-                    .handle(&s.table, &s.tunables, frame, &me)
+                    .handle(&s.table, &s.tunables, frame)
                     .map_err(|r| r.to_string())
             }),
         );
@@ -347,6 +353,76 @@ async fn one_name_for_all_replicas_skips_self_and_follows_dns_changes() {
         Some(2),
         "the new replica gets versions from n0 while cut off from the others"
     );
+    sim.shutdown().await;
+}
+
+/// A peer address that reaches another replica from now on (a pod IP
+/// reused, a DNS name re-pointed): frames sealed for the old node_id are
+/// refused there, the senders learn the new one and gossip goes on.
+#[tokio::test(start_paused = true)]
+async fn an_address_that_now_reaches_another_replica_is_learned_again() {
+    let mut sim = Sim::new(3, 10);
+    sim.publish(0, "a", 1);
+    let mut want: HashMap<String, u64> = [("a".to_string(), 1)].into();
+    assert!(sim.converge(&all(3), &want, Duration::from_secs(5)).await);
+    sim.stop(2).await;
+    let peers = vec!["n0".to_string(), "n1".to_string()];
+    sim.nodes[2] = sim.spawn_named(2, "n2-renamed", KEY, peers);
+    sim.publish(0, "b", 2);
+    want.insert("b".into(), 2);
+    assert!(sim.converge(&all(3), &want, Duration::from_secs(5)).await);
+    // Long enough for a peer that kept sealing for "n2" to fail every probe
+    // of the health window and be down.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let misaddressed =
+        sim.nodes[2].state.cluster.metrics.rejected[Reject::Misaddressed as usize].get();
+    assert!(
+        misaddressed > 0,
+        "frames sealed for the old name were refused"
+    );
+    for i in 0..2 {
+        assert_eq!(
+            metric(&sim.nodes[i].state, "pollgate_cluster_peers_up"),
+            2.0
+        );
+    }
+    sim.shutdown().await;
+}
+
+/// Two replicas named alike would accept frames sealed for each other: an
+/// error both report (log, metric, not ready), until one is renamed.
+#[tokio::test(start_paused = true)]
+async fn replicas_sharing_a_node_id_refuse_each_other_until_renamed() {
+    let mut sim = Sim {
+        net: Network::new(11),
+        nodes: Vec::new(),
+        names: vec!["n0".into(), "n1".into()],
+    };
+    for (i, peer) in [(0, "n1"), (1, "n0")] {
+        let node = sim.spawn_named(i, "same", KEY, vec![peer.into()]);
+        sim.nodes.push(node);
+    }
+    sim.publish(0, "a", 1);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(sim.version(1, "a"), None, "nothing crosses a clash");
+    for n in &sim.nodes {
+        assert_eq!(metric(&n.state, "pollgate_cluster_node_id_clashes"), 1.0);
+        assert!(
+            !n.state.is_ready(),
+            "{}: a clash is not a lone replica",
+            n.name
+        );
+    }
+    sim.stop(1).await;
+    sim.nodes[1] = sim.spawn_named(1, "renamed", KEY, vec!["n0".into()]);
+    let want: HashMap<String, u64> = [("a".to_string(), 1)].into();
+    assert!(sim.converge(&all(2), &want, Duration::from_secs(5)).await);
+    // The clashing address is still probed: the rename is noticed, and the
+    // peer is up again after 3 good pulls (the health window).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let n0 = &sim.nodes[0].state;
+    assert_eq!(metric(n0, "pollgate_cluster_node_id_clashes"), 0.0);
+    assert_eq!(metric(n0, "pollgate_cluster_peers_up"), 1.0);
     sim.shutdown().await;
 }
 

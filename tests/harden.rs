@@ -10,13 +10,24 @@ use common::{get, send, Pollgate, Upstream};
 use http::StatusCode;
 use pollgate::cluster::auth::{unix_ms, Auth};
 use pollgate::cluster::codec::{self, ConfigFrame, Item, Message, Request};
+use pollgate::config::default_node_id;
 use pollgate::tunables::{Stamp, Tunables};
 
 const KEY: &str = "cluster-secret";
 const ADMIN: &str = "admin-secret";
 
+/// `pg`'s node_id: not set, so `hostname:<internal port>`.
+fn node_id(pg: &Pollgate) -> String {
+    default_node_id(pg.internal.port())
+}
+
 /// A deltas frame as a peer would build it for `to`, carrying `stamp` for the config.
 fn deltas(auth: &Auth, to: &Pollgate, key: &str, version: u64, stamp: Stamp) -> Vec<u8> {
+    deltas_for(auth, &node_id(to), key, version, stamp)
+}
+
+/// A deltas frame sealed for the replica named `to`.
+fn deltas_for(auth: &Auth, to: &str, key: &str, version: u64, stamp: Stamp) -> Vec<u8> {
     let mut values = Tunables::from_config(&Default::default()).get();
     values.max_age_ms = 0;
     let msg = Message {
@@ -29,8 +40,7 @@ fn deltas(auth: &Auth, to: &Pollgate, key: &str, version: u64, stamp: Stamp) -> 
         }]),
     };
     let body = codec::encode_message(&msg);
-    let to = to.internal.to_string();
-    auth.seal_request_at(unix_ms(), &to, &body).0.to_vec()
+    auth.seal_request_at(unix_ms(), to, &body).0.to_vec()
 }
 
 async fn post(pg: &Pollgate, path: &str, frame: Vec<u8>) -> StatusCode {
@@ -115,21 +125,29 @@ async fn a_frame_sealed_for_one_replica_is_refused_by_another() {
     let up = Upstream::start().await;
     let a = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
     let b = Pollgate::start(&up.url(), &["--cluster-key", KEY]);
-    let for_a = deltas(
-        &Auth::new(&[KEY.to_string()]),
-        &a,
-        "bound",
-        7,
-        Stamp::default(),
-    );
-    // Captured on its way to A and replayed to B inside the freshness window.
-    let s = post(&b, "/v1/cluster/deltas", for_a.clone()).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_eq!(b.version("bound").await, None);
-    let bad_mac = "pollgate_cluster_rejected_total{reason=\"bad_mac\"}";
-    assert_eq!(b.metric(bad_mac).await, 1.0);
+    let auth = Auth::new(&[KEY.to_string()]);
+    // A config stamp that would win everywhere: a frame used at all applies it.
+    let winning = || Stamp {
+        at_ms: unix_ms(),
+        node: "test-peer".into(),
+    };
+    let for_a = deltas(&auth, &a, "bound", 7, winning());
+    // Captured on its way to A and replayed to B inside the freshness window:
+    // B uses nothing in it (it answers with its identity, see the protocol).
+    post(&b, "/v1/cluster/deltas", for_a.clone()).await;
+    // An introduction (no recipient yet) is answered, never used either.
+    let unaddressed = deltas_for(&auth, "", "intro", 9, winning());
+    post(&b, "/v1/cluster/deltas", unaddressed).await;
+    for key in ["bound", "intro"] {
+        assert_eq!(b.version(key).await, None, "{key} was merged");
+    }
+    assert_ne!(config_of(&b).await["max_age_ms"], 0, "config applied");
+    let reason = |r: &str| format!("pollgate_cluster_rejected_total{{reason=\"{r}\"}}");
+    assert_eq!(b.metric(&reason("misaddressed")).await, 1.0);
+    assert_eq!(b.metric(&reason("bad_mac")).await, 0.0);
     assert_eq!(post(&a, "/v1/cluster/deltas", for_a).await, StatusCode::OK);
     assert_eq!(a.version("bound").await, Some(7));
+    assert_eq!(config_of(&a).await["max_age_ms"], 0);
 }
 
 // ---- 2. config stamps from the future are refused; admin PUT is bounded ----

@@ -140,7 +140,8 @@ async fn a_publish_token_rotates_on_sighup_without_a_failed_publish() {
         Vec::new(),
         "no publish failed during the rotation"
     );
-    assert!(logged(&pg, "config reloaded"));
+    // The harness reads stderr on another thread: wait for the line.
+    assert!(eventually(WAIT, || async { logged(&pg, "config reloaded") }).await);
 }
 
 async fn accepted(pg: &Pollgate, token: &str) -> bool {
@@ -457,4 +458,34 @@ async fn the_admin_token_rotates_through_its_own_reloads() {
     .unwrap();
     assert_eq!(reload_as(&pg, "next-admin").await, 200);
     assert_eq!(reload_as(&pg, ADMIN).await, 401, "the old one retired");
+}
+
+#[tokio::test]
+async fn removing_the_cluster_key_waits_for_a_restart_and_gossip_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (fa, fb) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    replica_config(&fa, pa, pb, &["k3y"]);
+    replica_config(&fb, pb, pa, &["k3y"]);
+    let (a, b) = (start_from_file(&fa), start_from_file(&fb));
+    // A's file drops the key (allowed with insecure_cluster): restart-only,
+    // so A must go on signing with the key B still checks.
+    let body = format!(
+        "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:{pa}\"\nupstream = [\"http://127.0.0.1:9\"]\n\
+         peer = [\"127.0.0.1:{pb}\"]\ninsecure_cluster = true\n"
+    );
+    write_config(&fa, &body);
+    let (status, answer) = reload(&a).await;
+    assert_eq!(status, 200, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(
+        v["restart_needed"]
+            .as_array()
+            .unwrap()
+            .contains(&"cluster_key".into()),
+        "{answer}"
+    );
+    assert_eq!(publish(&a, "p", "k 7\n").await, 200);
+    let crossed = eventually(WAIT, || async { version_at(&b, "k").await == Some(7) }).await;
+    assert!(crossed, "gossip from A refused after the reload");
 }

@@ -2,16 +2,17 @@
 //! and the body, a replay window, and a cache of recently seen MACs so a
 //! captured message cannot be played back inside the window either.
 //!
-//! Frame: `[ts_ms: u64 LE][nonce: u64][mac: 32][body]`. A request's MAC
-//! covers `ts ‖ nonce ‖ recipient ‖ body`, the recipient being the address
-//! the sender dialed, so a frame captured on its way to one replica is refused
-//! by every other; a reply's covers `ts ‖ nonce ‖ request MAC ‖ body`,
+//! Request: `[ts_ms: u64 LE][nonce: u64][mac: 32][len: u16 LE][to][body]`,
+//! its MAC covering `ts ‖ nonce ‖ len ‖ to ‖ body`; `to` is the recipient's
+//! `node_id` (empty while the sender does not know it), checked by the
+//! cluster, so a frame captured on its way to one replica is refused by every
+//! other whatever addresses and proxies lie between them. Reply:
+//! `[ts][nonce][mac][body]`, its MAC covering `ts ‖ nonce ‖ request MAC ‖ body`,
 //! binding the reply to the request it answers (an old reply cannot be
 //! replayed to a new pull). The random nonce keeps two honest messages with
 //! the same body in the same millisecond from looking like a replay.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -38,7 +39,7 @@ const SEEN_CAP: usize = 200_000;
 /// Why a frame was refused; the label of `pollgate_cluster_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
-    #[error("bad MAC (wrong cluster_key, or sealed for another replica's address)")]
+    #[error("bad MAC (wrong cluster_key, or tampered with)")]
     BadMac,
     #[error("timestamp older than the replay window")]
     Stale,
@@ -48,15 +49,19 @@ pub enum Reject {
     Replay,
     #[error("malformed message")]
     Malformed,
+    /// Checked by the cluster, which knows its `node_id`; counted here too.
+    #[error("addressed to another replica's node_id")]
+    Misaddressed,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 5] = [
+    pub const ALL: [Reject; 6] = [
         Reject::BadMac,
         Reject::Stale,
         Reject::Future,
         Reject::Replay,
         Reject::Malformed,
+        Reject::Misaddressed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -66,24 +71,30 @@ impl Reject {
             Reject::Future => "future",
             Reject::Replay => "replay",
             Reject::Malformed => "malformed",
+            Reject::Misaddressed => "misaddressed",
         }
     }
 }
 
-/// How a receiver names itself to [`Auth::open`]: the local address of the
-/// connection the frame arrived on, as the sender resolved and dialed it
-/// (an IPv4 peer reaching a dual-stack listener shows as `::ffff:a.b.c.d`).
-pub fn recipient(local: SocketAddr) -> String {
-    SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
+/// A request's recipient field, carried and MACed: length-prefixed, so no
+/// two names run together. Names longer than a u16 are cut (config keeps
+/// `node_id` far shorter).
+fn bound_to(recipient: &str) -> Vec<u8> {
+    let name = &recipient.as_bytes()[..recipient.len().min(usize::from(u16::MAX))];
+    let mut b = Vec::with_capacity(2 + name.len());
+    b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    b.extend_from_slice(name);
+    b
 }
 
-/// The MAC's recipient field: length-prefixed, so no two names run together.
-fn bound_to(recipient: &str) -> Vec<u8> {
-    let len = u16::try_from(recipient.len()).unwrap_or(u16::MAX);
-    let mut b = Vec::with_capacity(2 + recipient.len());
-    b.extend_from_slice(&len.to_le_bytes());
-    b.extend_from_slice(recipient.as_bytes());
-    b
+/// Bytes of a request's recipient field (length prefix included).
+fn bound_len(frame: &[u8]) -> Result<usize, Reject> {
+    let len = frame.get(HEAD..HEAD + 2).ok_or(Reject::Malformed)?;
+    let len = 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
+    match frame.len() >= HEAD + len {
+        true => Ok(len),
+        false => Err(Reject::Malformed),
+    }
 }
 
 pub use crate::clock::unix_ms;
@@ -104,9 +115,11 @@ struct Seen {
     order: VecDeque<(u64, [u8; MAC_LEN])>,
 }
 
-/// A verified request: its MAC (to bind the reply) and body.
+/// A verified request: its MAC (to bind the reply), recipient and body.
 pub struct Opened {
     pub mac: [u8; MAC_LEN],
+    /// The `node_id` the sender sealed it for; empty: it did not know ours.
+    pub to: Bytes,
     pub body: Bytes,
 }
 
@@ -126,36 +139,48 @@ impl Auth {
         self.macs.store(Arc::new(keyed(keys)));
     }
 
-    /// Frames a request body for the replica reached at `to` (the address
-    /// dialed). Returns the frame and its MAC (to check the reply).
+    /// Frames a request body for the replica whose `node_id` is `to` (empty
+    /// when unknown). Returns the frame and its MAC (to check the reply).
     pub fn seal(&self, to: &str, body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
         self.seal_request_at(unix_ms(), to, body)
     }
 
     /// [`Auth::seal`] with a given timestamp (tests forge old and future ones).
     pub fn seal_request_at(&self, ts: u64, to: &str, body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
-        self.seal_at(ts, &bound_to(to), body)
+        let to = bound_to(to);
+        self.seal_at(ts, &to, &to, body)
     }
 
     /// Frames a reply to the request whose MAC is `req_mac`.
     pub fn seal_reply(&self, req_mac: &[u8; MAC_LEN], body: &[u8]) -> Bytes {
-        self.seal_at(unix_ms(), req_mac, body).0
+        self.seal_at(unix_ms(), req_mac, &[], body).0
     }
 
-    fn seal_at(&self, ts: u64, bound: &[u8], body: &[u8]) -> (Bytes, [u8; MAC_LEN]) {
+    /// The frame: head, MAC over `bound`, then `carried` (what of `bound`
+    /// the receiver cannot know by itself) and the body.
+    fn seal_at(
+        &self,
+        ts: u64,
+        bound: &[u8],
+        carried: &[u8],
+        body: &[u8],
+    ) -> (Bytes, [u8; MAC_LEN]) {
         let nonce = fastrand::u64(..);
         let tag = self.tag(ts, nonce, bound, body);
-        let mut b = BytesMut::with_capacity(HEAD + body.len());
+        let mut b = BytesMut::with_capacity(HEAD + carried.len() + body.len());
         b.put_u64_le(ts);
         b.put_u64_le(nonce);
         b.put_slice(&tag);
+        b.put_slice(carried);
         b.put_slice(body);
         (b.freeze(), tag)
     }
 
-    /// Verifies a request frame sealed for `me`: MAC, window and not seen before.
-    pub fn open(&self, frame: Bytes, me: &str) -> Result<Opened, Reject> {
-        let (ts, mac) = self.verify(&frame, &bound_to(me))?;
+    /// Verifies a request frame: MAC, window and not seen before. Whom it
+    /// was sealed for is the caller's to check ([`Opened::to`]).
+    pub fn open(&self, frame: Bytes) -> Result<Opened, Reject> {
+        let to_end = HEAD + bound_len(&frame)?;
+        let (ts, mac) = self.verify(&frame, &frame[HEAD..to_end], to_end)?;
         let now = unix_ms();
         // Saturating: a forged `ts` near u64::MAX (insecure_cluster) must be
         // refused, not overflow.
@@ -168,18 +193,25 @@ impl Auth {
         self.first_sighting(ts, now, mac)?;
         Ok(Opened {
             mac,
-            body: frame.slice(HEAD..),
+            to: frame.slice(HEAD + 2..to_end),
+            body: frame.slice(to_end..),
         })
     }
 
     /// Verifies a reply to the request whose MAC is `req_mac`. The binding
     /// makes replay impossible, so no window or cache is needed.
     pub fn open_reply(&self, frame: Bytes, req_mac: &[u8; MAC_LEN]) -> Result<Bytes, Reject> {
-        self.verify(&frame, req_mac)?;
+        self.verify(&frame, req_mac, HEAD)?;
         Ok(frame.slice(HEAD..))
     }
 
-    fn verify(&self, frame: &[u8], bound: &[u8]) -> Result<(u64, [u8; MAC_LEN]), Reject> {
+    /// Checks the MAC over the head, `bound` and the body starting at `body_at`.
+    fn verify(
+        &self,
+        frame: &[u8],
+        bound: &[u8],
+        body_at: usize,
+    ) -> Result<(u64, [u8; MAC_LEN]), Reject> {
         if frame.len() < HEAD {
             return Err(Reject::Malformed);
         }
@@ -189,7 +221,7 @@ impl Auth {
             let mut m = mac.clone();
             m.update(&frame[..16]);
             m.update(bound);
-            m.update(&frame[HEAD..]);
+            m.update(&frame[body_at..]);
             // verify_slice compares in constant time.
             m.verify_slice(&given).is_ok()
         };
@@ -258,16 +290,13 @@ mod tests {
             (&both_old_first, &both_new_first),
             (&both_new_first, &new),
         ] {
-            assert!(b.open(a.seal("b", b"x").0, "b").is_ok());
-            assert!(a.open(b.seal("b", b"y").0, "b").is_ok());
+            assert!(b.open(a.seal("b", b"x").0).is_ok());
+            assert!(a.open(b.seal("b", b"y").0).is_ok());
         }
-        assert_eq!(
-            new.open(old.seal("b", b"z").0, "b").err(),
-            Some(Reject::BadMac)
-        );
+        assert_eq!(new.open(old.seal("b", b"z").0).err(), Some(Reject::BadMac));
         old.set_keys(&keys(&["new"]));
         assert!(
-            new.open(old.seal("b", b"w").0, "b").is_ok(),
+            new.open(old.seal("b", b"w").0).is_ok(),
             "set_keys took effect"
         );
     }
@@ -276,23 +305,23 @@ mod tests {
     fn sealed_frame_opens_once() {
         let a = Auth::new(&keys(&["k"]));
         let (frame, _) = a.seal("b", b"hello");
-        assert_eq!(&a.open(frame.clone(), "b").unwrap().body[..], b"hello");
-        assert_eq!(a.open(frame, "b").err(), Some(Reject::Replay));
+        assert_eq!(&a.open(frame.clone()).unwrap().body[..], b"hello");
+        assert_eq!(a.open(frame).err(), Some(Reject::Replay));
     }
 
     #[test]
     fn wrong_key_and_tampering_are_refused() {
         let (frame, _) = Auth::new(&keys(&["k1"])).seal("b", b"hello");
         assert_eq!(
-            Auth::new(&keys(&["k2"])).open(frame.clone(), "b").err(),
+            Auth::new(&keys(&["k2"])).open(frame.clone()).err(),
             Some(Reject::BadMac)
         );
         let mut t = frame.to_vec();
         *t.last_mut().unwrap() ^= 1;
         let a = Auth::new(&keys(&["k1"]));
-        assert_eq!(a.open(t.into(), "b").err(), Some(Reject::BadMac));
+        assert_eq!(a.open(t.into()).err(), Some(Reject::BadMac));
         assert_eq!(
-            a.open(Bytes::from_static(b"short"), "b").err(),
+            a.open(Bytes::from_static(b"short")).err(),
             Some(Reject::Malformed)
         );
     }
@@ -301,8 +330,8 @@ mod tests {
     fn same_body_same_millisecond_is_not_a_replay() {
         let a = Auth::new(&keys(&["k"]));
         let ts = unix_ms();
-        assert!(a.open(a.seal_request_at(ts, "b", b"x").0, "b").is_ok());
-        assert!(a.open(a.seal_request_at(ts, "b", b"x").0, "b").is_ok());
+        assert!(a.open(a.seal_request_at(ts, "b", b"x").0).is_ok());
+        assert!(a.open(a.seal_request_at(ts, "b", b"x").0).is_ok());
     }
 
     #[test]
@@ -311,14 +340,14 @@ mod tests {
         let old = a
             .seal_request_at(unix_ms() - MAX_AGE_MS - 1000, "b", b"x")
             .0;
-        assert_eq!(a.open(old, "b").err(), Some(Reject::Stale));
+        assert_eq!(a.open(old).err(), Some(Reject::Stale));
         let future = a
             .seal_request_at(unix_ms() + MAX_FUTURE_MS + 1000, "b", b"x")
             .0;
-        assert_eq!(a.open(future, "b").err(), Some(Reject::Future));
+        assert_eq!(a.open(future).err(), Some(Reject::Future));
         // Forgeable with insecure_cluster: must be refused, not overflow.
         let forged = Auth::new(&[]).seal_request_at(u64::MAX, "b", b"x").0;
-        assert_eq!(Auth::new(&[]).open(forged, "b").err(), Some(Reject::Future));
+        assert_eq!(Auth::new(&[]).open(forged).err(), Some(Reject::Future));
     }
 
     #[test]
@@ -332,26 +361,24 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_sealed_for_one_replica_is_refused_by_another() {
+    fn the_recipient_is_carried_and_covered_by_the_mac() {
         let a = Auth::new(&keys(&["k"]));
-        let (frame, _) = a.seal("10.0.0.1:8081", b"x");
+        let (frame, _) = a.seal("node-1", b"x");
+        let opened = a.open(frame.clone()).unwrap();
         assert_eq!(
-            a.open(frame.clone(), "10.0.0.2:8081").err(),
-            Some(Reject::BadMac)
+            (&opened.to[..], &opened.body[..]),
+            (&b"node-1"[..], &b"x"[..])
         );
-        // Length-prefixed: a name that is a prefix of another does not match.
-        assert_eq!(
-            a.open(frame.clone(), "10.0.0.1:808").err(),
-            Some(Reject::BadMac)
-        );
-        assert!(a.open(frame, "10.0.0.1:8081").is_ok());
-    }
-
-    #[test]
-    fn recipient_is_the_canonical_local_address() {
-        let mapped: SocketAddr = "[::ffff:127.0.0.1]:8081".parse().unwrap();
-        assert_eq!(recipient(mapped), "127.0.0.1:8081");
-        let v6: SocketAddr = "[::1]:8081".parse().unwrap();
-        assert_eq!(recipient(v6), "[::1]:8081");
+        // Readdressed on the way ("node-2"): the MAC no longer verifies.
+        let mut t = frame.to_vec();
+        let at = HEAD + 2 + "node-".len();
+        t[at] = b'2';
+        assert_eq!(a.open(t.into()).err(), Some(Reject::BadMac));
+        // Unknown recipient: empty `to`.
+        assert!(a.open(a.seal("", b"y").0).unwrap().to.is_empty());
+        // A length running past the frame is malformed, not a panic.
+        let mut t = frame[..HEAD + 4].to_vec();
+        t[HEAD..HEAD + 2].copy_from_slice(&100u16.to_le_bytes());
+        assert_eq!(a.open(t.into()).err(), Some(Reject::Malformed));
     }
 }

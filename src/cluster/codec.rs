@@ -14,7 +14,8 @@ const TAG_DELTAS: u8 = 1;
 const TAG_PULL: u8 = 2;
 const TAG_ACK: u8 = 3;
 const TAG_PULL_REPLY: u8 = 4;
-const TAG_IS_SELF: u8 = 5;
+// 5 was `IsSelf`, answered before requests were addressed by node_id.
+const TAG_IDENTITY: u8 = 6;
 
 /// One key's state as gossiped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +60,18 @@ pub enum Reply {
         config: ConfigFrame,
     },
     Pull(PullReply),
-    /// The message came from the responder's own node_id: stop sending there.
-    IsSelf,
+    /// The request was not addressed to the responder (`to` empty or another
+    /// node_id), or came from its own node_id: nothing in it was used. Says
+    /// who answers at that address, so the sender can address it.
+    Identity(Identity),
+}
+
+/// Who a replica is: its `node_id`, and its process's random `instance`
+/// (our own node_id with another instance is a clash, not ourselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub node_id: String,
+    pub instance: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +135,11 @@ pub fn encode_reply(r: &Reply) -> Bytes {
             b.put_u8(TAG_ACK);
             put_config(&mut b, config);
         }
-        Reply::IsSelf => b.put_u8(TAG_IS_SELF),
+        Reply::Identity(id) => {
+            b.put_u8(TAG_IDENTITY);
+            put_str(&mut b, &id.node_id);
+            put_u64(&mut b, id.instance);
+        }
         Reply::Pull(p) => {
             let mut w = PullWriter::new(&p.config, p.epoch);
             p.items.iter().for_each(|i| w.item(i));
@@ -273,7 +288,10 @@ pub fn decode_reply(buf: &[u8]) -> Result<Reply, DecodeError> {
         TAG_ACK => Reply::Ack {
             config: r.config()?,
         },
-        TAG_IS_SELF => Reply::IsSelf,
+        TAG_IDENTITY => Reply::Identity(Identity {
+            node_id: r.string()?,
+            instance: r.u64()?,
+        }),
         TAG_PULL_REPLY => Reply::Pull(r.pull_reply()?),
         t => return Err(DecodeError::Tag(t)),
     };
@@ -464,7 +482,10 @@ mod tests {
     fn replies_round_trip() {
         let replies = [
             Reply::Ack { config: config() },
-            Reply::IsSelf,
+            Reply::Identity(Identity {
+                node_id: "pod-1:8081".into(),
+                instance: u64::MAX,
+            }),
             Reply::Pull(PullReply {
                 config: config(),
                 epoch: 7,

@@ -35,12 +35,17 @@ fn render_peers(c: &Cluster, peers: &[Arc<Peer>], o: &mut String) {
         .count();
     let up = peers.iter().filter(|p| p.is_up()).count();
     let behind = peers.iter().map(|p| p.behind()).max().unwrap_or(0);
+    let clashes = peers
+        .iter()
+        .filter(|p| p.clash.load(Ordering::Relaxed))
+        .count();
     #[rustfmt::skip]
     let gauges = [
         ("pollgate_cluster_peers", "Peer addresses known (configured, resolved, not self).", known as i64),
         ("pollgate_cluster_peers_up", "Peers passing the health window (3 of the last 8 pulls).", up as i64),
         ("pollgate_cluster_caught_up", "1 once a first complete pull from a peer finished.", i64::from(c.caught_up())),
         ("pollgate_cluster_keys_behind", "Estimated changes at peers not yet pulled (max over peers).", behind as i64),
+        ("pollgate_cluster_node_id_clashes", "Peer addresses answering with this replica's node_id from another process (node_id must be unique).", clashes as i64),
     ];
     for (name, help, v) in gauges {
         gauge(o, name, help, v);

@@ -23,7 +23,7 @@ use crate::table::{AdvanceHook, Table};
 use crate::tunables::Tunables;
 
 use auth::{Auth, Reject};
-use codec::{Item, Message, Reply, Request};
+use codec::{Identity, Item, Message, Reply, Request};
 pub use metrics::ClusterMetrics;
 use outbox::Outbox;
 use peer::Peer;
@@ -62,6 +62,9 @@ fn merging_as<R>(origin: Origin, f: impl FnOnce() -> R) -> R {
 /// The gossip state every request handler can reach through [`State`].
 pub struct Cluster {
     pub(crate) node_id: String,
+    /// Random per process: a peer answering with our `node_id` is this
+    /// replica when it also has our instance, and a clash when it does not.
+    pub(crate) instance: u64,
     /// Peers configured: gossip runs and readiness waits for a first pull.
     pub enabled: bool,
     /// Whether the gossip endpoints exist at all: only with a `cluster_key`,
@@ -88,6 +91,7 @@ impl Cluster {
         let enabled = !cfg.peer.is_empty();
         Cluster {
             node_id: cfg.node_id.clone(),
+            instance: fastrand::u64(..),
             enabled,
             serves_gossip: !cfg.cluster_key.is_empty() || (enabled && cfg.insecure_cluster),
             auth: Auth::new(&cfg.cluster_key),
@@ -138,32 +142,55 @@ impl Cluster {
         r
     }
 
-    /// Handles one inbound frame that reached this replica as `me` (see
-    /// [`auth::recipient`]): verify, decode, merge, answer (sealed).
+    /// Handles one inbound frame: verify, decode, check it is addressed to
+    /// this replica, merge, answer (sealed).
     pub fn handle(
         &self,
         table: &Table,
         tunables: &Tunables,
         frame: Bytes,
-        me: &str,
     ) -> Result<Bytes, Reject> {
         self.metrics.bytes_received.add(frame.len() as u64);
-        let opened = self.auth.open(frame, me).map_err(|r| self.reject(r))?;
+        let opened = self.auth.open(frame).map_err(|r| self.reject(r))?;
         let msg = codec::decode_message(&opened.body).map_err(|e| {
             tracing::warn!(error = %e, "malformed gossip message");
             self.reject(Reject::Malformed)
         })?;
-        let body = self.answer(table, tunables, msg);
+        let body = match self.addressed(&opened.to, &msg.from) {
+            true => self.answer(table, tunables, msg),
+            false => codec::encode_reply(&Reply::Identity(self.identity())),
+        };
         let sealed = self.auth.seal_reply(&opened.mac, &body);
         self.metrics.bytes_sent.add(sealed.len() as u64);
         Ok(sealed)
     }
 
-    /// The encoded reply to a verified message.
-    fn answer(&self, table: &Table, tunables: &Tunables, msg: Message) -> Bytes {
-        if msg.from == self.node_id {
-            return codec::encode_reply(&Reply::IsSelf);
+    pub(crate) fn identity(&self) -> Identity {
+        Identity {
+            node_id: self.node_id.clone(),
+            instance: self.instance,
         }
+    }
+
+    /// Whether a request is for this replica: sealed for our `node_id`, by
+    /// another one. Otherwise nothing in it is used and it is answered with
+    /// our identity. A `to` naming another replica (a frame replayed to the
+    /// wrong one, or an address that now reaches us instead) is counted; an
+    /// empty one is a sender that does not know us yet.
+    fn addressed(&self, to: &[u8], from: &str) -> bool {
+        if to != self.node_id.as_bytes() {
+            if !to.is_empty() {
+                self.reject(Reject::Misaddressed);
+                let to = String::from_utf8_lossy(to);
+                tracing::debug!(%to, "gossip request for another replica: answered with our identity");
+            }
+            return false;
+        }
+        from != self.node_id
+    }
+
+    /// The encoded reply to a verified message addressed to us.
+    fn answer(&self, table: &Table, tunables: &Tunables, msg: Message) -> Bytes {
         apply_config(tunables, &msg.config);
         match msg.body {
             Request::Deltas(items) => {
@@ -275,6 +302,55 @@ mod tests {
             t.get("from-peer").unwrap().confirmed_ms > 0,
             "peers confirm"
         );
+    }
+
+    /// One item and a config stamp that would win, sealed as a peer would.
+    fn sealed(c: &Cluster, to: &str, from: &str) -> (Bytes, [u8; auth::MAC_LEN]) {
+        let tunables = Tunables::from_config(&Config::default());
+        let mut values = tunables.get();
+        values.max_age_ms = 0;
+        let msg = Message {
+            from: from.into(),
+            config: codec::ConfigFrame {
+                stamp: crate::tunables::Stamp {
+                    at_ms: auth::unix_ms(),
+                    node: from.into(),
+                },
+                values,
+            },
+            body: Request::Deltas(vec![codec::Item {
+                key: "k".into(),
+                version: 1,
+                confirmed_ago_ms: None,
+            }]),
+        };
+        c.auth.seal(to, &codec::encode_message(&msg))
+    }
+
+    #[test]
+    fn only_frames_sealed_for_this_node_id_are_used() {
+        let (c, t) = cluster(1);
+        let tunables = Tunables::from_config(&Config::default());
+        let reply = |to: &str, from: &str| {
+            let (frame, mac) = sealed(&c, to, from);
+            let r = c.handle(&t, &tunables, frame).unwrap();
+            codec::decode_reply(&c.auth.open_reply(r, &mac).unwrap()).unwrap()
+        };
+        let me = c.identity();
+        // Unknown recipient, another replica's frame, one from our own name.
+        for (to, from) in [
+            ("", "peer"),
+            ("other:8081", "peer"),
+            (&*me.node_id, &*me.node_id),
+        ] {
+            assert_eq!(reply(to, from), Reply::Identity(me.clone()), "{to:?}");
+        }
+        assert_eq!(t.get("k").map(|e| e.version), None, "merged");
+        assert_ne!(tunables.get().max_age_ms, 0, "config applied");
+        assert_eq!(c.metrics.rejected[Reject::Misaddressed as usize].get(), 1);
+        assert!(matches!(reply(&me.node_id, "peer"), Reply::Ack { .. }));
+        assert_eq!(t.get("k").map(|e| e.version), Some(1));
+        assert_eq!(tunables.get().max_age_ms, 0);
     }
 
     #[test]

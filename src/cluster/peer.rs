@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 /// Health window (Varnish-style): a peer is up when at least `GOOD` of its
@@ -22,8 +23,14 @@ pub struct Peer {
     pub name: String,
     /// Probe results, newest in bit 0.
     window: AtomicU8,
+    /// The `node_id` that answers at this address, learned from its
+    /// `Identity` reply (empty until then): what requests are sealed for.
+    recipient: RwLock<String>,
     /// The address turned out to be this replica: leave it alone.
     pub is_self: AtomicBool,
+    /// Another replica with our `node_id` answers here: a misconfiguration
+    /// (it could accept frames meant for us), never gossiped with.
+    pub clash: AtomicBool,
     last_deltas_ms: AtomicU64,
     last_pull_ms: AtomicU64,
     /// Changes at this peer not yet pulled, as of the last pull page.
@@ -38,7 +45,9 @@ impl Peer {
             addr,
             name,
             window: AtomicU8::new(INITIAL),
+            recipient: RwLock::new(String::new()),
             is_self: AtomicBool::new(false),
+            clash: AtomicBool::new(false),
             last_deltas_ms: AtomicU64::new(0),
             last_pull_ms: AtomicU64::new(0),
             behind: AtomicU64::new(0),
@@ -55,7 +64,17 @@ impl Peer {
 
     pub fn is_up(&self) -> bool {
         let good = self.window.load(Ordering::Relaxed).count_ones();
-        good >= GOOD && !self.is_self.load(Ordering::Relaxed)
+        good >= GOOD && !self.is_self.load(Ordering::Relaxed) && !self.clash.load(Ordering::Relaxed)
+    }
+
+    /// The `node_id` to seal requests for; empty while unknown.
+    pub fn recipient(&self) -> String {
+        self.recipient.read().clone()
+    }
+
+    /// Remembers who answers here now; returns who did before (empty: nobody known).
+    pub fn set_recipient(&self, node_id: String) -> String {
+        std::mem::replace(&mut *self.recipient.write(), node_id)
     }
 
     pub fn last_deltas(&self) -> u64 {
@@ -107,6 +126,9 @@ mod tests {
         assert!(!p.is_up(), "2 of the last 8 again");
         p.probe(true);
         assert!(p.is_up(), "3 of the last 8");
+        p.clash.store(true, Ordering::Relaxed);
+        assert!(!p.is_up(), "never a clashing node_id");
+        p.clash.store(false, Ordering::Relaxed);
         p.is_self.store(true, Ordering::Relaxed);
         assert!(!p.is_up(), "never self");
     }

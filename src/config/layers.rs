@@ -70,9 +70,10 @@ fn build(raws: &[Option<Raw>], errs: &mut Vec<String>) -> Config {
     for (key, raw) in KEYS.iter().zip(raws) {
         let Some(raw) = raw else { continue };
         if let Err(bad) = (key.set)(&mut config, &raw.values) {
+            let value = shown(key.name, &bad.value);
             errs.push(format!(
-                "{}: {:?} (from {}) {}",
-                key.name, bad.value, raw.from, bad.why
+                "{}: {value} (from {}) {}",
+                key.name, raw.from, bad.why
             ));
         }
     }
@@ -81,6 +82,16 @@ fn build(raws: &[Option<Raw>], errs: &mut Vec<String>) -> Config {
         config.node_id = default_node_id(config.internal_listen.port());
     }
     config
+}
+
+/// A refused value as an error quotes it, unless it is a secret: errors end
+/// up in logs and a malformed secret is usually a real one with a typo.
+fn shown(key: &str, value: &str) -> String {
+    if SECRET_FILES.iter().any(|f| f.key == key) {
+        "<secret not shown>".into()
+    } else {
+        format!("{value:?}")
+    }
 }
 
 /// `--config` beats `POLLGATE_CONFIG`; returns the path and its source.

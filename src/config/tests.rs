@@ -180,6 +180,20 @@ fn the_exact_error_line() {
 }
 
 #[test]
+fn a_refused_secret_is_not_quoted_in_the_error() {
+    let env = [("POLLGATE_REDIS_URL", "http://app:hunter2@redis:6379")];
+    let e = errs(
+        &["--publish-token", "hunter2 x", "--cluster-key", "hunter2\t"],
+        &env,
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    for line in &e {
+        assert!(!line.contains("hunter2"), "{line}");
+        assert!(line.contains("<secret not shown>"), "{line}");
+    }
+}
+
+#[test]
 fn unknown_flag_is_invalid() {
     let e = errs(&["--max-agee", "1s"], &[]);
     assert_eq!(

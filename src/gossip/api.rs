@@ -8,11 +8,11 @@ use serde_json::{Map, Value};
 
 use crate::body::{json, typed, Body};
 use crate::error::Error;
-use crate::inbound::{authorize, read_body, LocalAddr};
+use crate::inbound::{authorize, read_body};
 use crate::state::State;
 use crate::tunables::{Stamp, Values};
 
-use crate::cluster::auth::{recipient, unix_ms};
+use crate::cluster::auth::unix_ms;
 
 /// Largest config PUT body; the document is a handful of numbers.
 const MAX_CONFIG_BODY: u64 = 16 << 10;
@@ -72,18 +72,10 @@ fn apply_admin(state: &State, fields: &Map<String, Value>) -> Result<(Values, St
 
 /// `POST /v1/cluster/{deltas,pull}`: a sealed frame in, a sealed frame out.
 /// Refusals are 401 with the reason (the sender logs it; no secret is in it).
-/// A frame is accepted only if it was sealed for the address it arrived on.
+/// A frame sealed for another replica's node_id is answered with our identity.
 pub async fn gossip(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-    let me = req
-        .extensions()
-        .get::<LocalAddr>()
-        .map_or_else(String::new, |l| recipient(l.0));
     let frame = read_body(req, MAX_GOSSIP_BODY).await?;
-    let handle = || {
-        state
-            .cluster
-            .handle(&state.table, &state.tunables, frame, &me)
-    };
+    let handle = || state.cluster.handle(&state.table, &state.tunables, frame);
     match crate::cluster::blocking(handle) {
         Ok(reply) => Ok(typed(StatusCode::OK, "application/octet-stream", reply)),
         Err(r) => Err(Error::GossipRefused(r.to_string())),

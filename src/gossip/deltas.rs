@@ -92,20 +92,15 @@ fn targets(peers: &[Arc<Peer>]) -> Vec<Arc<Peer>> {
 /// Sends one peer's queued delta messages, one at a time, in order.
 pub async fn send_loop<T: Link>(ctx: Ctx<T>, peer: Arc<Peer>, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(body) = rx.recv().await {
-        let c = ctx.cluster();
-        let (frame, mac) = c.auth.seal(&peer.addr, &body);
-        c.metrics.bytes_sent.add(frame.len() as u64);
-        let res = ctx.link.send(&peer.addr, Path::Deltas, frame).await;
-        match res.map(|r| ctx.open(r, &mac)) {
-            Ok(Ok(Reply::Ack { config })) => {
+        match ctx.exchange(&peer, Path::Deltas, &body).await {
+            Ok(Reply::Ack { config }) => {
                 apply_config(&ctx.state.tunables, &config);
                 peer.sent_deltas();
             }
-            Ok(Ok(Reply::IsSelf)) => peer.is_self.store(true, Ordering::Relaxed),
-            Ok(Ok(other)) => tracing::debug!(peer = %peer.addr, ?other, "unexpected deltas reply"),
-            Ok(Err(e)) | Err(e) => {
-                tracing::debug!(peer = %peer.addr, error = %e, "sending deltas failed")
-            }
+            // This replica (`is_self` is set: no more deltas go there).
+            Ok(Reply::Identity(_)) => {}
+            Ok(other) => tracing::debug!(peer = %peer.addr, ?other, "unexpected deltas reply"),
+            Err(e) => tracing::debug!(peer = %peer.addr, error = %e, "sending deltas failed"),
         }
     }
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Ctx;
-use crate::cluster::codec::{PullReply, Reply, Request};
+use crate::cluster::codec::{self, PullReply, Reply, Request};
 use crate::cluster::peer::Peer;
-use crate::cluster::transport::{Link, SendError};
+use crate::cluster::transport::{Link, Path, SendError};
 use crate::cluster::{apply_config, blocking};
 
 /// Pull period: bounds how long a lost push can hide a change (plus jitter
@@ -64,7 +64,7 @@ pub async fn run<T: Link>(mut ctx: Ctx<T>, peer: Arc<Peer>, answered: Arc<Atomic
         peer.probe(ok);
         ever |= ok;
         if peer.is_self.load(Ordering::Relaxed) {
-            tracing::info!(peer = %peer.addr, "peer answered with our own node_id: it is this replica (or a replica with a clashing node_id); not gossiping with it");
+            tracing::info!(peer = %peer.addr, "peer address is this replica; not gossiping with it");
             return;
         }
         // Replicas started together miss each other at first: retry soon
@@ -119,12 +119,11 @@ async fn fetch<T: Link>(
         epoch: cursor.epoch,
         seqs: cursor.seqs.clone(),
     });
-    match ctx.exchange(&peer.addr, &msg).await {
+    let body = codec::encode_message(&msg);
+    match ctx.exchange(peer, Path::Pull, &body).await {
         Ok(Reply::Pull(p)) => Ok(p),
-        Ok(Reply::IsSelf) => {
-            peer.is_self.store(true, Ordering::Relaxed);
-            Err(false)
-        }
+        // This replica (`is_self` is set): not an answer from a peer.
+        Ok(Reply::Identity(_)) => Err(false),
         Ok(other) => {
             tracing::warn!(peer = %peer.addr, ?other, "unexpected pull reply");
             Err(false)
