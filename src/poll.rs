@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 
+use bytes::BytesMut;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -157,7 +158,7 @@ pub fn hit_response(state: &State, version: u64) -> Response<Body> {
     };
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
-    *resp.headers_mut() = hit_headers(interval, decimal(version, true));
+    *resp.headers_mut() = hit_headers(interval, etag(version));
     resp
 }
 
@@ -202,9 +203,46 @@ fn shared(v: HeaderValue) -> HeaderValue {
     HeaderValue::from_maybe_shared(b).expect("the bytes of a header value")
 }
 
+thread_local! {
+    /// Where this thread writes its hits' ETag values: each is a slice of
+    /// one shared buffer (a refcount, not an allocation per hit). A new
+    /// buffer is started when this one is full; the old one is freed when
+    /// the last response using it has been written.
+    static ETAGS: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Room for ~200 ETags of a 64-bit version (22 bytes each at most).
+const ETAG_BUFFER: usize = 4096;
+
+/// `"<version>"` as a header value, without an allocation of its own.
+fn etag(version: u64) -> HeaderValue {
+    let mut buf = [0u8; 22];
+    let digits = format_decimal(version, true, &mut buf);
+    let value = ETAGS.with_borrow_mut(|arena| {
+        if arena.capacity() < digits.len() {
+            *arena = BytesMut::with_capacity(ETAG_BUFFER);
+        }
+        arena.extend_from_slice(digits);
+        arena.split().freeze()
+    });
+    // SAFETY: not memory safety: `from_maybe_shared_unchecked` only skips
+    // the byte check, and digits and quotes are valid header value bytes
+    // (debug builds check anyway).
+    unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
+}
+
 /// `n` (or `"n"`) formatted on the stack; the header value is the only allocation.
 fn decimal(n: u64, quoted: bool) -> HeaderValue {
     let mut buf = [0u8; 22];
+    let digits = bytes::Bytes::copy_from_slice(format_decimal(n, quoted, &mut buf));
+    // SAFETY: not memory safety: `from_maybe_shared_unchecked` only skips
+    // the byte check, and digits and quotes are valid header value bytes
+    // (debug builds check anyway).
+    unsafe { HeaderValue::from_maybe_shared_unchecked(digits) }
+}
+
+/// `n` (or `"n"`) written at the end of `buf`; the written part.
+fn format_decimal(n: u64, quoted: bool, buf: &mut [u8; 22]) -> &[u8] {
     let mut i = buf.len();
     if quoted {
         i -= 1;
@@ -223,11 +261,7 @@ fn decimal(n: u64, quoted: bool) -> HeaderValue {
         i -= 1;
         buf[i] = b'"';
     }
-    let digits = bytes::Bytes::copy_from_slice(&buf[i..]);
-    // SAFETY: not memory safety: `from_maybe_shared_unchecked` only skips
-    // the byte check, and digits and quotes are valid header value bytes
-    // (debug builds check anyway).
-    unsafe { HeaderValue::from_maybe_shared_unchecked(digits) }
+    &buf[i..]
 }
 
 /// Reads the configured version header; a missing or malformed one teaches nothing.
@@ -288,7 +322,7 @@ pub async fn passthrough(state: &State, req: Request<Body>, remote: SocketAddr) 
 
 #[cfg(test)]
 mod tests {
-    use super::decimal;
+    use super::{decimal, etag, ETAG_BUFFER};
 
     #[test]
     fn decimal_values_plain_and_quoted() {
@@ -297,5 +331,16 @@ mod tests {
         assert_eq!(decimal(u64::MAX, true), "\"18446744073709551615\"");
         assert_eq!(decimal(60, false), "60");
         assert_eq!(decimal(u64::MAX, false), "18446744073709551615");
+    }
+
+    #[test]
+    fn etags_stay_intact_across_shared_buffers() {
+        // Enough values to fill several buffers, all alive at once.
+        let n = 3 * ETAG_BUFFER / 4;
+        let values: Vec<_> = (0..n as u64).map(|v| (v, etag(v * 7919))).collect();
+        for (v, value) in values {
+            assert_eq!(value, format!("\"{}\"", v * 7919).as_str());
+        }
+        assert_eq!(etag(u64::MAX), "\"18446744073709551615\"");
     }
 }

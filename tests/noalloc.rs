@@ -112,12 +112,19 @@ fn matching_never_allocates() {
 }
 
 /// The hit path (route match → table lookup → 304) allocates only the
-/// response's header storage and the `ETag`/`X-Poll-Interval` header values.
+/// response's header map: an index table and an entry vector. The ETag
+/// values share a per-thread buffer: 100 of them need at most one new
+/// buffer (and its refcount block).
+const HIT_ALLOCS: u64 = 2;
+const ETAG_BUFFERS: u64 = 2;
+
 #[test]
-fn a_hit_allocates_only_header_values() {
-    let worst = worst_hit_allocs(pollgate::config::Config::default(), None);
-    // HeaderMap: index table + entry vector (2); ETag and X-Poll-Interval values (2).
-    assert!(worst <= 4, "a hit allocated {worst} times");
+fn a_hit_allocates_only_its_header_map() {
+    let total = hit_allocs(pollgate::config::Config::default(), None);
+    assert!(
+        total <= 100 * HIT_ALLOCS + ETAG_BUFFERS,
+        "100 hits allocated {total} times"
+    );
 }
 
 /// With auth on, a keep-alive client's hit checks its remembered token and
@@ -142,13 +149,16 @@ fn an_authorized_hit_allocates_no_more() {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
     )
     .unwrap();
-    let worst = worst_hit_allocs(cfg, Some(format!("Bearer {token}")));
-    assert!(worst <= 4, "an authorized hit allocated {worst} times");
+    let total = hit_allocs(cfg, Some(format!("Bearer {token}")));
+    assert!(
+        total <= 100 * HIT_ALLOCS + ETAG_BUFFERS,
+        "100 authorized hits allocated {total} times"
+    );
 }
 
-/// The most allocations one of 100 hits of `p42` made (after the first,
-/// which verifies the token when there is one).
-fn worst_hit_allocs(cfg: pollgate::config::Config, authorization: Option<String>) -> u64 {
+/// The allocations 100 hits of `p42` made (after the first, which verifies
+/// the token when there is one).
+fn hit_allocs(cfg: pollgate::config::Config, authorization: Option<String>) -> u64 {
     use futures_util::FutureExt;
     use pollgate::body::Body;
     use pollgate::state::{State, VersionSource};
@@ -158,7 +168,7 @@ fn worst_hit_allocs(cfg: pollgate::config::Config, authorization: Option<String>
     state.learn("p42", 7, VersionSource::Publish);
     let remote = "127.0.0.1:9".parse().unwrap();
     let conn = Arc::new(pollgate::auth::ConnCache::default());
-    let mut worst = 0;
+    let mut total = 0;
     for i in 0..101 {
         // HTTP/1.1 without Host is refused (RFC 9112 §3.2), as on the wire.
         let mut req =
@@ -176,8 +186,8 @@ fn worst_hit_allocs(cfg: pollgate::config::Config, authorization: Option<String>
         let resp = resp.expect("a hit never waits");
         assert_eq!(resp.status(), http::StatusCode::NOT_MODIFIED);
         if i > 0 {
-            worst = worst.max(n);
+            total += n;
         }
     }
-    worst
+    total
 }
