@@ -15,7 +15,10 @@
 #                       (Authorization: Bearer; verified once per connection);
 #                       pollgate-bearer is pollgate with auth off receiving
 #                       the same header: auth / bearer is verification's cost
-#                       alone, without parsing the larger request
+#                       alone, without parsing the larger request;
+#                       pollgate-base is pollgate run from LT_POLLGATE_BASE_BIN
+#                       (e.g. a build from before a change), for a
+#                       before/after pair measured in the same run
 #   LT_IR_DURATION=5s   measured wrk run (under valgrind a server does ~1-3k req/s)
 #   LT_IR_WARMUP=2s     wrk run before the counters are zeroed
 #   LT_CONNECTIONS=64   wrk connections
@@ -23,6 +26,7 @@
 #   LT_IR_KEEP=         directory to keep the callgrind dumps and full
 #                       per-function listings in (callgrind_annotate)
 #   LT_POLLGATE_BIN=    measure this pollgate binary instead of the fresh build
+#   LT_POLLGATE_BASE_BIN=  binary of the pollgate-base server
 #   LT_NO_BUILD=1       use the binaries already built (no cargo build)
 #   LT_SERVER_CPU=0 LT_CLIENT_CPU=1   pinning, as in run.sh
 set -euo pipefail
@@ -64,8 +68,12 @@ start_server() {
   local name=$1 log="$LT_TMP/$1.log"
   unset LT_AUTHORIZATION
   case "$name" in
-    pollgate | pollgate-bearer | pollgate-auth)
-      local port iport dead secret auth=()
+    pollgate | pollgate-bearer | pollgate-auth | pollgate-base)
+      local port iport dead secret auth=() PG_BIN=$PG_BIN
+      if [ "$name" = pollgate-base ]; then
+        [ -n "${LT_POLLGATE_BASE_BIN:-}" ] || die "pollgate-base needs LT_POLLGATE_BASE_BIN"
+        PG_BIN=$LT_POLLGATE_BASE_BIN
+      fi
       port=$(free_port)
       iport=$(free_port)
       dead=$(free_port) # nothing listens: a miss would show as a non-304
@@ -75,7 +83,7 @@ start_server() {
         --upstream "http://127.0.0.1:$dead" --max-age 1h "${auth[@]}"
       echo "publishing $KEYS keys at version 1 (under valgrind: slow)" >&2
       publish_keys "$iport" "p%d" "$KEYS" 20000
-      if [ "$name" != pollgate ]; then
+      if [ "$name" = pollgate-bearer ] || [ "$name" = pollgate-auth ]; then
         LT_AUTHORIZATION="Bearer $(hs256_token "$secret" '{"keys":["p*"],"exp":'$(($(date +%s) + 3600))'}')"
         export LT_AUTHORIZATION
       fi
@@ -86,7 +94,7 @@ start_server() {
         --listen 127.0.0.1:0
       SPID=$SPAWNED URL="http://$ADDR"
       ;;
-    *) die "unknown server '$name' (pollgate, pollgate-bearer, pollgate-auth, naive or ceiling)" ;;
+    *) die "unknown server '$name' (pollgate, pollgate-base, pollgate-bearer, pollgate-auth, naive or ceiling)" ;;
   esac
 }
 
@@ -159,6 +167,11 @@ if [ -n "${IR[pollgate]:-}" ] && [ -n "${IR[pollgate-auth]:-}" ]; then
   echo
   awk -v a="${IR[pollgate-auth]}" -v p="${IR[pollgate]}" 'BEGIN {
     r = a / p; printf "pollgate-auth / pollgate (verification and the larger request): %.3f\n", r }'
+fi
+if [ -n "${IR[pollgate]:-}" ] && [ -n "${IR[pollgate-base]:-}" ]; then
+  echo
+  awk -v p="${IR[pollgate]}" -v b="${IR[pollgate-base]}" 'BEGIN {
+    printf "pollgate / pollgate-base: %.3f\n", p / b }'
 fi
 if [ -n "${IR[pollgate]:-}" ] && [ -n "${IR[naive]:-}" ]; then
   echo

@@ -1,7 +1,8 @@
-//! `header_read_timeout` for the public listener's HTTP/1.1 connections,
-//! kept per connection by one coarse sweeper instead of hyper's per-request
-//! timer (a boxed `Sleep` and a timer-wheel insert and removal on every
-//! request: ~340 instructions per hit, `make loadtest-instructions`).
+//! `header_read_timeout` for the public listener's connections served by
+//! hyper (HTTP/1.1 and h2c, which has no header timeout of its own), kept
+//! per connection by one coarse sweeper instead of hyper's per-request timer
+//! (a boxed `Sleep` and a timer-wheel insert and removal on every request:
+//! ~340 instructions per hit, `make loadtest-instructions`).
 //!
 //! A connection that answers nothing and has nothing in flight for
 //! `header_read_timeout` is inside a head that does not come (slowloris) or
@@ -45,8 +46,8 @@ pub struct Clock {
     served: AtomicU64,
     /// Requests whose response body is not finished yet.
     busy: AtomicU64,
-    /// Set once the connection is hyper's HTTP/1.1: before that, sniffing
-    /// has its own deadline, and a raw SSE stream is not a head.
+    /// Set once the connection is hyper's (HTTP/1.1 or h2c): before that,
+    /// sniffing has its own deadline, and a raw SSE stream is not a head.
     armed: AtomicBool,
     /// 0 while serving, then a [`Stop`] (as `u8`): set by the sweeper.
     stop: AtomicU8,
@@ -63,7 +64,7 @@ pub enum Stop {
 }
 
 impl Clock {
-    /// HTTP/1.1 from now on: the sweeper may close this connection.
+    /// Served by hyper from now on: the sweeper may close this connection.
     pub fn arm(&self) {
         self.armed.store(true, Relaxed);
     }

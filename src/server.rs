@@ -232,11 +232,14 @@ impl Conn {
         let io = TokioIo::new(stream);
         let (builders, clock) = (self.builders.clone(), self.clock.clone());
         let (first, drain) = (clock.stopping(None), clock.stopping(Some(Stop::Shutdown)));
+        // Either protocol: a connection with nothing answered and nothing
+        // in flight for the timeout is closed (hyper's h2 server has no
+        // header timeout of its own).
+        clock.arm();
         if opening == Opening::Http2 {
             let conn = builders.h2.serve_connection(io, self.service());
             return until_stopped(conn, first, drain, |c| c.graceful_shutdown()).await;
         }
-        clock.arm();
         let conn = builders
             .h1
             .serve_connection(io, self.service())

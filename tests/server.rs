@@ -87,3 +87,44 @@ async fn a_slow_client_is_cut_off_after_the_header_timeout() {
     assert!(read.is_ok(), "connection closed by pollgate, not left open");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+/// The HTTP/2 client preface, then an empty SETTINGS frame: a connection
+/// that never sends a request.
+const H2_IDLE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test]
+async fn an_h2c_connection_without_a_request_is_closed_after_the_header_timeout() {
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &["--header-read-timeout", "300ms"]);
+    let mut s = TcpStream::connect(pg.public).await.unwrap();
+    s.write_all(H2_IDLE).await.unwrap();
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "connection closed by pollgate, not left open");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn an_h2c_request_in_flight_outlives_the_header_timeout() {
+    let up = Upstream::start().await;
+    let pg = Pollgate::start(&up.url(), &["--header-read-timeout", "1s"]);
+    pg.publish("w 1\n").await;
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    // A long poll that nothing wakes: answered 304 when its 3 s are up,
+    // well past the 1-1.25 s after which an idle connection is closed.
+    let req = Request::get(pg.url("/pollgate/v1/wait?keys=w:1&timeout=3"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let t = Instant::now();
+    let resp = h2.request(req).await.expect("not cut off as a late head");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    assert!(
+        t.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        t.elapsed()
+    );
+}
