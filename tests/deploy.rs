@@ -119,23 +119,8 @@ fn systemd_unit_verifies_and_is_sandboxed() {
     };
     let text = read(&repo("deploy/pollgate.service"));
     assert!(text.contains(&format!("ExecStart={INSTALLED_BIN} ")));
-    // verify checks that ExecStart is executable: point it at the built binary.
     let dir = tempfile::tempdir().unwrap();
-    let unit = dir.path().join("pollgate.service");
-    let bin = env!("CARGO_BIN_EXE_pollgate");
-    std::fs::write(&unit, text.replace(INSTALLED_BIN, bin)).unwrap();
-
-    let out = Command::new(&analyze)
-        .args(["verify", "--man=no"])
-        .arg(&unit)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Unknown keys and bad values are only warnings on stderr, exit 0.
-    assert!(
-        out.status.success() && stderr.trim().is_empty(),
-        "systemd-analyze verify: {stderr}"
-    );
+    let unit = verify_unit(&analyze, dir.path(), &text, "");
 
     // Exposure above 2.0 ("OK" ends there) fails: the sandbox must stay tight.
     let out = Command::new(&analyze)
@@ -253,10 +238,18 @@ fn systemd_credentials_example_verifies_and_loads() {
     let Some(analyze) = common::tool::require("systemd-analyze", "systemd") else {
         return;
     };
-    let unit = dir.path().join("pollgate.service");
+    verify_unit(&analyze, dir.path(), &text, " with credentials");
+}
+
+/// Writes the unit `text` into `dir` with ExecStart on the built binary
+/// (verify checks it is executable) and runs `systemd-analyze verify` on
+/// it; any output fails (unknown keys and bad values are only warnings on
+/// stderr, exit 0). The unit's path.
+fn verify_unit(analyze: &Path, dir: &Path, text: &str, what: &str) -> PathBuf {
+    let unit = dir.join("pollgate.service");
     let bin = env!("CARGO_BIN_EXE_pollgate");
     std::fs::write(&unit, text.replace(INSTALLED_BIN, bin)).unwrap();
-    let out = Command::new(&analyze)
+    let out = Command::new(analyze)
         .args(["verify", "--man=no"])
         .arg(&unit)
         .output()
@@ -264,8 +257,9 @@ fn systemd_credentials_example_verifies_and_loads() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stderr.trim().is_empty(),
-        "systemd-analyze verify with credentials: {stderr}"
+        "systemd-analyze verify{what}: {stderr}"
     );
+    unit
 }
 
 // ---------------------------------------------------------------------------

@@ -5,12 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::rotation::{accepted, publish, rotate_publish_token_under_load};
 use common::{eventually, send, Pollgate};
-use parking_lot::Mutex;
 
 const ADMIN: &str = "admin-secret";
 const WAIT: Duration = Duration::from_secs(10);
@@ -37,19 +36,6 @@ fn write(file: &Path, publish_tokens: &[&str], extra: &str) {
     std::fs::write(file, text).unwrap();
 }
 
-async fn publish(pg: &Pollgate, token: &str, body: &str) -> u16 {
-    let auth = format!("Bearer {token}");
-    let url = pg.internal_url("/v1/versions");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "text/plain"),
-    ];
-    send("POST", &url, &headers, body.as_bytes().to_vec())
-        .await
-        .0
-        .as_u16()
-}
-
 async fn reload(pg: &Pollgate) -> (u16, String) {
     let auth = format!("Bearer {ADMIN}");
     let (s, _, b) = send(
@@ -73,79 +59,9 @@ async fn a_publish_token_rotates_on_sighup_without_a_failed_publish() {
     write(&file, &["old-token"], "");
     let pg = Arc::new(start(&file));
 
-    // The app publishes continuously with whatever token it holds.
-    let token = Arc::new(Mutex::new("old-token".to_string()));
-    let (sent, failed) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(Mutex::new(Vec::new())),
-    );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let app = {
-        let (pg, token, sent, failed, stop) = (
-            pg.clone(),
-            token.clone(),
-            sent.clone(),
-            failed.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            for v in 1..=20_000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let t = token.lock().clone();
-                let status = publish(&pg, &t, &format!("k {v}\n")).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if status != 200 {
-                    failed.lock().push((v, t, status));
-                }
-            }
-        })
-    };
-    let progressed = |n: usize| {
-        let sent = sent.clone();
-        async move {
-            eventually(Duration::from_secs(10), || async {
-                sent.load(Ordering::Relaxed) >= n
-            })
-            .await
-        }
-    };
-    assert!(progressed(20).await);
-
-    // 1. Both tokens valid: the new one works once the reload is applied.
-    write(&file, &["old-token", "new-token"], "");
-    pg.signal("-HUP");
-    let both = eventually(Duration::from_secs(10), || accepted(&pg, "new-token")).await;
-    assert!(both, "new token accepted after SIGHUP");
-    // 2. The app switches to the new token.
-    *token.lock() = "new-token".into();
-    let at_switch = sent.load(Ordering::Relaxed);
-    assert!(progressed(at_switch + 20).await);
-    // 3. The old token is retired.
-    write(&file, &["new-token"], "");
-    pg.signal("-HUP");
-    let retired = eventually(Duration::from_secs(10), || async {
-        publish(&pg, "old-token", "k 0\n").await == 401
-    })
-    .await;
-    assert!(retired, "old token refused after the second SIGHUP");
-    let at_retire = sent.load(Ordering::Relaxed);
-    assert!(progressed(at_retire + 20).await);
-    stop.store(true, Ordering::Relaxed);
-    app.await.unwrap();
-
-    assert_eq!(
-        *failed.lock(),
-        Vec::new(),
-        "no publish failed during the rotation"
-    );
+    rotate_publish_token_under_load(pg.clone(), |tokens| write(&file, tokens, "")).await;
     // The harness reads stderr on another thread: wait for the line.
     assert!(eventually(WAIT, || async { logged(&pg, "config reloaded") }).await);
-}
-
-async fn accepted(pg: &Pollgate, token: &str) -> bool {
-    publish(pg, token, "k 1\n").await == 200
 }
 
 #[tokio::test]

@@ -10,12 +10,11 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::rotation::{accepted, publish, rotate_publish_token_under_load};
 use common::{eventually, send, Pollgate};
-use parking_lot::Mutex;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -67,23 +66,6 @@ impl Files {
     }
 }
 
-async fn publish(pg: &Pollgate, token: &str, body: &str) -> u16 {
-    let auth = format!("Bearer {token}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "text/plain"),
-    ];
-    let url = pg.internal_url("/v1/versions");
-    send("POST", &url, &headers, body.as_bytes().to_vec())
-        .await
-        .0
-        .as_u16()
-}
-
-async fn accepted(pg: &Pollgate, token: &str) -> bool {
-    publish(pg, token, "k 1\n").await == 200
-}
-
 async fn reload(pg: &Pollgate, admin: &str) -> (u16, String) {
     let auth = format!("Bearer {admin}");
     let url = pg.internal_url("/v1/reload");
@@ -121,59 +103,7 @@ async fn tokens_from_files_are_used_and_never_printed() {
 async fn a_token_rotates_through_its_file_on_sighup_without_a_failed_publish() {
     let files = Files::new(&["old-token"], &["admin"]);
     let pg = Arc::new(files.start());
-    let token = Arc::new(Mutex::new("old-token".to_string()));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let app = {
-        let (pg, token, sent, failed, stop) = (
-            pg.clone(),
-            token.clone(),
-            sent.clone(),
-            failed.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            for v in 1..=50_000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let t = token.lock().clone();
-                let status = publish(&pg, &t, &format!("k {v}\n")).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if status != 200 {
-                    failed.lock().push((v, t, status));
-                }
-            }
-        })
-    };
-    let progressed = |n: usize| {
-        let sent = sent.clone();
-        async move { eventually(WAIT, || async { sent.load(Ordering::Relaxed) >= n }).await }
-    };
-    assert!(progressed(20).await);
-
-    // 1. New beside old in the file: both valid once the reload is applied.
-    write_secret(&files.publish, &["new-token", "old-token"]);
-    pg.signal("-HUP");
-    assert!(eventually(WAIT, || accepted(&pg, "new-token")).await);
-    // 2. The app switches to the new token.
-    *token.lock() = "new-token".into();
-    let at_switch = sent.load(Ordering::Relaxed);
-    assert!(progressed(at_switch + 20).await);
-    // 3. The old one is retired.
-    write_secret(&files.publish, &["new-token"]);
-    pg.signal("-HUP");
-    let retired = eventually(WAIT, || async {
-        publish(&pg, "old-token", "k 0\n").await == 401
-    })
-    .await;
-    assert!(retired, "old token refused after the second rotation step");
-    let at_retire = sent.load(Ordering::Relaxed);
-    assert!(progressed(at_retire + 20).await);
-    stop.store(true, Ordering::Relaxed);
-    app.await.unwrap();
-    assert_eq!(*failed.lock(), Vec::new(), "no publish failed");
+    rotate_publish_token_under_load(pg, |tokens| write_secret(&files.publish, tokens)).await;
 }
 
 #[tokio::test]

@@ -55,6 +55,7 @@ test("status page: self-contained, numbers match /metrics, breaker shown open", 
   assert.equal(num(await shown(page, "hits_total")), await sample(pg, 'pollgate_requests_total{outcome="hit"}'));
   assert.equal(num(await shown(page, "push_sse")), await sample(pg, 'pollgate_push_connections{transport="sse"}'));
   assert.equal(num(await shown(page, "push_sse")), 1);
+  assert.equal(num(await shown(page, "node_id_clashes")), await sample(pg, "pollgate_cluster_node_id_clashes"));
   assert.equal(await page.locator("#ready").textContent(), "ready");
   assert.equal(await page.locator("#breaker").textContent(), "closed");
   const config = await (await fetch(`${pg.internalUrl}/v1/config`)).json();

@@ -2,6 +2,7 @@
 //! receives, pollgate started as a real process, and a small HTTP client.
 #![allow(dead_code)] // each test binary uses a different subset of the harness
 
+pub mod rotation;
 pub mod tool;
 
 use std::collections::HashMap;
