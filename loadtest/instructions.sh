@@ -28,6 +28,10 @@
 #   LT_POLLGATE_BIN=    measure this pollgate binary instead of the fresh build
 #   LT_POLLGATE_BASE_BIN=  binary of the pollgate-base server
 #   LT_NO_BUILD=1       use the binaries already built (no cargo build)
+#   LT_IR_CACHE_SIM=1   also simulate the caches and branch predictor
+#                       (callgrind --cache-sim=yes --branch-sim=yes) and print
+#                       data-cache misses and mispredicted branches per hit:
+#                       instructions alike can still cost different time
 #   LT_SERVER_CPU=0 LT_CLIENT_CPU=1   pinning, as in run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +43,9 @@ LT_IR_WARMUP=${LT_IR_WARMUP:-2s}
 LT_CONNECTIONS=${LT_CONNECTIONS:-64}
 LT_IR_TOP=${LT_IR_TOP:-12}
 LT_IR_KEEP=${LT_IR_KEEP:-}
+LT_IR_CACHE_SIM=${LT_IR_CACHE_SIM:-}
+CACHE_SIM=()
+[ "$LT_IR_CACHE_SIM" != 1 ] || CACHE_SIM=(--cache-sim=yes --branch-sim=yes)
 LT_SERVER_CPU=${LT_SERVER_CPU:-0}
 LT_CLIENT_CPU=${LT_CLIENT_CPU:-$(($(nproc) > 1 ? 1 : 0))}
 # valgrind slows start-up (and the 100k-key publish) by ~50x.
@@ -59,7 +66,7 @@ PG_BIN=${LT_POLLGATE_BIN:-$TARGET/release/pollgate}
 under_callgrind() {
   local name=$1
   shift
-  exec taskset -c "$LT_SERVER_CPU" valgrind --tool=callgrind --instr-atstart=no \
+  exec taskset -c "$LT_SERVER_CPU" valgrind --tool=callgrind --instr-atstart=no "${CACHE_SIM[@]}" \
     --callgrind-out-file="$LT_TMP/callgrind.$name" "$@"
 }
 
@@ -103,7 +110,7 @@ wrk_run() {
 }
 
 # measure NAME — fills IR[NAME] (instructions per hit) and REQS[NAME].
-declare -A IR REQS
+declare -A IR REQS MISSES
 measure() {
   local name=$1 out="$LT_TMP/$1.wrk"
   start_server "$name"
@@ -129,6 +136,12 @@ measure() {
   IR[$name]=$((total / reqs))
   REQS[$name]=$reqs
   echo "--- $name: $total instructions / $reqs requests = ${IR[$name]} per hit" >&2
+  if [ "$LT_IR_CACHE_SIM" = 1 ]; then
+    # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
+    MISSES[$name]=$(awk -v n="$reqs" '/^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+      /^(summary|totals):/ { printf "%.1f | %.1f | %.1f", ($(col["D1mr"]) + $(col["D1mw"])) / n,
+        ($(col["DLmr"]) + $(col["DLmw"])) / n, ($(col["Bcm"]) + $(col["Bim"])) / n; exit }' "$dump")
+  fi
   local listing="$LT_TMP/$name.annotate"
   callgrind_annotate --inclusive=no --threshold=99 "$dump" >"$listing" 2>/dev/null || true
   echo "top functions of $name (self instructions per hit):"
@@ -158,6 +171,16 @@ echo "| --- | ---: | ---: |"
 for s in $LT_IR_SERVERS; do
   echo "| $s | ${IR[$s]} | ${REQS[$s]} |"
 done
+if [ "$LT_IR_CACHE_SIM" = 1 ]; then
+  echo
+  echo "Simulated per hit (callgrind --cache-sim=yes --branch-sim=yes: its own model of this CPU)"
+  echo
+  echo "| server | L1 data misses | last-level data misses | mispredicted branches |"
+  echo "| --- | ---: | ---: | ---: |"
+  for s in $LT_IR_SERVERS; do
+    echo "| $s | ${MISSES[$s]} |"
+  done
+fi
 if [ -n "${IR[pollgate-bearer]:-}" ] && [ -n "${IR[pollgate-auth]:-}" ]; then
   echo
   awk -v a="${IR[pollgate-auth]}" -v p="${IR[pollgate-bearer]}" 'BEGIN {
