@@ -9,22 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::rotation::{accepted, publish, rotate_publish_token_under_load};
-use common::{eventually, send, Pollgate};
+use common::{eventually, loopback_args, send, Pollgate};
 
 const ADMIN: &str = "admin-secret";
 const WAIT: Duration = Duration::from_secs(10);
 
 fn start(file: &Path) -> Pollgate {
-    Pollgate::start_args(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--internal-listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--config",
-        file.to_str().unwrap(),
-    ])
+    Pollgate::start_args(&loopback_args(&["--config", file.to_str().unwrap()]))
 }
 
 fn write(file: &Path, publish_tokens: &[&str], extra: &str) {

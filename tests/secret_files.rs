@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::rotation::{accepted, publish, rotate_publish_token_under_load};
-use common::{eventually, send, Pollgate};
+use common::{eventually, loopback_args, send, Pollgate};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -51,18 +51,12 @@ impl Files {
     }
 
     fn start(&self) -> Pollgate {
-        Pollgate::start_args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--internal-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "http://127.0.0.1:9",
+        Pollgate::start_args(&loopback_args(&[
             "--publish-token-file",
             self.publish.to_str().unwrap(),
             "--admin-token-file",
             self.admin.to_str().unwrap(),
-        ])
+        ]))
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{get, Pollgate};
+use common::{get, loopback_args, Pollgate};
 use tokio::net::UnixDatagram;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -38,18 +38,7 @@ fn setup(config: &str) -> (tempfile::TempDir, UnixDatagram) {
 /// A replica on port 0 with its default node id (named by the bound port:
 /// two replicas here must not clash as `host:0`).
 fn replica(config: &std::path::Path, peer: Option<&str>, notify: Option<&str>) -> Pollgate {
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--internal-listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--cluster-key",
-        KEY,
-        "--config",
-        config.to_str().unwrap(),
-    ];
+    let mut args = loopback_args(&["--cluster-key", KEY, "--config", config.to_str().unwrap()]);
     if let Some(p) = peer {
         args.extend(["--peer", p]);
     }
