@@ -404,10 +404,14 @@ async fn push_needs_a_token_covering_every_key() {
 async fn streams_end_when_their_token_does() {
     let up = Upstream::start().await;
     let pg = hs_pollgate(&up, &[]).await;
-    // Past exp but inside the 5 s leeway: valid for about two more seconds.
-    let short = hs(SECRET_OLD, json!({"exp": now() - 3, "keys": ["p1"]}));
+    // Past exp but inside the 5 s leeway: valid for 3–4 more seconds. Each
+    // transport gets its own: the WebSocket once reused the SSE's token,
+    // which the SSE had waited out, and a loaded machine opened it too late.
+    let short = || hs(SECRET_OLD, json!({"exp": now() - 1, "keys": ["p1"]}));
+    let short_sse = short();
     let mut sse =
-        common::Stream::open(&pg.url(&format!("/pollgate/v1/watch?keys=p1:5&token={short}"))).await;
+        common::Stream::open(&pg.url(&format!("/pollgate/v1/watch?keys=p1:5&token={short_sse}")))
+            .await;
     assert_eq!(sse.status, StatusCode::OK);
     let mut expired = false;
     while let Some(block) = sse.next_block(WAIT).await {
@@ -419,7 +423,7 @@ async fn streams_end_when_their_token_does() {
     assert!(expired, "SSE said event: expired");
     assert!(sse.ends_within(WAIT).await);
 
-    let mut ws = ws_with_token(&pg, &short).await;
+    let mut ws = ws_with_token(&pg, &short()).await;
     let close = next_close(&mut ws).await;
     assert_eq!(close, Some(4001));
 }
