@@ -225,16 +225,19 @@ fn etag(version: u64) -> HeaderValue {
         arena.extend_from_slice(digits);
         arena.split().freeze()
     });
-    // SAFETY: not memory safety: `from_maybe_shared_unchecked` only skips
-    // the byte check, and digits and quotes are valid header value bytes
-    // (debug builds check anyway).
-    unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
+    digits_value(value)
 }
 
 /// `n` (or `"n"`) formatted on the stack; the header value is the only allocation.
 fn decimal(n: u64, quoted: bool) -> HeaderValue {
     let mut buf = [0u8; 22];
-    let digits = bytes::Bytes::copy_from_slice(format_decimal(n, quoted, &mut buf));
+    digits_value(bytes::Bytes::copy_from_slice(format_decimal(
+        n, quoted, &mut buf,
+    )))
+}
+
+/// A header value of [`format_decimal`]'s bytes, without checking them again.
+fn digits_value(digits: bytes::Bytes) -> HeaderValue {
     // SAFETY: not memory safety: `from_maybe_shared_unchecked` only skips
     // the byte check, and digits and quotes are valid header value bytes
     // (debug builds check anyway).
