@@ -60,4 +60,13 @@ curl -i 'http://$DEMO_PUBLIC/projects/p1/changes?since=1'
 
 Ctrl-C stops both (in the background: kill the make process).
 MSG
+# make does not pass a SIGTERM on to its recipe: killed in the background,
+# it dies alone and this script would run on. So stop when the parent is
+# gone too. A signal's trap runs at once: the wait is interruptible.
+parent=$PPID
+while kill -0 "$pg" 2>/dev/null; do
+  kill -0 "$parent" 2>/dev/null || exit 0
+  sleep 1 &
+  wait $! 2>/dev/null
+done
 wait $pg

@@ -18,7 +18,7 @@ fn free_addr() -> String {
 /// `script` and everything started in its terminal, marked by `MARK` in
 /// their environment; dropped (say, by a failed assertion), all of them are
 /// killed, so a broken Ctrl-C leaves no demo running.
-struct Terminal(std::process::Child);
+struct Terminal(std::process::Child, &'static str);
 
 // Not `POLLGATE_*`: pollgate refuses variables of its prefix it does not know.
 const MARK: &str = "PG_MAKE_RUN_TEST";
@@ -27,11 +27,17 @@ impl Drop for Terminal {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-        let mark = format!("{MARK}={}", std::process::id());
+        let mark = format!("{MARK}={}", mark_value(self.1));
         for pid in marked(mark.as_bytes()) {
             let _ = Command::new("kill").args(["-KILL", &pid]).status();
         }
     }
+}
+
+/// This test process's mark for the run named `run`: each test kills only
+/// what it started (the tests run in parallel).
+fn mark_value(run: &str) -> String {
+    format!("{}-{run}", std::process::id())
 }
 
 /// Processes whose environment holds `mark` (as `NAME=value`).
@@ -77,12 +83,13 @@ fn ctrl_c_stops_make_run_with_exit_0() {
             .env("POLLGATE_LISTEN", &public)
             .env("POLLGATE_INTERNAL_LISTEN", &internal)
             .env("POLLGATE_UPSTREAM", format!("http://{up}"))
-            .env(MARK, std::process::id().to_string())
+            .env(MARK, mark_value("ctrl-c"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
+        "ctrl-c",
     );
     let child = &mut child.0;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -131,5 +138,65 @@ fn ctrl_c_stops_make_run_with_exit_0() {
     assert!(
         std::net::TcpStream::connect(&up).is_err(),
         "demo upstream still running"
+    );
+}
+
+/// In the background (no terminal), killing the make process with SIGTERM
+/// stops the demo too: make does not pass the signal on, so `run-demo.sh`
+/// watches its parent. Before, make died alone and left both running.
+#[test]
+fn sigterm_to_a_background_make_run_stops_the_demo() {
+    let tools = [("make", "make"), ("curl", "curl")];
+    if !tools
+        .iter()
+        .all(|(t, p)| common::tool::require(t, p).is_some())
+    {
+        return;
+    }
+    let debug = Path::new(env!("CARGO_BIN_EXE_pollgate")).parent().unwrap();
+    let (up, public, internal) = (free_addr(), free_addr(), free_addr());
+    let mut make = Terminal(
+        Command::new("make")
+            .args(["--no-print-directory", "-o", "build-demo", "run"])
+            .arg(format!("RELEASE={}", debug.display()))
+            .arg(format!("DEMO_UPSTREAM={up}"))
+            .arg(format!("DEMO_PUBLIC={public}"))
+            .arg(format!("DEMO_INTERNAL={internal}"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("POLLGATE_LISTEN", &public)
+            .env("POLLGATE_INTERNAL_LISTEN", &internal)
+            .env("POLLGATE_UPSTREAM", format!("http://{up}"))
+            .env(MARK, mark_value("sigterm"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "sigterm",
+    );
+    let stdout = make.0.stdout.take().unwrap();
+    let started = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Ctrl-C stops both"));
+    assert!(started, "the demo started");
+    let pid = make.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _ = make.0.wait();
+    let stopped = || {
+        std::net::TcpStream::connect(&internal).is_err()
+            && std::net::TcpStream::connect(&up).is_err()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !stopped() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        stopped(),
+        "pollgate or the demo upstream still running after make died"
     );
 }
