@@ -12,7 +12,13 @@ DEMO_PUBLIC := 127.0.0.1:8080
 DEMO_INTERNAL := 127.0.0.1:8081
 DEMO_TOKEN := demo-token
 
-.PHONY: run test test-browser fmt clippy bench fuzz-smoke loadtest-soak loadtest-faults loadtest loadtest-instructions loadtest-peers loadtest-mem loadtest-snapshot loadtest-cluster loadtest-redis loadtest-redis-fleet build-demo
+.PHONY: run test test-browser fmt clippy bench fuzz-smoke release-pgo loadtest-soak loadtest-faults loadtest loadtest-instructions loadtest-peers loadtest-mem loadtest-snapshot loadtest-cluster loadtest-redis loadtest-redis-fleet build-demo
+
+# The profile-guided release build (scripts/build-pgo.sh): instrumented
+# build, a training workload on loopback, rebuild with the profile. Output:
+# $(TARGET_DIR)/pgo/release/pollgate. ~10 min here; needs wrk and rustup.
+release-pgo:
+	./scripts/build-pgo.sh
 
 build-demo:
 	$(CARGO) build --release --bin pollgate --example demo_upstream

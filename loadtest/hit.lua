@@ -17,6 +17,9 @@ local expect = tonumber(os.getenv("LT_EXPECT_STATUS") or "304")
 -- LT_AUTHORIZATION: sent as the Authorization header (pollgate with auth on).
 local authorization = os.getenv("LT_AUTHORIZATION")
 local headers = authorization and { ["Authorization"] = authorization } or nil
+-- LT_SINCE (default 1): the version claimed; 0 is behind every key, so each
+-- poll is forwarded (scripts/build-pgo.sh trains the forward path with it).
+local since = os.getenv("LT_SINCE") or "1"
 non304 = 0
 first_bad = 0
 id = 0 -- set per thread by setup(), so threads draw different keys
@@ -25,7 +28,7 @@ function init(args)
   math.randomseed(os.time() * 1000 + id)
   for i = 1, npaths do
     local key = math.random(0, nkeys - 1)
-    requests[i] = wrk.format("GET", "/projects/p" .. key .. "/changes?since=1", headers)
+    requests[i] = wrk.format("GET", "/projects/p" .. key .. "/changes?since=" .. since, headers)
   end
 end
 

@@ -18,7 +18,9 @@
 #                       alone, without parsing the larger request;
 #                       pollgate-base is pollgate run from LT_POLLGATE_BASE_BIN
 #                       (e.g. a build from before a change), for a
-#                       before/after pair measured in the same run
+#                       before/after pair measured in the same run;
+#                       pollgate-pgo is the profile-guided build (make
+#                       release-pgo, built first unless LT_NO_BUILD=1)
 #   LT_IR_DURATION=5s   measured wrk run (under valgrind a server does ~1-3k req/s)
 #   LT_IR_WARMUP=2s     wrk run before the counters are zeroed
 #   LT_CONNECTIONS=64   wrk connections
@@ -27,6 +29,7 @@
 #                       per-function listings in (callgrind_annotate)
 #   LT_POLLGATE_BIN=    measure this pollgate binary instead of the fresh build
 #   LT_POLLGATE_BASE_BIN=  binary of the pollgate-base server
+#   LT_POLLGATE_PGO_BIN=   binary of the pollgate-pgo server (no PGO build then)
 #   LT_NO_BUILD=1       use the binaries already built (no cargo build)
 #   LT_IR_CACHE_SIM=1   also simulate the caches and branch predictor
 #                       (callgrind --cache-sim=yes --branch-sim=yes) and print
@@ -61,6 +64,8 @@ fi
 TARGET=$(target_dir)
 PG_BIN=${LT_POLLGATE_BIN:-$TARGET/release/pollgate}
 [ -z "$LT_IR_KEEP" ] || mkdir -p "$LT_IR_KEEP"
+PGO_BIN=
+case " $LT_IR_SERVERS " in *" pollgate-pgo "*) PGO_BIN=$(pgo_bin) ;; esac
 
 # exec: `spawn` runs this in a subshell, and its pid must be valgrind's own.
 under_callgrind() {
@@ -75,12 +80,13 @@ start_server() {
   local name=$1 log="$LT_TMP/$1.log"
   unset LT_AUTHORIZATION
   case "$name" in
-    pollgate | pollgate-bearer | pollgate-auth | pollgate-base)
+    pollgate | pollgate-bearer | pollgate-auth | pollgate-base | pollgate-pgo)
       local port iport dead secret auth=() PG_BIN=$PG_BIN
       if [ "$name" = pollgate-base ]; then
         [ -n "${LT_POLLGATE_BASE_BIN:-}" ] || die "pollgate-base needs LT_POLLGATE_BASE_BIN"
         PG_BIN=$LT_POLLGATE_BASE_BIN
       fi
+      [ "$name" != pollgate-pgo ] || PG_BIN=$PGO_BIN
       port=$(free_port)
       iport=$(free_port)
       dead=$(free_port) # nothing listens: a miss would show as a non-304
@@ -101,7 +107,7 @@ start_server() {
         --listen 127.0.0.1:0
       SPID=$SPAWNED URL="http://$ADDR"
       ;;
-    *) die "unknown server '$name' (pollgate, pollgate-base, pollgate-bearer, pollgate-auth, naive or ceiling)" ;;
+    *) die "unknown server '$name' (pollgate, pollgate-base, pollgate-pgo, pollgate-bearer, pollgate-auth, naive or ceiling)" ;;
   esac
 }
 
@@ -196,8 +202,10 @@ if [ -n "${IR[pollgate]:-}" ] && [ -n "${IR[pollgate-base]:-}" ]; then
   awk -v p="${IR[pollgate]}" -v b="${IR[pollgate-base]}" 'BEGIN {
     printf "pollgate / pollgate-base: %.3f\n", p / b }'
 fi
-if [ -n "${IR[pollgate]:-}" ] && [ -n "${IR[naive]:-}" ]; then
-  echo
-  awk -v p="${IR[pollgate]}" -v n="${IR[naive]}" 'BEGIN {
-    r = p / n; printf "pollgate / naive: %.2f (target <= 1.10: %s)\n", r, r <= 1.10 ? "met" : "MISSED" }'
-fi
+for pg in pollgate pollgate-pgo; do
+  if [ -n "${IR[$pg]:-}" ] && [ -n "${IR[naive]:-}" ]; then
+    echo
+    awk -v pg="$pg" -v p="${IR[$pg]}" -v n="${IR[naive]}" 'BEGIN {
+      r = p / n; printf "%s / naive: %.2f (target <= 1.10: %s)\n", pg, r, r <= 1.10 ? "met" : "MISSED" }'
+  fi
+done

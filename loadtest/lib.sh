@@ -37,6 +37,22 @@ need_tools() {
   exit 1
 }
 
+# install_tools TOOL:PACKAGE... — apt-get install the Debian package of each
+# missing tool (LT_NO_INSTALL=1: fail naming the packages instead).
+install_tools() {
+  local missing=() t
+  for t in "$@"; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  [ "${LT_NO_INSTALL:-}" != 1 ] || die "missing packages: ${missing[*]}"
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+    { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+}
+
 # free_port — a port the kernel just handed out; racy in theory, fine on loopback.
 free_port() {
   python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
@@ -113,6 +129,17 @@ publish_keys() {
     total=$((total + accepted))
   done
   [ "$total" -eq "$count" ] || die "published $count keys but pollgate accepted $total"
+}
+
+# pgo_bin — the profile-guided build of pollgate (LT_POLLGATE_PGO_BIN, else
+# scripts/build-pgo.sh's output), built first unless LT_NO_BUILD=1.
+pgo_bin() {
+  local bin=${LT_POLLGATE_PGO_BIN:-$(target_dir)/pgo/release/pollgate}
+  if [ -z "${LT_POLLGATE_PGO_BIN:-}" ] && [ "${LT_NO_BUILD:-}" != 1 ]; then
+    ./scripts/build-pgo.sh >&2
+  fi
+  [ -x "$bin" ] || die "no PGO build at $bin: run make release-pgo (or set LT_POLLGATE_PGO_BIN)"
+  echo "$bin"
 }
 
 # cpu_ticks PID — utime + stime (fields 14 and 15 of /proc/PID/stat) in

@@ -12,6 +12,8 @@
 #   varnish          Varnish answering 304 from cache (If-None-Match set from
 #                    `since` in VCL; the cache is filled before measuring)
 #   pollgate         the release build
+#   pollgate-pgo     the profile-guided release build (make release-pgo,
+#                    built first unless LT_NO_BUILD=1; LT_POLLGATE_PGO_BIN)
 #   pollgate-base    a second pollgate binary (LT_POLLGATE_BASE_BIN), e.g. the
 #                    build before a change: before/after in the same rounds
 #
@@ -23,9 +25,10 @@
 #
 # Environment:
 #   LT_DURATION=5s LT_WARMUP=1s LT_ROUNDS=3 LT_CONNS="64 256"
-#   LT_PEERS="ceiling naive nginx nginx-memcached varnish pollgate"
+#   LT_PEERS="ceiling naive nginx nginx-memcached varnish pollgate pollgate-pgo"
 #   LT_SERVER_CPU=0 LT_CLIENT_CPU=1  LT_POLLGATE_BIN=  (as run.sh)
 #   LT_POLLGATE_BASE_BIN=  binary of the pollgate-base peer
+#   LT_POLLGATE_PGO_BIN=   binary of the pollgate-pgo peer (no PGO build then)
 #   LT_NO_BUILD=1     use the binaries already built (no cargo build)
 #   LT_NO_INSTALL=1   do not apt-get install missing tools, fail instead
 set -euo pipefail
@@ -36,29 +39,13 @@ LT_DURATION=${LT_DURATION:-5s}
 LT_WARMUP=${LT_WARMUP:-1s}
 LT_ROUNDS=${LT_ROUNDS:-3}
 LT_CONNS=${LT_CONNS:-64 256}
-LT_PEERS=${LT_PEERS:-ceiling naive nginx nginx-memcached varnish pollgate}
+LT_PEERS=${LT_PEERS:-ceiling naive nginx nginx-memcached varnish pollgate pollgate-pgo}
 LT_SERVER_CPU=${LT_SERVER_CPU:-0}
 LT_CLIENT_CPU=${LT_CLIENT_CPU:-$(($(nproc) > 1 ? 1 : 0))}
 KEYS=100000
 
-# tool → Debian package
-declare -A DEB=([wrk]=wrk [nginx]=nginx [memcached]=memcached [varnishd]=varnish
-  [varnishstat]=varnish [taskset]=util-linux [curl]=curl [python3]=python3)
-
-install_missing() {
-  local missing=() t
-  for t in "${!DEB[@]}"; do
-    command -v "$t" >/dev/null 2>&1 || missing+=("${DEB[$t]}")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-  [ "${LT_NO_INSTALL:-}" != 1 ] || die "missing packages: ${missing[*]}"
-  echo "installing: ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
-    { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
-}
-install_missing
+install_tools wrk:wrk nginx:nginx memcached:memcached varnishd:varnish varnishstat:varnish \
+  taskset:util-linux curl:curl python3:python3
 need_tools cargo wrk taskset curl python3 nginx memcached varnishd varnishstat
 
 if [ "${LT_NO_BUILD:-}" != 1 ]; then
@@ -254,6 +241,7 @@ for peer in $LT_PEERS; do
     nginx-memcached) start_nginx_memcached ;;
     varnish) start_varnish ;;
     pollgate) start_pollgate_peer pollgate "$PG_BIN" ;;
+    pollgate-pgo) start_pollgate_peer pollgate-pgo "$(pgo_bin)" ;;
     pollgate-base)
       [ -n "${LT_POLLGATE_BASE_BIN:-}" ] || die "pollgate-base needs LT_POLLGATE_BASE_BIN"
       start_pollgate_peer pollgate-base "$LT_POLLGATE_BASE_BIN"
@@ -350,17 +338,17 @@ for c in conns_list:
         print(f"| {p} | {stat([x['rps'] for x in v], '{:.0f}')} | {stat([x['p50'] for x in v], '{:.0f}')} "
               f"| {stat([x['p99'] for x in v], '{:.0f}')} | {stat([x['cpu'] for x in v], '{:.2f}')} "
               f"| {ratio('cpu')} | {ratio('rps')} | {ratio('p99')} |")
-    if "pollgate" in peers and "ceiling" in peers:
-        med = lambda f, other: statistics.median(R[("pollgate", c, r)][f] / R[(other, c, r)][f] for r in rounds)
-        verdicts.append((f"c{c}: server CPU per hit / ceiling's", med("cpu", "ceiling"), "<=", 1.10))
+    for pg in [p for p in ("pollgate", "pollgate-pgo") if p in peers and "ceiling" in peers]:
+        med = lambda f, other: statistics.median(R[(pg, c, r)][f] / R[(other, c, r)][f] for r in rounds)
+        verdicts.append((f"{pg} c{c}: server CPU per hit / ceiling's", med("cpu", "ceiling"), "<=", 1.10))
         if "naive" in peers:
-            verdicts.append((f"c{c}: server CPU per hit / naive's", med("cpu", "naive"), "<=", 1.00))
+            verdicts.append((f"{pg} c{c}: server CPU per hit / naive's", med("cpu", "naive"), "<=", 1.00))
         if c == 64:
-            verdicts.append(("c64: req/s / ceiling's", med("rps", "ceiling"), ">=", 0.95))
+            verdicts.append((f"{pg} c64: req/s / ceiling's", med("rps", "ceiling"), ">=", 0.95))
         if c == 256:
-            verdicts.append(("c256: p99 / ceiling's", med("p99", "ceiling"), "<=", 1.20))
+            verdicts.append((f"{pg} c256: p99 / ceiling's", med("p99", "ceiling"), "<=", 1.20))
 if verdicts:
-    print("\n| pollgate target (median of per-round ratios) | ratio | target | |")
+    print("\n| target (median of per-round ratios) | ratio | target | |")
     print("| --- | ---: | ---: | --- |")
     for name, r, op, t in verdicts:
         ok = r <= t if op == "<=" else r >= t
