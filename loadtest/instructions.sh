@@ -33,7 +33,8 @@
 #   LT_NO_BUILD=1       use the binaries already built (no cargo build)
 #   LT_IR_CACHE_SIM=1   also simulate the caches and branch predictor
 #                       (callgrind --cache-sim=yes --branch-sim=yes) and print
-#                       data-cache misses and mispredicted branches per hit:
+#                       instruction- and data-cache misses and mispredicted
+#                       branches per hit:
 #                       instructions alike can still cost different time
 #   LT_SERVER_CPU=0 LT_CLIENT_CPU=1   pinning, as in run.sh
 set -euo pipefail
@@ -145,7 +146,7 @@ measure() {
   if [ "$LT_IR_CACHE_SIM" = 1 ]; then
     # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
     MISSES[$name]=$(awk -v n="$reqs" '/^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
-      /^(summary|totals):/ { printf "%.1f | %.1f | %.1f", ($(col["D1mr"]) + $(col["D1mw"])) / n,
+      /^(summary|totals):/ { printf "%.1f | %.1f | %.1f | %.1f", $(col["I1mr"]) / n, ($(col["D1mr"]) + $(col["D1mw"])) / n,
         ($(col["DLmr"]) + $(col["DLmw"])) / n, ($(col["Bcm"]) + $(col["Bim"])) / n; exit }' "$dump")
   fi
   local listing="$LT_TMP/$name.annotate"
@@ -181,8 +182,8 @@ if [ "$LT_IR_CACHE_SIM" = 1 ]; then
   echo
   echo "Simulated per hit (callgrind --cache-sim=yes --branch-sim=yes: its own model of this CPU)"
   echo
-  echo "| server | L1 data misses | last-level data misses | mispredicted branches |"
-  echo "| --- | ---: | ---: | ---: |"
+  echo "| server | L1 instruction misses | L1 data misses | last-level data misses | mispredicted branches |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
   for s in $LT_IR_SERVERS; do
     echo "| $s | ${MISSES[$s]} |"
   done
