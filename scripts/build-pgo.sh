@@ -11,7 +11,7 @@
 #
 # LLVM then lays out and inlines the hit path by how it really runs. On this
 # project's 2-core VM, the PGO build runs ~27 % fewer instructions per hit
-# than the plain release build and spends ~11 % less CPU per hit (README,
+# than the plain release build and spends 8–12 % less CPU per hit (README,
 # "Performance"). Paths outside the training are not broken, only compiled
 # as rarely run.
 #
