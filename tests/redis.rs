@@ -54,6 +54,14 @@ impl RedisServer {
         }
     }
 
+    /// `kill -STOP` / `-CONT`: a Redis that stops answering while its TCP
+    /// connections stay open (a frozen VM, a dead NAT entry), and comes back.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
     /// SIGKILL: gone at once, like a crashed Redis.
     fn kill(&mut self) {
         let _ = self.child.kill();
@@ -537,6 +545,84 @@ async fn a_gap_free_complete_stream_spares_the_app_revalidations_after_a_restart
     );
     assert!(plain >= 100, "every loaded key revalidated: {plain}");
     assert_eq!(complete, 0, "the stream vouched for every key");
+}
+
+/// A Redis that stops answering with its connections still open (SIGSTOP)
+/// must be noticed by both readers: the stream's by its reply deadline, the
+/// channel's by its keep-alive ping. A complete stream then stops vouching,
+/// so the keys it confirmed expire over `max_age` and go upstream instead of
+/// being answered from memory on the word of a feed that is gone. Once Redis
+/// answers again, both readers reconnect and the stream resumes without a gap.
+#[tokio::test]
+async fn a_hung_redis_is_noticed_stops_vouching_and_is_read_again() {
+    let rig = StreamRig::start().await;
+    let streamed = rig.pollgate(&["--max-age", "3s", "--redis-stream-complete", "true"]);
+    let channeled = start_pg(&rig.up, &rig.redis, &["--redis-channel", "versions"]);
+    let mut c = rig.redis.conn().await;
+    xadd_versions(&mut c, "versions", "h", 3).await;
+    assert!(has(&streamed, "h2", 3).await, "{:?}", streamed.log.lock());
+    assert!(metric_is(&streamed, CONNECTED, 1.0).await);
+    assert!(metric_is(&channeled, CONNECTED, 1.0).await);
+    for i in 0..3 {
+        rig.up.set_version(&format!("h{i}"), i + 1);
+    }
+    // Polls every key as up to date until `until` says stop; upstream requests meanwhile.
+    let poll_keys = |until: Duration, enough: usize| {
+        let (pg, up) = (&streamed, &rig.up);
+        async move {
+            let (before, started) = (up.hits(), Instant::now());
+            while started.elapsed() < until && up.hits() - before < enough {
+                for i in 0..3 {
+                    get(&pg.url(&format!("/projects/h{i}/changes?since={}", i + 1))).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            up.hits() - before
+        }
+    };
+    assert_eq!(
+        poll_keys(Duration::from_secs(4), 1).await,
+        0,
+        "past max_age, the live stream vouches for every key"
+    );
+
+    rig.redis.signal("-STOP");
+    // Stream: block (1 s) + 5 s reply deadline. Channel: a ping every 15 s,
+    // answered within 5 s. A loaded machine gets some slack.
+    let down = Duration::from_secs(40);
+    for (pg, what) in [(&streamed, "stream"), (&channeled, "channel")] {
+        let noticed = eventually(down, || async { pg.metric(CONNECTED).await == 0.0 }).await;
+        assert!(
+            noticed,
+            "the {what} reader never noticed: {:?}",
+            pg.log.lock()
+        );
+    }
+    // No longer vouched for: within max_age (3 s) every key goes upstream.
+    let revalidated = poll_keys(Duration::from_secs(20), 3).await;
+    assert!(
+        revalidated >= 3,
+        "keys kept on a hung feed's word: {revalidated} upstream"
+    );
+
+    rig.redis.signal("-CONT");
+    for (pg, what) in [(&streamed, "stream"), (&channeled, "channel")] {
+        let back = eventually(down, || async { pg.metric(CONNECTED).await == 1.0 }).await;
+        assert!(
+            back,
+            "the {what} reader never came back: {:?}",
+            pg.log.lock()
+        );
+    }
+    xadd(&mut c, "versions", &[("key", "h0"), ("version", "7")]).await;
+    publish(&mut c, "versions", "after 2").await;
+    assert!(has(&streamed, "h0", 7).await, "{:?}", streamed.log.lock());
+    assert!(
+        has(&channeled, "after", 2).await,
+        "{:?}",
+        channeled.log.lock()
+    );
+    assert_eq!(streamed.metric(GAPS).await, 0.0);
 }
 
 #[tokio::test]
