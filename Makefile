@@ -16,7 +16,7 @@ DEMO_TOKEN := demo-token
 
 # The profile-guided release build (scripts/build-pgo.sh): instrumented
 # build, a training workload on loopback, rebuild with the profile. Output:
-# $(TARGET_DIR)/pgo/release/pollgate. ~10 min here; needs wrk and rustup.
+# $(TARGET_DIR)/pgo/release/pollgate. ~14 min here; needs wrk and rustup.
 release-pgo:
 	./scripts/build-pgo.sh
 

@@ -18,7 +18,7 @@
 # Output: $TARGET/pgo/release/pollgate, and the profile it was built with,
 # $TARGET/pgo/pollgate-<hash>.profdata (the hash in the name makes cargo
 # rebuild everything when the profile changes: it does not look inside the
-# file). Takes two release builds (~10 min on 2 cores) and ~1 min of training.
+# file). Takes two release builds (~13 min on 2 cores) and ~1 min of training.
 #
 # Needs: rustup's llvm-tools component (llvm-profdata of rustc's own LLVM
 # version; added here through rustup), wrk, taskset and curl (Debian
