@@ -58,14 +58,24 @@ test("an unreachable server is retried on SSE alone, with growing waits", async 
   await srv.close();
   const seen = [];
   const fetch = (u, o) => (seen.push({ at: Date.now(), u }), globalThis.fetch(u, o));
-  const pg = solo({ url, firstRetryMs: 100, maxRetryMs: 800, env: { fetch, window: undefined, document: undefined } });
+  // The jitter pinned at half the ceiling: with Math.random, ten attempts
+  // fit in 1.5 s about once in 70 runs (full jitter can draw ~0 repeatedly).
+  const random = () => 0.5;
+  const env = { fetch, random, window: undefined, document: undefined };
+  const pg = solo({ url, firstRetryMs: 100, maxRetryMs: 800, env });
   t.after(() => pg.close());
   pg.watch("a", 1, () => {});
   await new Promise((r) => setTimeout(r, 1500));
   assert.ok(seen.length >= 3, `${seen.length} attempts`);
   assert.ok(seen.every((s) => s.u.includes("/watch?")), "never WebSocket, long-poll or a probe");
-  // 1.5 s with ceilings 100, 200, 400, 800, 800...: far fewer than a fixed 100 ms retry's 15.
-  assert.ok(seen.length <= 9, `${seen.length} attempts in 1.5 s`);
+  // Ceilings 100, 200, 400, 800, 800...: each wait at least half its ceiling,
+  // so at most 6 attempts in 1.5 s, far fewer than a fixed 100 ms retry's 15.
+  seen.slice(1).forEach((s, i) => {
+    const wait = s.at - seen[i].at;
+    const least = 0.5 * Math.min(100 * 2 ** i, 800);
+    assert.ok(wait >= least - 2, `wait ${i + 1}: ${wait} ms, expected at least ${least}`);
+  });
+  assert.ok(seen.length <= 6, `${seen.length} attempts in 1.5 s`);
 });
 
 test("push off (404): long-poll tried once, then the app's route polled at the hint", async (t) => {
