@@ -186,6 +186,13 @@ pub struct Pollgate {
 
 pub const TOKEN: &str = "test-token";
 
+/// The pollgate the tests start: this build's, or `TEST_POLLGATE_BIN` (e.g.
+/// `target/pgo/release/pollgate`, to check the profile-guided build with the
+/// same tests).
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("TEST_POLLGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pollgate").into())
+}
+
 impl Pollgate {
     /// Starts pollgate in front of `upstream` with a publish token and `extra` flags.
     pub fn start(upstream: &str, extra: &[&str]) -> Pollgate {
@@ -215,7 +222,7 @@ impl Pollgate {
     /// Like `start_args` with exactly these variables added (no `RUST_LOG`
     /// unless given: then the config's `log_level` decides).
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Pollgate {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pollgate"))
+        let mut child = Command::new(bin())
             .args(args)
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
