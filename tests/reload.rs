@@ -284,10 +284,19 @@ fn free_port() -> u16 {
 /// A replica's config: its own internal port, the other as its peer.
 fn replica_config(file: &Path, port: u16, peer: u16, keys: &[&str]) {
     let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    replica_config_with(
+        file,
+        port,
+        peer,
+        &format!("cluster_key = [{}]", keys.join(", ")),
+    );
+}
+
+/// A replica on internal port `port` gossiping with `peer`, plus `line`.
+fn replica_config_with(file: &Path, port: u16, peer: u16, line: &str) {
     let body = format!(
         "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:{port}\"\nupstream = [\"http://127.0.0.1:9\"]\n\
-         peer = [\"127.0.0.1:{peer}\"]\ncluster_key = [{}]\n",
-        keys.join(", ")
+         peer = [\"127.0.0.1:{peer}\"]\n{line}\n"
     );
     write_config(file, &body);
 }
@@ -377,11 +386,7 @@ async fn removing_the_cluster_key_waits_for_a_restart_and_gossip_goes_on() {
     let (a, b) = (start_from_file(&fa), start_from_file(&fb));
     // A's file drops the key (allowed with insecure_cluster): restart-only,
     // so A must go on signing with the key B still checks.
-    let body = format!(
-        "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:{pa}\"\nupstream = [\"http://127.0.0.1:9\"]\n\
-         peer = [\"127.0.0.1:{pb}\"]\ninsecure_cluster = true\n"
-    );
-    write_config(&fa, &body);
+    replica_config_with(&fa, pa, pb, "insecure_cluster = true");
     let (status, answer) = reload(&a).await;
     assert_eq!(status, 200, "{answer}");
     let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
