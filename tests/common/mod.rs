@@ -151,8 +151,6 @@ async fn answer(s: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes
     Ok(resp.body(Full::new(Bytes::from(text))).unwrap())
 }
 
-/// A port the kernel just handed out and nobody listens on (for a process
-/// that must be told its port in advance, or an address that refuses).
 /// Both listeners on port 0 and an upstream nobody listens on, then
 /// `extra`: the arguments of a pollgate whose test needs no app and no
 /// publish token set by the harness (as [`Pollgate::start`] sets one).
@@ -168,6 +166,8 @@ pub fn loopback_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     base.iter().chain(extra).copied().collect()
 }
 
+/// A port the kernel just handed out and nobody listens on (for a process
+/// that must be told its port in advance, or an address that refuses).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
